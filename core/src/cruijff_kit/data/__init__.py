@@ -1,0 +1,1 @@
+"""Dataset helpers shared by dataset plugins and ``ck data`` (heavy imports inside functions)."""

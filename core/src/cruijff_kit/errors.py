@@ -1,0 +1,67 @@
+"""User-facing errors.
+
+Every error a researcher can cause (a wrong key, a missing file, an unknown plugin) is raised as a
+:class:`CkError` subclass. The CLI prints its message as one paragraph and exits non-zero; it never
+shows a traceback for these.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class CkError(Exception):
+    """An error caused by the user's input, with a message that says what to fix."""
+
+    exit_code = 2
+
+
+class SpecError(CkError):
+    """A run spec (or profile) is invalid. Names the file, the YAML path and the fix."""
+
+    def __init__(self, message: str, *, file: str | None = None, path: str | None = None,
+                 hint: str | None = None) -> None:
+        self.file = file
+        self.path = path
+        self.hint = hint
+        self.problem = message
+        where = []
+        if file:
+            where.append(str(file))
+        if path:
+            where.append(f"at `{path}`")
+        text = (": ".join([" ".join(where), message]) if where else message)
+        if hint:
+            text = f"{text} {hint}"
+        super().__init__(text)
+
+
+class PluginError(CkError):
+    """A plugin is unknown, failed to load, or misbehaved."""
+
+
+class StageError(CkError):
+    """A stage cannot run (missing checkpoint, missing input) for a reason the user can fix."""
+
+
+class DataError(CkError):
+    """A dataset file or row is malformed. Names the file, the split and the row."""
+
+
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """Return the closest valid choice to ``word``, or None when nothing is near."""
+    matches = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """A sentence suggesting the closest choice, or listing the valid ones when none is close."""
+    choices = sorted({str(c) for c in choices})
+    best = closest(word, choices)
+    if best:
+        return f"Did you mean `{best}`?"
+    if not choices:
+        return "There are no valid choices here."
+    shown = ", ".join(f"`{c}`" for c in choices[:20])
+    return f"Valid choices: {shown}."

@@ -1,0 +1,202 @@
+"""``ck run``, ``ck status``, ``ck cancel``: write run folders, pick the stages still to do, hand them
+to the scheduler, and read states back."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cruijff_kit import status
+from cruijff_kit.errors import CkError
+from cruijff_kit.fileio import atomic_write_text, atomic_write_yaml
+from cruijff_kit.kinds import Scheduler
+from cruijff_kit.layout import ExperimentLayout
+from cruijff_kit.planner import Plan, StageJob
+from cruijff_kit.report import plan_markdown
+from cruijff_kit.secrets import scrub
+
+
+def write_experiment(plan: Plan) -> None:
+    """Experiment ``spec.yaml`` (as given, secrets scrubbed), ``plan.md``, and each run's folder."""
+    layout = plan.layout
+    layout.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_yaml(layout.spec, scrub(plan.loaded.raw))
+    atomic_write_text(layout.plan, plan_markdown(plan))
+    for run in plan.runs:
+        run.layout.root.mkdir(parents=True, exist_ok=True)
+        spec = scrub(run.spec)
+        if not run.layout.spec.exists() or yaml.safe_load(run.layout.spec.read_text()) != spec:
+            atomic_write_yaml(run.layout.spec, spec)
+        status.ensure_stages(run.layout.root, [s.name for s in run.stages])
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, PermissionError, ValueError):
+        return False
+    return True
+
+
+def _reset_outputs(job: StageJob) -> None:
+    """--force: remove a stage's outputs so it starts from scratch."""
+    from cruijff_kit.layout import RunLayout
+
+    layout = RunLayout(job.run_dir)
+    if job.stage == "train":
+        shutil.rmtree(layout.train_dir, ignore_errors=True)
+    else:
+        _, task, target = job.stage.split(".", 2)
+        shutil.rmtree(layout.eval_dir(task, target), ignore_errors=True)
+
+
+@dataclass
+class Selection:
+    """Jobs to submit, and how many stages were skipped because they are done or still active."""
+
+    jobs: list[StageJob]
+    skipped_done: int
+    skipped_active: int
+
+
+def select_jobs(plan: Plan, scheduler: Scheduler, *, force: bool = False, retry_failed: bool = True) -> Selection:
+    """Stages still to do: not done (unless ``force``), and not active in a live job."""
+    all_jobs = plan.jobs()
+    live = scheduler.refresh([j for j in all_jobs]) if all_jobs else {}
+    todo: list[StageJob] = []
+    done = active = 0
+    for job in all_jobs:
+        entry = status.read(job.run_dir)["stages"].get(job.stage, {})
+        state = entry.get("state", status.PENDING)
+        if force:
+            _reset_outputs(job)
+            todo.append(job)
+            continue
+        if state == status.DONE:
+            done += 1
+            continue
+        if state in status.ACTIVE_STATES:
+            jid = entry.get("job_id")
+            alive = live.get(str(jid)) in status.ACTIVE_STATES if jid and jid in live else False
+            if entry.get("scheduler") == "local" or not jid:
+                alive = _pid_alive(entry.get("pid")) and entry.get("host") in (None, os.uname().nodename)
+            if alive:
+                active += 1
+                continue
+        if state == status.FAILED and not retry_failed:
+            continue
+        todo.append(job)
+    keys = {(j.run_name, j.stage) for j in todo}
+    for j in todo:
+        j.depends_on = [d for d in j.depends_on if (j.run_name, d) in keys]
+    return Selection(todo, done, active)
+
+
+def run_plan(plan: Plan, *, force: bool = False, dry_run: bool = False) -> Selection:
+    """Write the experiment and submit the stages still to do to the spec's scheduler."""
+    from cruijff_kit.profile import scheduler_profile
+
+    write_experiment(plan)
+    if not plan.runs:
+        return Selection([], 0, 0)
+    scheduler = plan.runs[0].scheduler()
+    selection = select_jobs(plan, scheduler, force=force)
+    if not selection.jobs:
+        return selection
+    for job in selection.jobs:
+        status.update_stage(job.run_dir, job.stage, state=status.PENDING if dry_run else status.SUBMITTED,
+                            scheduler=scheduler.name, submitted=status.now(), host=os.uname().nodename)
+    if dry_run:
+        dry = getattr(scheduler, "dry_run", None)
+        if dry is not None:
+            dry(selection.jobs, plan.layout.root, scheduler_profile(type(scheduler), plan.loaded.spec_dir))
+        return selection
+    scheduler.submit(selection.jobs, plan.layout.root, scheduler_profile(type(scheduler), plan.loaded.spec_dir))
+    return selection
+
+
+# --------------------------------------------------------------------------- reading back
+def find_experiment(target: str | Path) -> ExperimentLayout:
+    """An experiment folder from a path to it, to a spec file, or to one of its run folders."""
+    p = Path(target).resolve()
+    if p.is_file() and p.suffix in (".yaml", ".yml") and p.name != "spec.yaml":
+        from cruijff_kit.spec import load_spec
+
+        return ExperimentLayout(load_spec(p).experiment_dir)
+    if p.is_file():
+        p = p.parent
+    for cand in (p, p.parent.parent):
+        if (cand / "runs").is_dir():
+            return ExperimentLayout(cand)
+    raise CkError(f"{target} is not an experiment folder (no runs/ inside) nor a spec file. Give the spec "
+                  "you ran, or <output_dir>/<experiment>.")
+
+
+def experiment_status(exp: ExperimentLayout, *, refresh: bool = True) -> list[dict[str, Any]]:
+    """Rows of (run, stage, state, ...) for every run of an experiment; asks schedulers once."""
+    from cruijff_kit.stage import load_run
+
+    rows: list[dict[str, Any]] = []
+    by_scheduler: dict[str, list[tuple[StageJob, dict[str, Any]]]] = {}
+    runs = []
+    for layout in exp.run_layouts():
+        run = load_run(layout.root)
+        runs.append(run)
+        st = status.read(layout.root)["stages"]
+        for s in run.stages:
+            entry = dict(st.get(s.name, {"state": status.PENDING}))
+            row = {"run": run.name, "stage": s.name, **entry, "sweep": run.sweep_values}
+            if entry.get("state") == status.RUNNING and entry.get("scheduler") == "local" and \
+                    entry.get("host") in (None, os.uname().nodename) and not _pid_alive(entry.get("pid")):
+                row["state"] = status.INTERRUPTED
+                row["error"] = "process is gone (killed?); `ck run` resumes it"
+            rows.append(row)
+            if refresh and entry.get("state") in status.ACTIVE_STATES and entry.get("job_id"):
+                job = StageJob(exp.root.name, run.name, layout.root, s.name, [], None, s.kind)  # type: ignore[arg-type]
+                by_scheduler.setdefault(entry.get("scheduler", "local"), []).append((job, row))
+    for name, items in by_scheduler.items():
+        if name == "local":
+            continue
+        try:
+            from cruijff_kit.plugins import plugin_class
+
+            cls = plugin_class("scheduler", name)
+            sched = cls(cls.Config())
+            states = sched.refresh([j for j, _ in items])
+        except CkError:
+            continue
+        for job, row in items:
+            new = states.get(str(row.get("job_id")))
+            if new:
+                row["state"] = new
+    return rows
+
+
+def cancel_experiment(exp: ExperimentLayout) -> int:
+    """Cancel every active stage of an experiment; returns how many were cancelled."""
+    from cruijff_kit.plugins import plugin_class
+    from cruijff_kit.stage import load_run
+
+    by_scheduler: dict[str, list[StageJob]] = {}
+    for layout in exp.run_layouts():
+        run = load_run(layout.root)
+        for name, entry in status.read(layout.root)["stages"].items():
+            if entry.get("state") in status.ACTIVE_STATES or entry.get("state") == status.PENDING and entry.get("job_id"):
+                kind = "train" if name == "train" else "eval"
+                by_scheduler.setdefault(entry.get("scheduler") or "local", []).append(
+                    StageJob(exp.root.name, run.name, layout.root, name, [], None, kind))  # type: ignore[arg-type]
+    count = 0
+    for name, jobs in by_scheduler.items():
+        cls = plugin_class("scheduler", name)
+        cls(cls.Config()).cancel(jobs)
+        for job in jobs:
+            status.update_stage(job.run_dir, job.stage, state=status.CANCELLED, ended=status.now())
+        count += len(jobs)
+    return count

@@ -1,0 +1,3 @@
+"""Trainer plugin `torchtune`: LoRA with torchtune recipes."""
+
+from __future__ import annotations
