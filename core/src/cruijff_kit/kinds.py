@@ -131,6 +131,9 @@ class Resources(PluginConfig):
     memory: str = Field("8GB", description="e.g. 32GB")
     time: str = Field("01:00:00", description="Wall-time limit HH:MM:SS")
     nodes: int = Field(1, gt=0)
+    processes: int | None = Field(
+        None, gt=0, description="Training processes per node (data parallel); default one per GPU. "
+        "Set it on CPU to run the distributed path with gloo.")
 
 
 class SchedulerConfig(PluginConfig):

@@ -55,6 +55,18 @@ def ev_label(section: dict[str, Any]) -> str:
     return EvalConfig.model_validate({"task": section["task"], "name": section.get("name")}).label
 
 
+def is_primary_process() -> bool:
+    """True in the process that does a stage's bookkeeping.
+
+    A trainer that relaunches the stage under torchrun/accelerate sets ``CK_STAGE_CHILD=1`` in the
+    workers, so only the launching process writes status. A stage started directly by a distributed
+    launcher (no parent) does its bookkeeping on rank 0 only.
+    """
+    if os.environ.get("CK_STAGE_CHILD") == "1":
+        return False
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _on_signal(signum: int, _frame: Any) -> None:
     raise Interrupted(signal.Signals(signum).name)
 
@@ -89,8 +101,7 @@ def run_stage(run_dir: str | Path, stage_name: str, *, extra_plugins: list[objec
     layout = run.layout
     info = RunInfo(run.name, layout.root, run.type, run.spec, run.sweep_values)
     hook = registry().pm.hook
-    rank = int(os.environ.get("RANK", "0"))
-    primary = rank == 0  # only one process of a distributed stage does the bookkeeping
+    primary = is_primary_process()
 
     for dep in stage.depends_on:
         if status.stage_state(layout.root, dep) != status.DONE:
