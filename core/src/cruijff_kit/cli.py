@@ -18,7 +18,10 @@ SET_HELP = "Override a spec value: dotted.path=value (beats the file and the swe
 def console(stderr: bool = False) -> Any:
     from rich.console import Console
 
-    return Console(stderr=stderr, soft_wrap=True)
+    con = Console(stderr=stderr, soft_wrap=True)
+    if not con.is_terminal:  # logs and pipes: do not squeeze tables into 80 columns
+        con = Console(stderr=stderr, soft_wrap=True, width=200)
+    return con
 
 
 def _load(spec: str, sets: tuple[str, ...], scheduler: str | None = None):
@@ -102,17 +105,19 @@ def run(spec: str, sets: tuple[str, ...], scheduler: str | None, force: bool, dr
            f"{sel.skipped_active} still running.")
     click.echo(msg)
     click.echo(f"Output: {p.layout.root}")
-    failed = _failed_rows(p.layout) if not dry_run else []
-    if failed:
-        for row in failed:
-            click.echo(f"FAILED {row['run']} {row['stage']}: {row.get('error') or ''}", err=True)
+    blocking = bool(p.runs) and p.runs[0].scheduler().blocking
+    bad = _unfinished_rows(p.layout) if blocking and not dry_run else []
+    if bad:
+        for row in bad:
+            click.echo(f"{row['state'].upper()} {row['run']} {row['stage']}: {row.get('error') or ''}", err=True)
+        click.echo("Fix the cause and run the same command again: finished stages are kept.", err=True)
         sys.exit(1)
 
 
-def _failed_rows(layout: Any) -> list[dict[str, Any]]:
+def _unfinished_rows(layout: Any) -> list[dict[str, Any]]:
     from cruijff_kit.runner import experiment_status
 
-    return [r for r in experiment_status(layout, refresh=False) if r.get("state") == "failed"]
+    return [r for r in experiment_status(layout, refresh=False) if r.get("state") in ("failed", "interrupted")]
 
 
 @cli.command()

@@ -248,14 +248,52 @@ class Dataset(Plugin):
         return list(info.get("rows", {})) or None
 
 
+class SimulatorConfig(PluginConfig):
+    """Options every simulator accepts: generation defaults (a call's own arguments override them)."""
+
+    temperature: float | None = Field(None, ge=0.0, description="Sampling temperature; None = backend default.")
+    max_tokens: int | None = Field(None, gt=0, description="Longest reply in tokens; None = backend default.")
+
+
 class Simulator(Plugin):
-    """A chat participant for ``ck simulate`` (a simulated user, or an assistant)."""
+    """A chat participant for ``ck simulate`` (a simulated user, an assistant, or a judge).
+
+    ``ck simulate`` calls :meth:`open` once, then :meth:`complete` from many coroutines at once, and
+    :meth:`aclose` at the end. Retries are the core's: :meth:`complete` raises, and the core retries
+    with backoff when :meth:`is_retryable` says so (rate limits, 5xx, timeouts).
+    """
 
     kind = "simulator"
+    Config = SimulatorConfig
 
     async def complete(self, messages: list[dict[str, str]], **generation: Any) -> str:  # pragma: no cover
-        """Return the next message's text given the conversation so far."""
+        """Return the next message's text given the conversation so far.
+
+        ``generation`` may hold ``temperature``, ``max_tokens`` and ``seed``; they override the config.
+        """
         raise NotImplementedError
+
+    def open(self) -> None:
+        """Prepare before the first call (read API keys...); raise :class:`cruijff_kit.CkError` if unusable."""
+
+    async def aclose(self) -> None:
+        """Release clients, threads or models after the last call."""
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        """True when ``exc`` is transient (rate limit, server error, timeout) and the call may be retried."""
+        return isinstance(exc, TimeoutError | ConnectionError)
+
+    def retry_after(self, exc: BaseException) -> float | None:
+        """Seconds the backend asked to wait before retrying (e.g. a Retry-After header), if any."""
+        return None
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for the simulation's summary (calls, tokens); may be empty."""
+        return {}
+
+    def label(self) -> str:
+        """Short description of this participant for logs and output files (never a secret)."""
+        return self.name
 
 
 KINDS: dict[str, type[Plugin]] = {

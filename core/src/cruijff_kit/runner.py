@@ -123,20 +123,26 @@ def run_plan(plan: Plan, *, force: bool = False, dry_run: bool = False) -> Selec
 
 
 # --------------------------------------------------------------------------- reading back
+def _is_experiment(folder: Path) -> bool:
+    return (folder / "runs").is_dir() and (folder / "spec.yaml").is_file() and (folder / "plan.md").is_file()
+
+
 def find_experiment(target: str | Path) -> ExperimentLayout:
     """An experiment folder from a path to it, to a spec file, or to one of its run folders."""
     p = Path(target).resolve()
-    if p.is_file() and p.suffix in (".yaml", ".yml") and p.name != "spec.yaml":
-        from cruijff_kit.spec import load_spec
-
-        return ExperimentLayout(load_spec(p).experiment_dir)
     if p.is_file():
+        if _is_experiment(p.parent):
+            return ExperimentLayout(p.parent)
+        if p.suffix in (".yaml", ".yml"):
+            from cruijff_kit.spec import load_spec
+
+            return ExperimentLayout(load_spec(p).experiment_dir)
         p = p.parent
     for cand in (p, p.parent.parent):
-        if (cand / "runs").is_dir():
+        if _is_experiment(cand):
             return ExperimentLayout(cand)
-    raise CkError(f"{target} is not an experiment folder (no runs/ inside) nor a spec file. Give the spec "
-                  "you ran, or <output_dir>/<experiment>.")
+    raise CkError(f"{target} is not an experiment folder (no runs/ and spec.yaml inside) nor a spec file. "
+                  "Give the spec you ran, or <output_dir>/<experiment>.")
 
 
 def experiment_status(exp: ExperimentLayout, *, refresh: bool = True) -> list[dict[str, Any]]:

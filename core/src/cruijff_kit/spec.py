@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cruijff_kit.errors import SpecError, closest, did_you_mean
+from cruijff_kit.errors import PluginError, SpecError, closest, did_you_mean
 from cruijff_kit.kinds import PluginConfig, Prompt
 
 SLUG = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -252,9 +252,8 @@ def validate_section(kind: str, section: dict[str, Any], *, path: str, file: str
     name = section["plugin"]
     try:
         cls = plugin_class(kind, str(name))
-    except Exception as exc:
-        raise SpecError(str(exc).split(": ", 1)[-1] if "Unknown" in str(exc) else str(exc),
-                        file=file, path=f"{path}.plugin") from None
+    except PluginError as exc:
+        raise SpecError(str(exc), file=file, path=f"{path}.plugin") from None
     options = {k: v for k, v in section.items() if k != "plugin"}
     try:
         config = cls.Config.model_validate(options)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 MARKER_FILE = "cruijff_kit_model.json"
 """Name of the small JSON file that records how a model folder was made."""
 
-BPE_VOCAB_SIZE = 768
+BPE_VOCAB_SIZE = 1024
 """Target size of the trained byte-level BPE vocabulary (256 byte symbols + merges), before specials."""
 
 FAMILIES = ("llama3", "qwen2")
@@ -125,7 +125,7 @@ class _Dims:
     intermediate_size: int
 
 
-_WORDS = (
+_WORD_TEXT = (
     "the be to of and a in that have I it for not on with he as you do at this but his by from they we say "
     "her she or an will my one all would there their what so up out if about who get which go me when make "
     "can like time no just him know take people into year your good some could them see other than then now "
@@ -138,7 +138,7 @@ _WORDS = (
     "exactly format list item red green blue black white big small long short happy sad fast slow open close "
     "left right yesterday today tomorrow morning evening night friend family school book music python code "
     "data model train test eval score result"
-).split()
+)
 
 _SENTENCES = (
     "The quick brown fox jumps over the lazy dog.",
@@ -161,8 +161,10 @@ def default_corpus() -> list[str]:
     Good enough that ordinary ASCII text (and the word-capitalization demo) tokenizes into sensible
     pieces; any other text still tokenizes, byte by byte, because the byte alphabet is always included.
     """
-    lines = [" ".join(_WORDS), " ".join(w.upper() for w in _WORDS), " ".join(w.capitalize() for w in _WORDS)]
-    lines += [f"{w} -> {w.upper()}" for w in _WORDS]
+    words = _WORD_TEXT.split()
+    lines = [" ".join(words), " ".join(w.upper() for w in words), " ".join(w.capitalize() for w in words)]
+    lines += [form for w in words for form in (w, w.upper(), w.capitalize())]  # no leading space
+    lines += [f"{w} -> {w.upper()}" for w in words]
     lines += [" ".join(str(i) for i in range(start, start + 50)) for start in range(0, 1000, 50)]
     lines += [" ".join(string.punctuation), string.punctuation, string.digits, string.ascii_letters]
     lines += ["user\n", "assistant\n", "system\n", "\n\n", "\t", "  "]
@@ -385,9 +387,10 @@ def quiet_progress_bars() -> Iterator[None]:
 
 
 def read_marker(model_dir: str | Path) -> dict[str, Any] | None:
-    """The ``cruijff_kit_model.json`` of a model folder, or None when there is none."""
+    """The ``cruijff_kit_model.json`` of a model folder, or None when it is missing or unreadable."""
     path = Path(model_dir) / MARKER_FILE
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None

@@ -1,0 +1,108 @@
+"""A third-party plugin, as a user would write one: a trainer, an evaluator and a dataset.
+
+The trainer does no maths: it counts steps, sleeps, keeps resumable state, and writes an adapter
+folder per saved epoch, so the core's bookkeeping can be tested quickly and without torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from pydantic import Field
+
+from cruijff_kit import hookimpl
+from cruijff_kit.kinds import Dataset, DatasetConfig, EvalConfig, Evaluator, Trainer, TrainConfig
+
+
+class ToyTrainConfig(TrainConfig):
+    steps_per_epoch: int = Field(3, gt=0)
+    step_seconds: float = 0.0
+    fail_at_step: int | None = None
+
+
+class ToyTrainer(Trainer):
+    name = "toy"
+    Config = ToyTrainConfig
+    description = "Counts steps and writes fake adapters (tests only)."
+
+    def train(self, ctx: Any) -> None:
+        cfg = self.config
+        state_file = ctx.state_dir / "state.json"
+        step = 0
+        if ctx.resume_from() is not None and state_file.exists():
+            step = json.loads(state_file.read_text())["step"]
+            print(f"resuming from step {step}", flush=True)
+        total = cfg.epochs * cfg.steps_per_epoch
+        saved = set(cfg.saved_epochs())
+        while step < total:
+            if cfg.fail_at_step is not None and step == cfg.fail_at_step:
+                raise RuntimeError(f"toy failure at step {step}")
+            time.sleep(cfg.step_seconds)
+            step += 1
+            epoch = (step - 1) // cfg.steps_per_epoch
+            ctx.log_metrics(step, epoch=epoch, train_loss=1.0 / step, learning_rate=cfg.learning_rate,
+                            pid=os.getpid())
+            ctx.state_dir.mkdir(parents=True, exist_ok=True)
+            state_file.write_text(json.dumps({"step": step}))
+            if step % cfg.steps_per_epoch == 0 and epoch in saved:
+                out = ctx.adapter_dir(epoch)
+                out.mkdir(parents=True, exist_ok=True)
+                (out / "adapter_config.json").write_text(json.dumps(
+                    {"base_model_name_or_path": ctx.model_path, "r": cfg.lora.rank}))
+                (out / "adapter_model.safetensors").write_bytes(b"toy")
+
+
+class ToyEvalConfig(EvalConfig):
+    pass
+
+
+class ToyEvaluator(Evaluator):
+    name = "toy-eval"
+    Config = ToyEvalConfig
+    description = "Scores 1.0 for adapters and 0.5 for the base model (tests only)."
+
+    def evaluate(self, ctx: Any) -> dict[str, Any]:
+        data = ctx.dataset()
+        rows = data[self.config.split]
+        ctx.eval_dir.mkdir(parents=True, exist_ok=True)
+        score = 0.5 if ctx.target.is_base else 1.0
+        (ctx.eval_dir / "log.json").write_text(json.dumps({"target": ctx.target.name, "n": len(rows)}))
+        return {"accuracy": {"value": score, "stderr": 0.0}, "samples": len(rows),
+                "system": ctx.prompt.system}
+
+
+class ToyDataConfig(DatasetConfig):
+    rows: int = Field(8, gt=0)
+
+
+class ToyDataset(Dataset):
+    name = "toy-data"
+    Config = ToyDataConfig
+
+    def load(self, prompt: Any) -> dict[str, list[dict[str, Any]]]:
+        def rows(n: int) -> list[dict[str, Any]]:
+            return [{"messages": [{"role": "user", "content": f"w{i}"},
+                                  {"role": "assistant", "content": f"W{i}"}]} for i in range(n)]
+
+        return {"train": rows(self.config.rows), "validation": rows(2), "test": rows(3)}
+
+    def describe(self) -> dict[str, Any]:
+        return {"rows": {"train": self.config.rows, "validation": 2, "test": 3}}
+
+
+@hookimpl
+def register_trainers(register):
+    register(ToyTrainer)
+
+
+@hookimpl
+def register_evaluators(register):
+    register(ToyEvaluator)
+
+
+@hookimpl
+def register_datasets(register):
+    register(ToyDataset)
