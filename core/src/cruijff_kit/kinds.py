@@ -260,7 +260,8 @@ class Simulator(Plugin):
 
     ``ck simulate`` calls :meth:`open` once, then :meth:`complete` from many coroutines at once, and
     :meth:`aclose` at the end. Retries are the core's: :meth:`complete` raises, and the core retries
-    with backoff when :meth:`is_retryable` says so (rate limits, 5xx, timeouts).
+    with backoff when :meth:`is_retryable` says so (rate limits, 5xx, timeouts). At plan time
+    :meth:`Plugin.check` is called with ``run=None`` (a simulation is not a run).
     """
 
     kind = "simulator"

@@ -127,6 +127,7 @@ def run_stage(run_dir: str | Path, stage_name: str, *, extra_plugins: list[objec
                                 error=None, exit_code=None)
             envinfo.record(layout.root, stage_name, int(run.spec["seed"]), run.spec["run"].get("spec_dir"))
             hook.stage_started(run=info, stage=stage_name)
+            print(f"[ck] {status.now()} stage {stage_name} of run {run.name} started", flush=True)
         if stage.kind == "train":
             plugin.train(ctx)  # type: ignore[attr-defined]
             if primary:
@@ -161,5 +162,6 @@ def run_stage(run_dir: str | Path, stage_name: str, *, extra_plugins: list[objec
             signal.signal(s, h)
     if primary:
         status.update_stage(layout.root, stage_name, state=status.DONE, ended=status.now(), exit_code=0)
+        print(f"[ck] {status.now()} stage {stage_name} of run {run.name} done", flush=True)
         hook.stage_finished(run=info, stage=stage_name, state=status.DONE, results=results or None)
     return results

@@ -230,3 +230,33 @@ def export_adapter(adapter_dir: Path, dest: Path, base_model: str | None = None)
         dest.rmdir()
     os.replace(tmp, dest)
     return dest
+
+
+def save_adapter_weights(weights: dict[str, Any], adapter_config: dict[str, Any], tokenizer: Any,
+                         adapter_dir: Path, *, base_model: str, base_model_path: str | None = None,
+                         extra: dict[str, Any] | None = None) -> Path:
+    """Like :func:`save_adapter`, for trainers that hold LoRA weights as a plain state dict.
+
+    ``weights`` are CPU tensors under PEFT's saved names (``base_model.model.<module>.lora_A.weight``),
+    ``adapter_config`` the content of ``adapter_config.json``. The folder is written next to its final
+    place and renamed in, with the tokenizer and ``cruijff_kit.json``, exactly as :func:`save_adapter`.
+    """
+    from safetensors.torch import save_file
+
+    adapter_dir = Path(adapter_dir)
+    adapter_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = adapter_dir.with_name(f".{adapter_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        save_file(weights, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        atomic_write_json(tmp / "adapter_config.json", adapter_config)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        name_base_model(tmp, base_model_path or base_model)
+        info = {"base_model": base_model, "base_model_path": base_model_path, **(extra or {})}
+        atomic_write_json(tmp / ADAPTER_INFO, info)
+        _replace_dir(tmp, adapter_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return adapter_dir
