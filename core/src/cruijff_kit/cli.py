@@ -227,6 +227,22 @@ def plugins(as_json: bool) -> None:
 
 
 @cli.command()
+@click.argument("target", default=".", type=click.Path())
+@click.option("--no-plots", is_flag=True, help="Only the tables.")
+def summarize(target: str, no_plots: bool) -> None:
+    """One table of runs x targets x metrics (summary.md, summary.csv) and plots under plots/."""
+    from rich.markdown import Markdown
+
+    from cruijff_kit.runner import find_experiment
+    from cruijff_kit.summarize import to_markdown, write_summary
+
+    summary, files = write_summary(find_experiment(target), plots=not no_plots)
+    console().print(Markdown(to_markdown(summary)))
+    for f in files:
+        click.echo(f"Wrote {f}")
+
+
+@cli.command()
 def schema() -> None:
     """Print the JSON Schema of a run spec, installed plugins' options included."""
     from cruijff_kit.schema import spec_json_schema

@@ -1,0 +1,70 @@
+"""`ck summarize` on run folders produced by `ck run` (toy plugin: fast, no torch)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import yaml
+from conftest import write_spec
+
+from cruijff_kit.fileio import read_jsonl
+from cruijff_kit.summarize import flatten_metrics, lower_is_better
+
+SPEC = """
+experiment: toy
+model: {path: m}
+dataset: {plugin: toy-data}
+train: {plugin: toy, epochs: 2, steps_per_epoch: 3}
+eval:
+  - {plugin: toy-eval, task: exact, checkpoints: all}
+sweep:
+  train.lora.rank: [4, 8]
+  train.learning_rate: [0.1, 0.2]
+"""
+
+
+def test_summarize_table_matches_artifacts_and_plots(tmp_path, with_toy, ck):
+    spec = write_spec(tmp_path, SPEC)
+    ck("run", str(spec), check=True)
+    exp = tmp_path / "runs" / "toy"
+    # make one eval fail to show it is not dropped
+    res = ck("summarize", str(spec), check=True)
+    assert "Wrote" in res.stdout
+    rows = list(csv.DictReader(io.StringIO((exp / "summary.csv").read_text())))
+    assert len(rows) == 4 * 3
+    for row in rows:
+        run_dir = exp / "runs" / row["run"]
+        spec_r = yaml.safe_load((run_dir / "spec.yaml").read_text())
+        assert float(row["train.lora.rank"]) == spec_r["train"]["lora"]["rank"]
+        metrics = read_jsonl(run_dir / "train/metrics.jsonl")
+        assert float(row["final_train_loss"]) == metrics[-1]["train_loss"]
+        assert int(row["steps"]) == metrics[-1]["step"] == 6
+        results = json.loads((run_dir / "eval/results.json").read_text())
+        assert float(row["accuracy"]) == results["exact"][row["target"]]["accuracy"]["value"]
+        assert row["state"] == "done"
+    md = (exp / "summary.md").read_text()
+    assert "**1**" in md  # best accuracy marked
+    pngs = sorted(p.name for p in (exp / "plots").glob("*.png"))
+    assert "loss_curves.png" in pngs
+    assert "exact_accuracy_vs_train.lora.rank.png" in pngs
+    assert all((exp / "plots" / p).stat().st_size > 5000 for p in pngs)
+
+
+def test_failed_and_missing_stages_are_listed(tmp_path, with_toy, ck):
+    spec = write_spec(tmp_path, SPEC.split("sweep:")[0].replace("steps_per_epoch: 3", "steps_per_epoch: 3, fail_at_step: 4"))
+    ck("run", str(spec))
+    ck("summarize", str(spec), "--no-plots", check=True)
+    md = (tmp_path / "runs/toy/summary.md").read_text()
+    assert "not done" in md and "exact/epoch_1 (pending)" in md
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "runs/toy/summary.csv").read_text())))
+    assert {r["target"]: r["state"] for r in rows}["base"] == "done"
+    assert {r["target"]: r["state"] for r in rows}["epoch_0"] == "pending"
+
+
+def test_flatten_and_direction():
+    assert flatten_metrics({"accuracy": {"value": 0.5, "stderr": 0.1}, "f1": 0.25, "samples": 10,
+                            "risk": {"ece": 0.1, "auc": {"value": 0.7}}, "log": "x.eval"}) == {
+        "accuracy": 0.5, "f1": 0.25, "risk.ece": 0.1, "risk.auc": 0.7}
+    assert lower_is_better("val_loss") and lower_is_better("risk.ece") and not lower_is_better("accuracy")
