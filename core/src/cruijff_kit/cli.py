@@ -323,6 +323,40 @@ def data_convert(src: str, dst: str) -> None:
     click.echo(f"Wrote {dst}")
 
 
+@data.command("capitalize")
+@click.argument("dst", type=click.Path())
+@click.option("--chat", is_flag=True, help="Write a chat folder (train/validation/test.json) instead.")
+@click.option("--train", "n_train", default=120, show_default=True)
+@click.option("--validation", "n_validation", default=20, show_default=True)
+@click.option("--test", "n_test", default=30, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def data_capitalize(dst: str, chat: bool, n_train: int, n_validation: int, n_test: int, seed: int) -> None:
+    """Write the word-capitalization sanity task (apple -> APPLE) from the shipped word list."""
+    from cruijff_kit.data.capitalize import write_capitalize
+
+    try:
+        path = write_capitalize(Path(dst), chat=chat, n_train=n_train, n_validation=n_validation,
+                                n_test=n_test, seed=seed)
+    except ValueError as exc:
+        raise CkError(f"ck data capitalize: {exc}. Ask for fewer rows.") from None
+    click.echo(f"Wrote {path} ({n_train}/{n_validation}/{n_test} rows, seed {seed})")
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--set", "sets", multiple=True, help=SET_HELP)
+@click.option("--limit", type=click.IntRange(min=1), help="Simulate only the first N tasks.")
+@click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
+def simulate(spec: str, sets: tuple[str, ...], limit: int | None, no_progress: bool) -> None:
+    """Simulate the conversations of SPEC's `simulate:` section; re-running resumes."""
+    from cruijff_kit.simulate.command import run_command
+
+    message, code = run_command(_load(spec, sets), limit=limit, progress=not no_progress)
+    click.echo(message)
+    if code:
+        sys.exit(code)
+
+
 def _add_plugin_commands() -> None:
     from cruijff_kit.plugins import registry
 
