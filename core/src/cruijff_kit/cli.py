@@ -243,8 +243,14 @@ def summarize(target: str, no_plots: bool) -> None:
 
 
 @cli.command()
-def schema() -> None:
+@click.option("--markdown", is_flag=True, help="Print the spec reference page instead (docs/spec-reference.md).")
+def schema(markdown: bool) -> None:
     """Print the JSON Schema of a run spec, installed plugins' options included."""
+    if markdown:
+        from cruijff_kit.reference import spec_reference
+
+        click.echo(spec_reference(), nl=False)
+        return
     from cruijff_kit.schema import spec_json_schema
 
     click.echo(json.dumps(spec_json_schema(), indent=2))

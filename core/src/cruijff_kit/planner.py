@@ -270,6 +270,10 @@ def resolve_run(loaded: LoadedSpec, combo: dict[str, Any], layout: ExperimentLay
     hashed = {k: v for k, v in resolved.items() if k not in NOT_HASHED}
     name = run_name(hashed)
     resolved["model"] = _resolve_model(resolved["model"], base_dir)
+    if top.simulate is not None:  # not hashed; lets a dataset plugin find the simulation's output
+        from cruijff_kit.simulate.config import resolved_section
+
+        resolved["simulate"] = resolved_section(top.simulate, loaded)
     resolved["run"] = {
         "name": name,
         "type": run_type,
@@ -306,6 +310,10 @@ def _plugin_key(section: dict[str, Any] | None, extra: Any = None) -> str:
 def check_plan(plan: Plan) -> None:
     """Run each distinct plugin configuration's plan-time ``check`` once (errors name the spec)."""
     seen: set[str] = set()
+    if plan.loaded.model.simulate is not None:
+        from cruijff_kit.simulate.config import check_simulate
+
+        check_simulate(plan.loaded)
     for run in plan.runs:
         objs: list[tuple[str, Plugin]] = [("dataset", run.dataset()), ("scheduler", run.scheduler())]
         tr = run.trainer()

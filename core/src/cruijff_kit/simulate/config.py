@@ -307,3 +307,21 @@ def check_simulate(loaded: Any) -> None:
         sim = load_simulation(loaded)
         for p in sim.participants():
             p.check(None)  # type: ignore[arg-type]
+
+
+def resolved_section(raw: dict[str, Any], loaded: Any) -> dict[str, Any]:
+    """The ``simulate`` section as written into a run's resolved spec: as given, ``output`` absolute.
+
+    Not validated here (``check_simulate`` does that once per spec); a section that is not a mapping
+    is passed through for the check to report.
+    """
+    if not isinstance(raw, dict):
+        return raw
+    out = dict(raw)
+    given = raw.get("output")
+    if isinstance(given, str) and given:
+        p = Path(given).expanduser()
+        out["output"] = str(p if p.is_absolute() else (loaded.spec_dir / p).resolve())
+    else:
+        out["output"] = str(default_output(loaded))
+    return out
