@@ -281,7 +281,11 @@ class Simulator(Plugin):
         """Release clients, threads or models after the last call."""
 
     def is_retryable(self, exc: BaseException) -> bool:
-        """True when ``exc`` is transient (rate limit, server error, timeout) and the call may be retried."""
+        """True when ``exc`` is transient (rate limit, server error, timeout) and the call may be retried.
+
+        Raise a :class:`cruijff_kit.CkError` instead for errors that stop the whole simulation (a key
+        the endpoint refuses, an unknown model).
+        """
         return isinstance(exc, TimeoutError | ConnectionError)
 
     def retry_after(self, exc: BaseException) -> float | None:
