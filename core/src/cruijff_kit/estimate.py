@@ -107,9 +107,12 @@ class ModelShape:
         return embed + self.linear_parameters() + norms * self.num_layers + self.hidden_size + head
 
     def lora_parameters(self, targets: list[str], rank: int) -> int:
-        """Trainable parameters of LoRA adapters of ``rank`` on ``targets`` in every layer."""
+        """Trainable parameters of LoRA adapters of ``rank`` on ``targets`` (per layer, plus ``lm_head``)."""
         shapes = self.linear_shapes()
-        return sum(rank * (shapes[t][0] + shapes[t][1]) for t in targets if t in shapes) * self.num_layers
+        total = sum(rank * (shapes[t][0] + shapes[t][1]) for t in targets if t in shapes) * self.num_layers
+        if "lm_head" in targets:
+            total += rank * (self.hidden_size + self.vocab_size)
+        return total
 
 
 # --------------------------------------------------------------------------- finding config.json
@@ -170,12 +173,16 @@ def model_ref(run: PlannedRun) -> str:
 
 
 # --------------------------------------------------------------------------- plan-time checks
+#: Module outside the decoder layers that LoRA can also target (the output projection).
+OUTPUT_MODULE = "lm_head"
+
+
 def target_modules(model: str | Path) -> list[str] | None:
     """LoRA-able module names of ``model`` (known architectures only), else None."""
     shape = model_shape(model)
     if shape is None or not shape.known:
         return None
-    return list(shape.linear_shapes())
+    return [*shape.linear_shapes(), OUTPUT_MODULE]
 
 
 def check_targets(run: PlannedRun, config: TrainConfig) -> None:

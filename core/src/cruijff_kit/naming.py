@@ -6,18 +6,8 @@ import hashlib
 import json
 from typing import Any
 
-ADJECTIVES = (
-    "amber azure bold brave brisk calm clever cosmic crisp curious daring eager early fancy fierce gentle "
-    "glad golden grand happy hardy honest humble jolly keen kind lively lucky merry mighty misty modest "
-    "noble polite proud quick quiet rapid rosy royal rustic shiny silent silver sleek smart snowy solid "
-    "spicy steady stormy sunny swift tidy tender upbeat vivid warm wild wise witty young zesty plucky"
-).split()
-NOUNS = (
-    "otter falcon badger heron lynx panda koala raven tiger whale zebra beaver bison camel cobra crane "
-    "dingo eagle ferret gecko goose hare ibis jackal lemur llama marten moose newt ocelot orca owl "
-    "parrot pelican puffin quail rabbit robin salmon seal shark sloth snail sparrow squid stork swan "
-    "tapir toucan trout turtle viper walrus wombat yak marmot mole finch kiwi"
-).split()
+ADJECTIVES = ["amber", "azure", "bold", "brave", "brisk", "calm", "clever", "cosmic", "crisp", "curious", "daring", "eager", "early", "fancy", "fierce", "gentle", "glad", "golden", "grand", "happy", "hardy", "honest", "humble", "jolly", "keen", "kind", "lively", "lucky", "merry", "mighty", "misty", "modest", "noble", "polite", "proud", "quick", "quiet", "rapid", "rosy", "royal", "rustic", "shiny", "silent", "silver", "sleek", "smart", "snowy", "solid", "spicy", "steady", "stormy", "sunny", "swift", "tidy", "tender", "upbeat", "vivid", "warm", "wild", "wise", "witty", "young", "zesty", "plucky"]
+NOUNS = ["otter", "falcon", "badger", "heron", "lynx", "panda", "koala", "raven", "tiger", "whale", "zebra", "beaver", "bison", "camel", "cobra", "crane", "dingo", "eagle", "ferret", "gecko", "goose", "hare", "ibis", "jackal", "lemur", "llama", "marten", "moose", "newt", "ocelot", "orca", "owl", "parrot", "pelican", "puffin", "quail", "rabbit", "robin", "salmon", "seal", "shark", "sloth", "snail", "sparrow", "squid", "stork", "swan", "tapir", "toucan", "trout", "turtle", "viper", "walrus", "wombat", "yak", "marmot", "mole", "finch", "kiwi"]
 
 
 def spec_hash(spec: dict[str, Any]) -> str:

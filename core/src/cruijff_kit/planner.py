@@ -17,15 +17,15 @@ from typing import Any
 from cruijff_kit.errors import SpecError
 from cruijff_kit.kinds import (
     Dataset,
-    EvalConfig,
     Estimate,
+    EvalConfig,
     Evaluator,
     Plugin,
     Prompt,
     Resources,
     Scheduler,
-    Trainer,
     TrainConfig,
+    Trainer,
 )
 from cruijff_kit.layout import ExperimentLayout, RunLayout
 from cruijff_kit.naming import run_name, spec_hash

@@ -178,7 +178,7 @@ def experiment_status(exp: ExperimentLayout, *, refresh: bool = True) -> list[di
             states = sched.refresh([j for j, _ in items])
         except CkError:
             continue
-        for job, row in items:
+        for _job, row in items:
             new = states.get(str(row.get("job_id")))
             if new:
                 row["state"] = new

@@ -261,3 +261,13 @@ def save_adapter_weights(weights: dict[str, Any], adapter_config: dict[str, Any]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return adapter_dir
+
+
+def require_saved_epochs(ctx: Any, saved: list[int], *, step: int, epoch: int, max_steps: int | None) -> None:
+    """After ``max_steps`` ended training in ``epoch``: StageError when an epoch of ``saved`` has no adapter."""
+    missing = [e for e in sorted(saved) if not (ctx.adapter_dir(e) / "adapter_config.json").exists()]
+    if missing:
+        raise StageError(
+            f"training stopped at step {step} in epoch {epoch} (max_steps {max_steps}), so epochs {missing} of "
+            "save_epochs were never reached. Lower train.epochs, raise train.max_steps, or list only reached "
+            "epochs in train.save_epochs.")
