@@ -185,3 +185,25 @@ def test_status_file_survives_many_concurrent_writers(tmp_path):
     assert {f"stage{i}" for i in range(12)} == set(data["stages"])
     assert all(e["k"] == 24 for e in data["stages"].values())
     assert not list(tmp_path.glob(".status.json.*.tmp"))
+
+
+def test_local_scheduler_gives_each_slot_its_own_gpu(tmp_path, toy_site, ck):
+    """With two GPUs visible, two runs train at once, each seeing only its own device."""
+    text = SWEEP.split("sweep:")[0].replace("steps_per_epoch: 2", "steps_per_epoch: 4, step_seconds: 0.25")
+    text = text.replace("eval:\n  - {plugin: toy-eval, task: exact, checkpoints: all}\n", "")
+    text += "eval: []\nsweep:\n  train.lora.rank: [4, 8]\n"
+    spec = write_spec(tmp_path, text)
+    env = {"CUDA_VISIBLE_DEVICES": "0,1", "PYTHONPATH": str(toy_site)}
+    ck("run", str(spec), env=env, check=True)
+    rows = {d.name: read_jsonl(d / "train/metrics.jsonl") for d in run_dirs(tmp_path / "runs" / "toy")}
+    devices = {name: {r["cuda"] for r in rs} for name, rs in rows.items()}
+    assert sorted(d for ds in devices.values() for d in ds) == ["0", "1"], devices
+    (a, b) = rows.values()
+    overlap = min(a[-1]["time"], b[-1]["time"]) - max(a[0]["time"], b[0]["time"])
+    assert overlap > 0, "the two runs did not train at the same time"
+
+
+def test_models_tiny_through_cli(tmp_path, ck):
+    res = ck("models", "tiny", str(tmp_path / "m"), "--family", "qwen2", check=True)
+    assert "Built tiny qwen2 model" in res.stdout
+    assert (tmp_path / "m" / "config.json").exists() and (tmp_path / "m" / "vocab.json").exists()

@@ -44,7 +44,7 @@ class ToyTrainer(Trainer):
             step += 1
             epoch = (step - 1) // cfg.steps_per_epoch
             ctx.log_metrics(step, epoch=epoch, train_loss=1.0 / step, learning_rate=cfg.learning_rate,
-                            pid=os.getpid())
+                            pid=os.getpid(), cuda=os.environ.get("CUDA_VISIBLE_DEVICES"), time=time.time())
             ctx.state_dir.mkdir(parents=True, exist_ok=True)
             state_file.write_text(json.dumps({"step": step}))
             if step % cfg.steps_per_epoch == 0 and epoch in saved:
