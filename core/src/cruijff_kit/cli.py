@@ -125,6 +125,7 @@ def _unfinished_rows(layout: Any) -> list[dict[str, Any]]:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable rows.")
 def status(target: str, as_json: bool) -> None:
     """Runs x stages with their states. TARGET: a spec file or an experiment folder."""
+    from rich.markup import escape
     from rich.table import Table
 
     from cruijff_kit.runner import experiment_status, find_experiment
@@ -152,6 +153,11 @@ def status(target: str, as_json: bool) -> None:
         table.add_row(run_name, *cells)
     out = console()
     out.print(table)
+    live = list(dict.fromkeys(r["live"] for r in rows if r.get("live")))
+    if live:
+        out.print(f"[bold yellow]Still running and billed ({len(live)}); `ck cancel {target}` stops them:[/]")
+        for line in live:
+            out.print(f"  [yellow]{escape(line)}[/]")
     for r in rows:
         if r.get("state") == "failed":
             out.print(f"[red]{r['run']} {r['stage']}[/]: {r.get('error', '')}")

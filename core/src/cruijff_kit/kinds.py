@@ -220,7 +220,16 @@ class Scheduler(Plugin):
         raise NotImplementedError
 
     def refresh(self, jobs: list[StageJob]) -> dict[str, str]:
-        """Map job id -> stage state for jobs whose state only the scheduler knows (default: none)."""
+        """Map job id -> stage state for jobs whose state only the scheduler knows (default: none).
+
+        ``ck status`` also passes stages whose status entry has a ``live`` line (a billed resource the
+        scheduler still holds, e.g. a cloud machine), whatever their state; a scheduler may update
+        status entries here (the rows are re-read afterwards).
+        """
+        return {}
+
+    def plan_columns(self, run: PlannedRun) -> dict[str, str]:
+        """Extra cells of this run's row in ``plan.md`` (e.g. machine and estimated cost). Cheap."""
         return {}
 
     def cancel(self, jobs: list[StageJob]) -> None:

@@ -87,6 +87,8 @@ class PlannedRun:
     layout: RunLayout
     base_dir: Path
     estimate: Estimate | None = None
+    #: Extra plan.md cells from the scheduler (``Scheduler.plan_columns``), filled by :func:`estimate_plan`.
+    plan_columns: dict[str, str] = field(default_factory=dict)
 
     # -- plugin objects, built from the resolved spec
     def dataset(self) -> Dataset:
@@ -214,8 +216,8 @@ def resolve_run(loaded: LoadedSpec, combo: dict[str, Any], layout: ExperimentLay
     file = str(loaded.file)
     base = {k: v for k, v in loaded.raw.items() if k not in ("sweep", "variants")}
     note = " (set by the sweep)" if combo else ""
-    data = apply_overrides(base, combo, "sweep")
-    data = apply_overrides(data, loaded.overrides, "--set")  # the command line always wins
+    data = apply_overrides(base, combo, "set by the sweep", file)
+    data = apply_overrides(data, loaded.overrides, "--set", file)  # the command line always wins
     top = validate_top(data, file)
     base_dir = loaded.spec_dir
 
@@ -350,6 +352,8 @@ def estimate_plan(plan: Plan) -> None:
         if key not in memo:
             memo[key] = tr.estimate(run)
         run.estimate = memo[key]
+    for run in plan.runs:
+        run.plan_columns = dict(run.scheduler().plan_columns(run) or {})
 
 
 def copy_spec(run: PlannedRun) -> dict[str, Any]:

@@ -48,7 +48,10 @@ def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
 def plan_markdown(plan: Plan) -> str:
     """The design matrix and per-run estimates."""
     swept = plan.swept_keys()
-    headers = ["run", "type", *swept, "stages", "params", "trainable", "memory", "tokens/epoch"]
+    extra: list[str] = []  # scheduler cells (e.g. pod and estimated cost), in first-seen order
+    for run in plan.runs:
+        extra += [k for k in run.plan_columns if k not in extra]
+    headers = ["run", "type", *swept, "stages", "params", "trainable", "memory", "tokens/epoch", *extra]
     rows = []
     for run in plan.runs:
         est = run.estimate
@@ -58,6 +61,7 @@ def plan_markdown(plan: Plan) -> str:
             human_count(est.trainable_parameters) if est else "-",
             human_bytes(est.memory_bytes) if est else "-",
             human_count(est.tokens_per_epoch) if est else "-",
+            *[run.plan_columns.get(k, "-") for k in extra],
         ])
     notes = sorted({n for run in plan.runs if run.estimate for n in run.estimate.notes})
     lines = [

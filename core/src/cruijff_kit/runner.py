@@ -164,7 +164,7 @@ def experiment_status(exp: ExperimentLayout, *, refresh: bool = True) -> list[di
                 row["state"] = status.INTERRUPTED
                 row["error"] = "process is gone (killed?); `ck run` resumes it"
             rows.append(row)
-            if refresh and entry.get("state") in status.ACTIVE_STATES and entry.get("job_id"):
+            if refresh and (entry.get("state") in status.ACTIVE_STATES or entry.get("live")) and entry.get("job_id"):
                 job = StageJob(exp.root.name, run.name, layout.root, s.name, [], None, s.kind)  # type: ignore[arg-type]
                 by_scheduler.setdefault(entry.get("scheduler", "local"), []).append((job, row))
     for name, items in by_scheduler.items():
@@ -178,7 +178,8 @@ def experiment_status(exp: ExperimentLayout, *, refresh: bool = True) -> list[di
             states = sched.refresh([j for j, _ in items])
         except CkError:
             continue
-        for _job, row in items:
+        for job, row in items:
+            row.update(status.read(job.run_dir)["stages"].get(job.stage, {}))  # refresh may update entries
             new = states.get(str(row.get("job_id")))
             if new:
                 row["state"] = new
@@ -191,18 +192,27 @@ def cancel_experiment(exp: ExperimentLayout) -> int:
     from cruijff_kit.stage import load_run
 
     by_scheduler: dict[str, list[StageJob]] = {}
+    active_stages: set[tuple[Path, str]] = set()
     for layout in exp.run_layouts():
         run = load_run(layout.root)
         for name, entry in status.read(layout.root)["stages"].items():
-            if entry.get("state") in status.ACTIVE_STATES or entry.get("state") == status.PENDING and entry.get("job_id"):
+            state = entry.get("state")
+            active = state in status.ACTIVE_STATES or state == status.PENDING and entry.get("job_id")
+            if active or entry.get("live"):  # live: a billed resource still held for a settled stage
                 kind = "train" if name == "train" else "eval"
                 by_scheduler.setdefault(entry.get("scheduler") or "local", []).append(
                     StageJob(exp.root.name, run.name, layout.root, name, [], None, kind))  # type: ignore[arg-type]
+                if active:
+                    active_stages.add((layout.root, name))
     count = 0
     for name, jobs in by_scheduler.items():
         cls = plugin_class("scheduler", name)
         cls(cls.Config()).cancel(jobs)
         for job in jobs:
-            status.update_stage(job.run_dir, job.stage, state=status.CANCELLED, ended=status.now())
-        count += len(jobs)
+            if (job.run_dir, job.stage) not in active_stages:
+                continue
+            count += 1
+            # a stage the scheduler found finished while cancelling (results came back) keeps its state
+            if status.stage_state(job.run_dir, job.stage) not in (status.DONE, status.FAILED):
+                status.update_stage(job.run_dir, job.stage, state=status.CANCELLED, ended=status.now())
     return count

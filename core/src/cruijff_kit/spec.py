@@ -202,41 +202,46 @@ def split_path(dotted: str) -> list[str | int]:
     return parts
 
 
-def set_path(data: dict[str, Any], dotted: str, value: Any, *, origin: str = "") -> None:
+def set_path(data: dict[str, Any], dotted: str, value: Any, *, origin: str = "", file: str | None = None) -> None:
     """Set ``dotted`` in nested dicts/lists, creating mappings as needed."""
+    where = f"{origin}: " if origin else ""
+
+    def fail(problem: str, hint: str | None = None) -> SpecError:
+        return SpecError(f"{where}{problem}", file=file, path=dotted, hint=hint)
+
     parts = split_path(dotted)
     if not parts:
-        raise SpecError(f"empty path in {origin or 'an override'}.")
+        raise fail("empty path.")
     cur: Any = data
     for i, part in enumerate(parts[:-1]):
         nxt = parts[i + 1]
         if isinstance(part, int):
             if not isinstance(cur, list) or part >= len(cur):
-                raise SpecError(f"`{dotted}` ({origin}): index {part} is out of range.",
-                                hint="Index an existing list entry, e.g. eval[0].")
+                raise fail(f"index {part} is out of range.", "Index an existing list entry, e.g. eval[0].")
             cur = cur[part]
             continue
         if not isinstance(cur, dict):
-            raise SpecError(f"`{dotted}` ({origin}): `{part}` is not a mapping.")
+            raise fail(f"`{part}` is inside a {type(cur).__name__}, not a mapping.")
         if cur.get(part) is None:
             cur[part] = [] if isinstance(nxt, int) else {}
         cur = cur[part]
     last = parts[-1]
     if isinstance(last, int):
         if not isinstance(cur, list) or last >= len(cur):
-            raise SpecError(f"`{dotted}` ({origin}): index {last} is out of range.")
+            raise fail(f"index {last} is out of range.", "Index an existing list entry, e.g. eval[0].")
         cur[last] = value
     elif isinstance(cur, dict):
         cur[last] = value
     else:
-        raise SpecError(f"`{dotted}` ({origin}): cannot set a key inside a {type(cur).__name__}.")
+        raise fail(f"cannot set `{last}` inside a {type(cur).__name__}; the value above it is not a mapping.")
 
 
-def apply_overrides(data: dict[str, Any], overrides: dict[str, Any], origin: str) -> dict[str, Any]:
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any], origin: str,
+                    file: str | None = None) -> dict[str, Any]:
     """A deep copy of ``data`` with every dotted override applied."""
     out = copy.deepcopy(data)
     for key, value in overrides.items():
-        set_path(out, key, copy.deepcopy(value), origin=origin)
+        set_path(out, key, copy.deepcopy(value), origin=origin, file=file)
     return out
 
 
@@ -307,7 +312,7 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Load
         if top not in SpecModel.model_fields:
             raise SpecError(f"`--set {key}`: unknown top-level key `{top}`.", file=str(file),
                             hint=did_you_mean(top, SpecModel.model_fields))
-    merged = apply_overrides(raw, overrides, "--set")
+    merged = apply_overrides(raw, overrides, "--set", str(file))
     model = validate_top(merged, str(file))
     for key in model.sweep:
         top = str(split_path(key)[0]) if split_path(key) else key

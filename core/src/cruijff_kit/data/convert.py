@@ -13,7 +13,7 @@ import re
 import shutil
 from pathlib import Path
 
-from cruijff_kit.data.canonical import shown, uniform
+from cruijff_kit.data.canonical import paused_gc, shown, uniform
 from cruijff_kit.data.readers import ArrowDir, ChatFolder, InstructFile, ParquetFolder, Source, open_source
 from cruijff_kit.errors import DataError
 
@@ -70,8 +70,9 @@ def convert_to_parquet(src: Path, dst: Path) -> dict[str, int]:
     written: dict[str, int] = {}
     try:
         for split in splits:
-            part = source.rows(split)
-            _write_split(part.rows, tmp / f"{split}.parquet", split, part.file)
+            with paused_gc():
+                part = source.rows(split)
+                _write_split(part.rows, tmp / f"{split}.parquet", split, part.file)
             written[split] = len(part.rows)
         if dst.exists():
             dst.rmdir()

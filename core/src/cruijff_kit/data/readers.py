@@ -9,6 +9,10 @@
 
 Sizes (:meth:`Source.stats`) and split names are cached per file, keyed by modification time and size,
 so planning a sweep of many runs reads each file once. ``pyarrow`` is imported inside functions only.
+
+:class:`SourceDataset` is the base of dataset plugins that read a :class:`Source`: a subclass returns
+its source from :meth:`SourceDataset.source` and gets ``load``, ``describe`` and the plan-time ``check``
+(options ``path``, ``splits`` and ``limit`` from :class:`FileDatasetConfig`).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from cruijff_kit.data.canonical import (
     json_type,
     limit_for,
     map_splits,
+    paused_gc,
     shown,
     stats_of_rows,
     to_dataset_dict,
@@ -173,7 +178,11 @@ class Source:
 
     def stats(self, split: str, limit: int | None = None) -> SplitStats:
         """Sizes of one split (cached); checks the rows on the way."""
-        return self.cached(f"stats:{split}:{limit}", lambda: self._stats(split, limit))
+        def compute() -> SplitStats:
+            with paused_gc():
+                return self._stats(split, limit)
+
+        return self.cached(f"stats:{split}:{limit}", compute)
 
     def _split_names(self) -> list[str]:
         raise NotImplementedError
@@ -207,9 +216,8 @@ class InstructFile(Source):
             self.ensure()
             value = parse_json(self.path, read_text(self.path))
             if not isinstance(value, dict):
-                kind = "a list" if isinstance(value, list) else f"a {type(value).__name__}"
                 raise DataError(f"{shown(self.path)}: the top level must be an object with `train`, `validation` "
-                                f"and `test` lists of {{input, output}} rows, got {kind}. Wrap the rows as "
+                                f"and `test` lists of {{input, output}} rows, got {json_type(value)}. Wrap the rows as "
                                 '{"train": [...]}.')
             for split, rows in value.items():
                 if not isinstance(rows, list):
@@ -595,10 +603,11 @@ class SourceDataset(Dataset):
         source = self.source()
         source.ensure()
         out = {}
-        for ours, theirs in self.split_map(source).items():
-            part = source.rows(theirs, self._limit(ours))
-            out[ours] = canonical_rows(part.rows, part.kind, prompt)
-        return to_dataset_dict(out, file=source.path)
+        with paused_gc():
+            for ours, theirs in self.split_map(source).items():
+                part = source.rows(theirs, self._limit(ours))
+                out[ours] = canonical_rows(part.rows, part.kind, prompt)
+            return to_dataset_dict(out, file=source.path)
 
     def describe(self, prompt: Any = None) -> dict[str, Any]:
         """``{"rows": {split: n}, "chars": {split: characters once rendered}}`` (cached per file).
