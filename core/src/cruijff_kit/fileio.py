@@ -39,9 +39,23 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with the C loader when available (10x faster on large run specs)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader
+
+
+def dump_yaml(data: Any) -> str:
+    """``yaml.safe_dump`` (C dumper when available), keys in insertion order."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
+
+
 def atomic_write_yaml(path: Path, data: Any) -> None:
     """Atomically write YAML (keys in insertion order)."""
-    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    atomic_write_text(path, dump_yaml(data))
 
 
 @contextmanager

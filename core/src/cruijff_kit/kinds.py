@@ -247,8 +247,8 @@ class Dataset(Plugin):
         """Return a DatasetDict; instruct rows rendered with ``prompt`` (a PromptSpec)."""
         raise NotImplementedError
 
-    def describe(self) -> dict[str, Any]:
-        """Cheap facts for ``ck plan`` (``rows`` per split, ``chars`` per split); may be empty."""
+    def describe(self, prompt: Any = None) -> dict[str, Any]:
+        """Cheap facts for ``ck plan``: ``rows`` and rendered ``chars`` per split (with ``prompt``); may be empty."""
         return {}
 
     def splits(self) -> list[str] | None:

@@ -114,10 +114,17 @@ class PlannedRun:
                          + ", ".join(s.name for s in self.stages) + ".")
 
 
+_INSTANCES: dict[str, Plugin] = {}
+
+
 def instantiate(kind: str, section: dict[str, Any], base_dir: Path) -> Plugin:
-    """Build a plugin object from a resolved section (validates again; cheap)."""
-    cls, config = validate_section(kind, section, path=kind, file=None)
-    return cls(config, base_dir=base_dir)
+    """The plugin object for a resolved section (one object per distinct section and folder)."""
+    key = json.dumps([kind, section, str(base_dir)], sort_keys=True, default=str)
+    obj = _INSTANCES.get(key)
+    if obj is None:
+        cls, config = validate_section(kind, section, path=kind, file=None)
+        obj = _INSTANCES[key] = cls(config, base_dir=base_dir)
+    return obj
 
 
 @dataclass
@@ -323,9 +330,9 @@ def check_plan(plan: Plan) -> None:
             objs.append(("train", tr))
         objs += [(f"eval[{i}]", run.evaluator(i)) for i in range(len(run.spec["eval"]))]
         for where, obj in objs:
+            # what a check may look at: its own config and the rest of the resolved run
             key = _plugin_key({"w": where, "c": obj.config.model_dump(mode="json")},
-                              {"model": run.spec["model"], "train": run.spec.get("train"),
-                               "dataset": run.spec["dataset"]})
+                              {k: v for k, v in run.spec.items() if k not in ("run", "scheduler")})
             if key in seen:
                 continue
             seen.add(key)

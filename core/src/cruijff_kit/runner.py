@@ -9,11 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cruijff_kit import status
 from cruijff_kit.errors import CkError
-from cruijff_kit.fileio import atomic_write_text, atomic_write_yaml
+from cruijff_kit.fileio import atomic_write_text, atomic_write_yaml, load_yaml
 from cruijff_kit.kinds import Scheduler
 from cruijff_kit.layout import ExperimentLayout
 from cruijff_kit.planner import Plan, StageJob
@@ -30,7 +28,7 @@ def write_experiment(plan: Plan) -> None:
     for run in plan.runs:
         run.layout.root.mkdir(parents=True, exist_ok=True)
         spec = scrub(run.spec)
-        if not run.layout.spec.exists() or yaml.safe_load(run.layout.spec.read_text()) != spec:
+        if not run.layout.spec.exists() or load_yaml(run.layout.spec.read_text()) != spec:
             atomic_write_yaml(run.layout.spec, spec)
         status.ensure_stages(run.layout.root, [s.name for s in run.stages])
 

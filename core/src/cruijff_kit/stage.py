@@ -13,12 +13,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cruijff_kit import status
 from cruijff_kit.context import RunInfo, StageContext
 from cruijff_kit.errors import CkError, StageError
-from cruijff_kit.fileio import atomic_write_json, locked, read_json
+from cruijff_kit.fileio import atomic_write_json, load_yaml, locked, read_json
 from cruijff_kit.layout import RunLayout
 from cruijff_kit.planner import PlannedRun, StageDef
 
@@ -33,7 +31,7 @@ def load_run(run_dir: str | Path) -> PlannedRun:
     if not layout.spec.exists():
         raise StageError(f"{layout.root} is not a run folder (no spec.yaml). Run `ck run SPEC` first, or "
                          "give the path of a folder under <output_dir>/<experiment>/runs/.")
-    spec = yaml.safe_load(layout.spec.read_text())
+    spec = load_yaml(layout.spec.read_text())
     meta = spec["run"]
     labels = {ev_label(ev): i for i, ev in enumerate(spec.get("eval") or [])}
     stages = []

@@ -13,10 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cruijff_kit import status
-from cruijff_kit.fileio import atomic_write_text, read_json, read_jsonl
+from cruijff_kit.fileio import atomic_write_text, load_yaml, read_json, read_jsonl
 from cruijff_kit.layout import ExperimentLayout, RunLayout
 from cruijff_kit.report import fmt, markdown_table
 
@@ -115,7 +113,7 @@ def collect(exp: ExperimentLayout) -> Summary:
     metrics: list[str] = []
     curves: dict[str, list[dict[str, Any]]] = {}
     for layout in exp.run_layouts():
-        spec = yaml.safe_load(layout.spec.read_text())
+        spec = load_yaml(layout.spec.read_text())
         meta = spec.get("run", {})
         sweep = meta.get("sweep", {}) or {}
         for k in sweep:

@@ -1,0 +1,58 @@
+"""CLI start-up: `ck --help`, `ck plan` of a 1,000-run sweep, and `ck status` over 1,000 runs,
+against `python -c "import torch"`. Run by hand: `python benchmarks/cli_startup.py`."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+SPEC = textwrap.dedent("""
+    experiment: bench
+    model: {path: org/model}
+    dataset: {plugin: json-instruct, path: data.json}
+    train: {plugin: trl}
+    eval: [{plugin: inspect, task: exact-match}]
+    sweep:
+      train.lora.rank: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+      train.learning_rate: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+      seed: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+""")
+
+
+def timed(cmd: list[str], cwd: Path, repeat: int = 3) -> float:
+    """Median wall seconds of a command."""
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        subprocess.run(cmd, cwd=cwd, check=True, capture_output=True)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main() -> None:
+    py = sys.executable
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        (d / "spec.yaml").write_text(SPEC)
+        (d / "data.json").write_text('{"train": [{"input": "a", "output": "A"}], "validation": [{"input": "c", "output": "C"}], "test": [{"input": "b", "output": "B"}]}')
+        rows = [
+            ("python -c 'import torch'", timed([py, "-c", "import torch"], d)),
+            ("ck --help", timed([py, "-m", "cruijff_kit", "--help"], d)),
+            ("ck plan (1,000 runs)", timed([py, "-m", "cruijff_kit", "plan", "spec.yaml"], d)),
+        ]
+        subprocess.run([py, "-m", "cruijff_kit", "run", "spec.yaml", "--dry-run"], cwd=d, check=True,
+                       capture_output=True)
+        rows.append(("ck status (1,000 runs x 2 stages)", timed([py, "-m", "cruijff_kit", "status", "spec.yaml",
+                                                                 "--json"], d)))
+    print("| command | median wall (s) |\n|---|---|")
+    for name, t in rows:
+        print(f"| {name} | {t:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
