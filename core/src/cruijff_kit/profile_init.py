@@ -20,11 +20,8 @@ def run_init(scheduler: str | None, path: Path | None, sets: tuple[str, ...], *,
 
     reg = registry()
     with_profile = [n for n, r in reg.plugins["scheduler"].items() if getattr(r.cls, "Profile", None)]
-    if scheduler is None:
-        if not interactive or not with_profile:
-            scheduler = with_profile[0] if len(with_profile) == 1 else None
-        else:
-            scheduler = click.prompt("Scheduler to configure", type=click.Choice(sorted(with_profile)))
+    if scheduler is None and interactive and with_profile:
+        scheduler = click.prompt("Scheduler to configure", type=click.Choice(sorted(with_profile)))
     target = path or user_profile_path()
     data: dict[str, Any] = {}
     overrides = parse_overrides(sets)
