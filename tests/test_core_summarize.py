@@ -68,3 +68,22 @@ def test_flatten_and_direction():
                             "risk": {"ece": 0.1, "auc": {"value": 0.7}}, "log": "x.eval"}) == {
         "accuracy": 0.5, "f1": 0.25, "risk.ece": 0.1, "risk.auc": 0.7}
     assert lower_is_better("val_loss") and lower_is_better("risk.ece") and not lower_is_better("accuracy")
+
+
+def test_archive_copies_without_weights_verifies_and_removes_on_request(tmp_path, with_toy, ck):
+    spec = write_spec(tmp_path, SPEC.split("sweep:")[0])
+    ck("run", str(spec), check=True)
+    exp = tmp_path / "runs" / "toy"
+    (run,) = (exp / "runs").iterdir()
+    res = ck("archive", str(exp), str(tmp_path / "arch"), check=True)
+    assert "verified" in res.stdout
+    copy = tmp_path / "arch" / "toy" / "runs" / run.name
+    assert (copy / "status.json").read_text() == (run / "status.json").read_text()
+    assert (copy / "train/epoch_1/adapter/adapter_config.json").exists()
+    assert not (copy / "train/epoch_1/adapter/adapter_model.safetensors").exists()
+    assert exp.exists()
+    res = ck("archive", str(exp), str(tmp_path / "arch"))
+    assert res.returncode == 2 and "already exists" in res.stderr
+    ck("archive", str(exp), str(tmp_path / "arch2"), "--keep-adapters", "--remove", check=True)
+    assert (tmp_path / "arch2/toy/runs" / run.name / "train/epoch_1/adapter/adapter_model.safetensors").exists()
+    assert not exp.exists()

@@ -248,6 +248,23 @@ def summarize(target: str, no_plots: bool) -> None:
         click.echo(f"Wrote {f}")
 
 
+@cli.command("archive")
+@click.argument("experiment", type=click.Path(exists=True))
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--keep-adapters", is_flag=True, help="Also copy adapter weights (other weights never).")
+@click.option("--remove", is_flag=True, help="Remove the original after the copy was verified.")
+def archive_cmd(experiment: str, dest: str, keep_adapters: bool, remove: bool) -> None:
+    """Copy an experiment to DEST without bulky artifacts, verify it, optionally remove the original."""
+    from cruijff_kit.archive import archive
+    from cruijff_kit.report import human_bytes
+    from cruijff_kit.runner import find_experiment
+
+    exp = find_experiment(experiment)
+    rep = archive(exp.root, Path(dest), keep_adapters=keep_adapters, remove=remove)
+    click.echo(f"Copied {rep.copied} files ({human_bytes(rep.bytes_copied)}), left out {rep.skipped} "
+               f"({human_bytes(rep.bytes_skipped)}); verified." + (" Removed the original." if rep.removed_original else ""))
+
+
 @cli.command()
 @click.option("--markdown", is_flag=True, help="Print the spec reference page instead (docs/spec-reference.md).")
 def schema(markdown: bool) -> None:
