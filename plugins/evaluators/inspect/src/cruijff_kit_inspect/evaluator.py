@@ -1,0 +1,202 @@
+"""The ``inspect`` evaluator: one inspect-ai eval per (task, target) stage."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from cruijff_kit.errors import CkError, StageError
+from cruijff_kit.kinds import Evaluator
+from cruijff_kit.secrets import scrub
+from cruijff_kit_inspect.config import InspectConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cruijff_kit.context import StageContext
+    from cruijff_kit.planner import PlannedRun
+
+
+def model_for(cfg: InspectConfig, model_path: str, adapter: Path | None,
+              chat_template: str | None = None) -> tuple[str, dict[str, Any]]:
+    """The inspect model string and model args that evaluate ``model_path`` (+ ``adapter``)."""
+    if cfg.model:
+        return cfg.model, dict(cfg.model_args)
+    if cfg.backend == "vllm":
+        name = f"vllm/{model_path}" + (f":{adapter}" if adapter else "")
+        args: dict[str, Any] = {}
+        if cfg.dtype != "auto":
+            args["dtype"] = cfg.dtype
+        if cfg.device != "auto":
+            args["device"] = cfg.device
+        return name, args
+    args = {"device": cfg.device, "dtype": cfg.dtype, "batch_size": cfg.batch_size,
+            "do_sample": cfg.generation.sample}
+    if adapter is not None:
+        args["adapter"] = str(adapter)
+        if cfg.merge_adapter == "memory":
+            args["merge"] = True
+    if chat_template:
+        args["chat_template"] = chat_template
+    return f"ck/{model_path}", args
+
+
+def generate_args(cfg: InspectConfig, seed: int, local: bool) -> dict[str, Any]:
+    """GenerateConfig arguments of ``inspect_ai.eval``: greedy unless sampling was asked for."""
+    gen = cfg.generation
+    out: dict[str, Any] = {"max_tokens": gen.max_tokens, "seed": gen.seed if gen.seed is not None else seed}
+    if gen.sample:
+        out["temperature"] = gen.temperature
+        if gen.top_p is not None:
+            out["top_p"] = gen.top_p
+    elif not local:
+        out["temperature"] = 0.0
+    if cfg.needs_logprobs:
+        out["logprobs"] = True
+        out["top_logprobs"] = gen.top_logprobs
+    if gen.max_connections is not None:
+        out["max_connections"] = gen.max_connections
+    return out
+
+
+def write_merged(base: str, adapter: Path, out: Path, dtype: str) -> Path:
+    """Merge ``adapter`` into ``base`` and save the result (weights and tokenizer) to ``out``."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cruijff_kit_inspect.provider import resolve_dtype, tokenizer_dir
+
+    if (out / "config.json").exists():
+        return out
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=resolve_dtype(dtype, "cpu"))
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    merged.save_pretrained(out)
+    AutoTokenizer.from_pretrained(str(tokenizer_dir(adapter) or base)).save_pretrained(out)
+    return out
+
+
+class InspectEvaluator(Evaluator):
+    """inspect-ai evals of the base model and fine-tuned checkpoints (base model + PEFT adapter)."""
+
+    name: ClassVar[str] = "inspect"
+    description: ClassVar[str] = ("inspect-ai evals of base models and checkpoints: built-in tasks, user task "
+                                  "files, calibration and regression scorers.")
+    Config = InspectConfig
+    config: InspectConfig
+
+    # ------------------------------------------------------------------ plan time
+    def check(self, run: PlannedRun) -> None:
+        """Plan-time checks: the task exists, the split exists, the adapter exists, vllm is installed."""
+        from cruijff_kit_inspect.tasks import split_task_ref, task_functions
+
+        cfg = self.config
+        if not cfg.is_builtin:
+            file, fn = split_task_ref(cfg.task)
+            path = self.path(file)
+            if not path.is_file():
+                raise CkError(f"task file {path} does not exist (task: {cfg.task}). Paths are relative to the "
+                              "spec file's folder.")
+            try:
+                names = task_functions(path)
+            except SyntaxError as exc:
+                raise CkError(f"task file {path} is not valid Python (line {exc.lineno}: {exc.msg}).") from None
+            if fn not in names:
+                from cruijff_kit.errors import did_you_mean
+
+                raise CkError(f"task file {path} has no function `{fn}` (task: {cfg.task}). "
+                              f"{did_you_mean(fn, names)}")
+        else:
+            splits = run.dataset().splits()
+            if splits is not None and cfg.split not in splits:
+                from cruijff_kit.errors import did_you_mean
+
+                raise CkError(f"split `{cfg.split}` does not exist in the dataset (its splits: "
+                              f"{', '.join(splits)}); set `split:`. {did_you_mean(cfg.split, splits)}")
+        adapter = run.spec["model"].get("adapter")
+        if adapter and not (Path(adapter) / "adapter_config.json").is_file():
+            raise CkError(f"model.adapter {adapter} is not a PEFT adapter folder (no adapter_config.json). "
+                          "Give the folder a trainer wrote (train/epoch_<N>/adapter).")
+        targets = [s.target for s in run.stages if s.task == cfg.label and s.target]
+        if cfg.model and any(t != "base" for t in targets):
+            raise CkError(f"`model: {cfg.model}` evaluates that model instead of the run's, so it has no "
+                          f"checkpoints; this eval would also evaluate {[t for t in targets if t != 'base']}. "
+                          "Set checkpoints: none (and include_base: true), or remove `model`.")
+        if cfg.backend == "vllm" and not cfg.model and importlib.util.find_spec("vllm") is None:
+            raise CkError("backend: vllm needs the vllm package, which is not installed here. Install vllm on "
+                          "a GPU machine, or use backend: hf.")
+
+    # ------------------------------------------------------------------ stage
+    def evaluate(self, ctx: StageContext) -> dict[str, Any]:
+        """Run the eval of ``ctx.target``; write the .eval log under ``ctx.eval_dir``; return results."""
+        from inspect_ai import eval as inspect_eval
+
+        from cruijff_kit_inspect.results import results_from_log
+
+        cfg = self.config
+        target = ctx.target
+        out = ctx.eval_dir
+        out.mkdir(parents=True, exist_ok=True)
+        for old in out.glob("*.eval"):  # logs of an earlier attempt of this stage
+            old.unlink()
+        if target.adapter is not None and not (target.adapter / "adapter_config.json").is_file():
+            raise StageError(f"no adapter at {target.adapter} (target {target.name}): the checkpoint was "
+                             "not saved. Check the train stage's output, or evaluate saved epochs only.")
+
+        task = self._task(ctx)
+        model_path = ctx.model_path
+        adapter = target.adapter
+        if adapter is not None and cfg.merge_adapter == "disk" and not cfg.model:
+            model_path = str(write_merged(model_path, adapter, out / "merged", cfg.dtype))
+            adapter = None
+        train = ctx.spec.get("train") or {}
+        model, model_args = model_for(cfg, model_path, adapter, train.get("chat_template"))
+        seed = ctx.seed
+        metadata = {
+            "experiment": ctx.spec.get("experiment"), "run": ctx.run.name, "run_type": ctx.run.type,
+            "eval": cfg.label, "target": target.name, "epoch": target.epoch,
+            "finetuned": target.adapter is not None and not cfg.model,
+            "base_model": cfg.model or ctx.model_id, "adapter": str(target.adapter) if target.adapter else None,
+            "split": cfg.split, "sweep": dict(ctx.run.sweep), "seed": seed,
+        }
+        metadata = scrub(metadata)
+        try:
+            logs = inspect_eval(
+                task, model=model, model_args=model_args, log_dir=str(out), log_format="eval",
+                display="none", limit=cfg.limit, epochs=cfg.epochs, metadata=metadata,
+                tags=[str(ctx.spec.get("experiment")), ctx.run.name, target.name], score_display=False,
+                **generate_args(cfg, seed, local=model.startswith("ck/")),
+            )
+        except CkError:
+            raise
+        except Exception as exc:
+            raise StageError(f"inspect could not start the eval of {target.name} ({model}): "
+                             f"{type(exc).__name__}: {exc}") from exc
+        log = logs[0]
+        if log.status != "success":
+            msg = log.error.message if log.error else f"status {log.status}"
+            raise StageError(f"inspect eval of {target.name} ({model}) failed: {msg} (log: {log.location})")
+        return results_from_log(log, ctx.run_dir, target=target.name, epoch=target.epoch,
+                                finetuned=metadata["finetuned"])
+
+    def _task(self, ctx: StageContext) -> Any:
+        from cruijff_kit_inspect.tasks import builtin_task, load_user_task, rows_to_samples, split_task_ref
+
+        cfg = self.config
+
+        def samples() -> list[Any]:
+            data = ctx.dataset()
+            if cfg.split not in data:
+                raise StageError(f"the dataset has no split `{cfg.split}` (it has {', '.join(data)}).")
+            return rows_to_samples(list(data[cfg.split]), cfg.split, choices=cfg.task == "choice")
+
+        name = cfg.label
+        if cfg.is_builtin:
+            return builtin_task(cfg, samples(), name)
+        from inspect_ai import task_with
+
+        from cruijff_kit_inspect.tasks import build_scorers
+
+        file, fn = split_task_ref(cfg.task)
+        task = load_user_task(self.path(file), fn, cfg.task_args, samples)
+        if cfg.scorers:
+            task = task_with(task, scorer=build_scorers(cfg))
+        return task

@@ -1,0 +1,125 @@
+"""The ``ck`` model provider for inspect-ai: a local base model plus an optional PEFT adapter.
+
+Registered with inspect through its extension mechanism (entry point group ``inspect_ai``, see
+:mod:`cruijff_kit_inspect._registry`), so ``inspect eval ... --model ck//abs/base -M adapter=DIR``
+works outside cruijff-kit as well. It extends inspect's ``hf`` provider with:
+
+* ``adapter``: a PEFT adapter folder (any trainer's output) applied on top of the base model, in
+  memory; ``merge: true`` merges it into the weights after loading (faster generation);
+* ``dtype``: ``auto`` (bfloat16 on a GPU that supports it, float32 otherwise), ``float32``,
+  ``bfloat16`` or ``float16``; ``device`` (``auto`` or a torch device);
+* ``batch_size``: answers generated per batch (inspect's ``max_connections`` overrides it);
+* greedy decoding unless ``do_sample=True`` (sampling settings are dropped when greedy);
+* a trailing assistant message is a prefilled answer start that the model continues;
+* log-probability tokens as text (``" 1"``, not the tokenizer's ``"Ġ1"``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from inspect_ai.model import ChatMessage, GenerateConfig, ModelOutput
+from inspect_ai.model._providers.hf import HuggingFaceAPI
+from inspect_ai.tool import ToolChoice, ToolInfo
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def resolve_dtype(dtype: str | None, device: str) -> Any:
+    """The torch dtype for a ``dtype`` option on ``device``."""
+    import torch
+
+    if dtype in (None, "auto"):
+        if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        raise ValueError(f"dtype {dtype!r}: use auto, float32, bfloat16 or float16") from None
+
+
+def resolve_device(device: str | None) -> str:
+    """``auto`` -> cuda:0, mps or cpu, whichever is there."""
+    import torch
+
+    if device and device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda:0"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def tokenizer_dir(adapter: Path) -> Path | None:
+    """The folder with the tokenizer saved next to an adapter (``adapter/`` or ``epoch_N/``), if any."""
+    for cand in (adapter, adapter.parent):
+        if any((cand / f).exists() for f in TOKENIZER_FILES):
+            return cand
+    return None
+
+
+class CkModelAPI(HuggingFaceAPI):
+    """inspect's hf provider with a PEFT adapter, dtype, batch size, greedy default and prefill."""
+
+    def __init__(self, model_name: str, base_url: str | None = None, api_key: str | None = None,
+                 config: GenerateConfig = GenerateConfig(), **model_args: Any) -> None:
+        adapter = model_args.pop("adapter", None)
+        merge = bool(model_args.pop("merge", False))
+        self._batch_size = model_args.pop("batch_size", None)
+        device = resolve_device(model_args.pop("device", None))
+        model_args["device"] = device
+        model_args["dtype"] = resolve_dtype(model_args.pop("dtype", None), device)
+        model_args.setdefault("do_sample", False)
+        adapter_path = Path(adapter).expanduser() if adapter else None
+        if adapter_path is not None:
+            if not (adapter_path / "adapter_config.json").is_file():
+                raise FileNotFoundError(f"{adapter_path} is not a PEFT adapter folder (no adapter_config.json)")
+            tok = tokenizer_dir(adapter_path)
+            if tok is not None and "tokenizer" not in model_args:
+                model_args["tokenizer"] = str(tok)
+        super().__init__(model_name, base_url=base_url, api_key=api_key, config=config, **model_args)
+        if adapter_path is not None:
+            from peft import PeftModel
+
+            self.model = PeftModel.from_pretrained(self.model, str(adapter_path))
+            if merge:
+                self.model = self.model.merge_and_unload()
+        self.model.eval()
+        self.adapter = str(adapter_path) if adapter_path else None
+
+    def max_connections(self) -> int:
+        """The batch size of local generation."""
+        return int(self._batch_size or 8)
+
+    def hf_chat(self, messages: list[ChatMessage], tools: list[ToolInfo]) -> str:
+        """Render the chat; a trailing assistant message is continued, not closed."""
+        if messages and messages[-1].role == "assistant" and not tools:
+            prefix = messages[-1].text
+            return super().hf_chat(list(messages[:-1]), tools) + prefix
+        return super().hf_chat(messages, tools)
+
+    async def generate(self, input: list[ChatMessage], tools: list[ToolInfo], tool_choice: ToolChoice,
+                       config: GenerateConfig) -> ModelOutput:
+        """Generate; drop sampling settings when greedy; log-probability tokens as text."""
+        if not self.do_sample:
+            config = config.model_copy(update={"temperature": None, "top_p": None, "top_k": None})
+        output = await super().generate(input, tools, tool_choice, config)
+        for choice in output.choices:
+            if choice.logprobs is None:
+                continue
+            for lp in choice.logprobs.content:
+                lp.token = self._token_text(lp.token)
+                lp.bytes = list(lp.token.encode("utf-8"))
+                for top in lp.top_logprobs or []:
+                    top.token = self._token_text(top.token)
+                    top.bytes = list(top.token.encode("utf-8"))
+        return output
+
+    def _token_text(self, token: str) -> str:
+        try:
+            return str(self.tokenizer.convert_tokens_to_string([token]))
+        except Exception:  # a tokenizer that cannot map one token: keep the raw piece
+            return token
