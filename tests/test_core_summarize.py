@@ -64,8 +64,9 @@ def test_failed_and_missing_stages_are_listed(tmp_path, with_toy, ck):
 
 
 def test_flatten_and_direction():
-    assert flatten_metrics({"accuracy": {"value": 0.5, "stderr": 0.1}, "f1": 0.25, "samples": 10,
-                            "risk": {"ece": 0.1, "auc": {"value": 0.7}}, "log": "x.eval"}) == {
+    assert flatten_metrics({"accuracy": {"value": 0.5, "stderr": 0.1}, "f1": {"value": 0.25}, "samples": 10,
+                            "epoch": 1, "risk": {"ece": {"value": 0.1}, "auc": {"value": 0.7}}, "log": "x.eval",
+                            "calibration": {"risk": [{"count": 1}]}}) == {
         "accuracy": 0.5, "f1": 0.25, "risk.ece": 0.1, "risk.auc": 0.7}
     assert lower_is_better("val_loss") and lower_is_better("risk.ece") and not lower_is_better("accuracy")
 

@@ -93,17 +93,23 @@ def plan(spec: str, sets: tuple[str, ...], no_write: bool) -> None:
 @click.option("--scheduler", help="Use this scheduler plugin instead of the spec's (local, slurm, runpod...).")
 @click.option("--force", is_flag=True, help="Redo stages that already finished.")
 @click.option("--dry-run", is_flag=True, help="Write run folders (and job scripts) without starting anything.")
-def run(spec: str, sets: tuple[str, ...], scheduler: str | None, force: bool, dry_run: bool) -> None:
+@click.option("--retry-failed", is_flag=True, default=None,
+              help="Submit failed (and timed-out) stages again; cluster schedulers only do so when asked.")
+def run(spec: str, sets: tuple[str, ...], scheduler: str | None, force: bool, dry_run: bool,
+        retry_failed: bool | None) -> None:
     """Run every stage of SPEC's runs; finished stages are skipped, interrupted ones resume."""
     from cruijff_kit.planner import make_plan
     from cruijff_kit.runner import run_plan
 
     p = make_plan(_load(spec, sets, scheduler))
-    sel = run_plan(p, force=force, dry_run=dry_run)
+    sel = run_plan(p, force=force, dry_run=dry_run, retry_failed=retry_failed or None)
     msg = (f"{p.experiment}: {len(p.runs)} run(s); {len(sel.jobs)} stage(s) "
            f"{'planned (dry run)' if dry_run else 'submitted'}, {sel.skipped_done} already done, "
            f"{sel.skipped_active} still running.")
     click.echo(msg)
+    if getattr(sel, "skipped_failed", 0):
+        click.echo(f"{sel.skipped_failed} failed stage(s) not submitted again: see `ck status`, then "
+                   "`ck run --retry-failed` to retry them.")
     click.echo(f"Output: {p.layout.root}")
     blocking = bool(p.runs) and p.runs[0].scheduler().blocking
     bad = _unfinished_rows(p.layout) if blocking and not dry_run else []
@@ -371,6 +377,65 @@ def data_capitalize(dst: str, chat: bool, n_train: int, n_validation: int, n_tes
     click.echo(f"Wrote {path} ({n_train}/{n_validation}/{n_test} rows, seed {seed})")
 
 
+@data.command("synthetic")
+@click.argument("dst", type=click.Path())
+@click.option("--alphabet", type=click.Choice(["bits", "digits", "letters"]), default="bits", show_default=True)
+@click.option("--k", "k", default=10, show_default=True, help="Sequence length (shortest, with --k-max).")
+@click.option("--k-max", type=int, help="Longest sequence length; lengths are drawn from k..k-max.")
+@click.option("--rule", default="parity", show_default=True, help="parity, first, last, nth, length, constant, "
+              "coin, majority, min, max, weighted-sum.")
+@click.option("--position", default=0, show_default=True, help="Rule nth: the 0-based position.")
+@click.option("--value", default="0", show_default=True, help="Rule constant: the answer.")
+@click.option("--p", "p", default=0.5, show_default=True, help="Rule coin: probability of answer 1.")
+@click.option("--weights", help="Rule weighted-sum: comma-separated weights, one per position.")
+@click.option("--threshold", type=float, help="Rule weighted-sum: answer 1 above it, else 0 (binary).")
+@click.option("--design", default="in-distribution", show_default=True,
+              help="memorization, in-distribution, out-of-distribution.")
+@click.option("--ood-lengths", help="Comma-separated lengths of the validation_ood_<i> splits.")
+@click.option("--train", "n_train", default=200, show_default=True)
+@click.option("--validation", "n_validation", default=50, show_default=True)
+@click.option("--test", "n_test", default=50, show_default=True)
+@click.option("--ood", "n_ood", default=50, show_default=True, help="Rows per validation_ood_<i> split.")
+@click.option("--format", "fmt", default="spaced", show_default=True, help="spaced, dense, comma, tab, pipe.")
+@click.option("--instruction", help="Text put on a line before every sequence.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Generate again even when an identical file exists.")
+def data_synthetic(dst: str, **options: Any) -> None:
+    """Write a synthetic rule-learning task (a "model organism"); DST is a folder or a .json file."""
+    from cruijff_kit.data.synthetic import settings_from, write_synthetic
+
+    force = options.pop("force")
+    options["format"] = options.pop("fmt")
+    for name, cast in (("weights", float), ("ood_lengths", int)):
+        raw = options.get(name)
+        try:
+            options[name] = [cast(x) for x in raw.split(",") if x.strip()] if raw else None
+        except ValueError:
+            raise CkError(f"ck data synthetic: --{name.replace('_', '-')} {raw!r} must be comma-separated "
+                          "numbers.") from None
+    settings = settings_from({k: v for k, v in options.items() if v is not None})
+    path, reused = write_synthetic(Path(dst), settings, force=force)
+    from cruijff_kit.data.provenance import read_meta
+
+    rows = ", ".join(f"{s} {n}" for s, n in (read_meta(path) or {}).get("rows", {}).items())
+    click.echo(f"{'Reused' if reused else 'Wrote'} {path} ({rows})")
+
+
+@data.command("inspect")
+@click.argument("path", type=click.Path())
+@click.option("--tokenizer", help="Local model or tokenizer folder: lengths in its tokens (default: characters).")
+@click.option("--examples", default=2, show_default=True, help="Example rows shown per split.")
+@click.option("--system", help="System prompt to render instruct rows with (counts in the lengths).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def data_inspect(path: str, tokenizer: str | None, examples: int, system: str | None, as_json: bool) -> None:
+    """Split sizes, answer balance, lengths and example rows of a dataset file or folder."""
+    from cruijff_kit.data.inspect_file import format_report, inspect_dataset
+    from cruijff_kit.kinds import Prompt
+
+    report = inspect_dataset(Path(path), tokenizer=tokenizer, examples=examples, prompt=Prompt(system=system))
+    click.echo(json.dumps(report, indent=2, ensure_ascii=False) if as_json else format_report(report))
+
+
 @cli.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--set", "sets", multiple=True, help=SET_HELP)
@@ -384,6 +449,18 @@ def simulate(spec: str, sets: tuple[str, ...], limit: int | None, no_progress: b
     click.echo(message)
     if code:
         sys.exit(code)
+
+
+@cli.command()
+@click.argument("adapter", type=click.Path(file_okay=False, exists=True))
+@click.argument("dest", type=click.Path())
+@click.option("--base", help="Base model name to record (default: the name the spec gave, e.g. a hub id).")
+def export(adapter: str, dest: str, base: str | None) -> None:
+    """Copy ADAPTER to DEST for sharing: adapter_config.json names the base by its hub id, not a local path."""
+    from cruijff_kit.training import adapter_info, export_adapter
+
+    out = export_adapter(Path(adapter), Path(dest), base_model=base)
+    click.echo(f"Wrote {out} (base model: {base or adapter_info(Path(adapter)).get('base_model')})")
 
 
 def _add_plugin_commands() -> None:

@@ -86,9 +86,44 @@ def metric_vs_param(summary: Summary, out: Path) -> list[Path]:
     return paths
 
 
+def risk_plots(summary: Summary, out: Path) -> list[Path]:
+    """For each task and risk scorer: a reliability diagram and a ROC curve, one line per run x target."""
+    plt = _plt()
+    paths: list[Path] = []
+    groups: dict[tuple[str, str], list[tuple[str, str, dict[str, Any]]]] = {}
+    for (run, task, target, scorer), data in sorted(summary.risk.items()):
+        groups.setdefault((task, scorer), []).append((run, target, data))
+    for (task, scorer), items in groups.items():
+        fig, (rel, roc) = plt.subplots(1, 2, figsize=(11, 5))
+        for run, target, data in items:
+            pts = [(b["mean_predicted"], b["observed"]) for b in data["calibration"] if b.get("count")]
+            label = f"{run} {target}"
+            if pts:
+                rel.plot(*zip(*pts, strict=True), marker="o", label=label)
+            if data.get("roc"):
+                roc.plot(*zip(*data["roc"], strict=True), label=label)
+        for ax, title, xl, yl in ((rel, "reliability diagram", "mean predicted risk", "observed frequency"),
+                                  (roc, "ROC curve", "false positive rate", "true positive rate")):
+            ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="ideal" if ax is rel else "chance")
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1)
+            ax.set_xlabel(xl)
+            ax.set_ylabel(yl)
+            ax.set_title(f"{task} / {scorer}: {title}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize="x-small")
+        fig.tight_layout()
+        path = out / f"{task}_{scorer}_calibration_roc.png".replace("/", "-")
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
 def write_plots(summary: Summary, out: Path) -> list[Path]:
     """Every plot that the summary has data for."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [p for p in [loss_curves(summary, out)] if p]
     paths += metric_vs_param(summary, out)
+    paths += risk_plots(summary, out)
     return paths

@@ -33,6 +33,7 @@ __all__ = [
     "regression_metrics",
     "risk_calibration_error",
     "roc_auc",
+    "roc_curve",
 ]
 
 
@@ -153,6 +154,29 @@ def roc_auc(scores: Sequence[float], outcomes: Sequence[int]) -> float | None:
     rank_sum = math.fsum(r for r, y in zip(ranks, outcomes, strict=True) if y)
     n_pos, n_neg = len(pos), len(neg)
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def roc_curve(scores: Sequence[float], outcomes: Sequence[int]) -> list[tuple[float, float]]:
+    """ROC points ``(false positive rate, true positive rate)`` from (0, 0) to (1, 1), one per
+    distinct score threshold (ties move diagonally). Empty unless both classes occur."""
+    if len(scores) != len(outcomes):
+        raise ValueError(f"roc_curve: got {len(scores)} scores and {len(outcomes)} outcomes.")
+    n_pos = sum(1 for y in outcomes if y)
+    n_neg = len(outcomes) - n_pos
+    if not n_pos or not n_neg:
+        return []
+    pairs = sorted(zip(scores, outcomes, strict=True), key=lambda p: -p[0])
+    points = [(0.0, 0.0)]
+    tp = fp = 0
+    i = 0
+    while i < len(pairs):
+        threshold = pairs[i][0]
+        while i < len(pairs) and pairs[i][0] == threshold:
+            tp += 1 if pairs[i][1] else 0
+            fp += 0 if pairs[i][1] else 1
+            i += 1
+        points.append((fp / n_neg, tp / n_pos))
+    return points
 
 
 # --------------------------------------------------------------------------- regression

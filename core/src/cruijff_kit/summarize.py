@@ -20,26 +20,27 @@ from cruijff_kit.report import fmt, markdown_table
 
 #: Metric names where lower is better (matched as substrings of the metric name).
 LOWER_IS_BETTER = ("loss", "mae", "rmse", "ece", "brier", "error", "rce", "perplexity")
-SKIP_KEYS = {"stderr", "samples", "log", "logs", "log_path", "n", "count", "confusion_matrix"}
+SKIP_KEYS = {"confusion_matrix", "calibration", "roc"}
 
 
 def flatten_metrics(results: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """``{"accuracy": {"value": 0.5, "stderr": 0.1}, "f1": 0.3}`` -> ``{"accuracy": 0.5, "f1": 0.3}``."""
+    """The metrics of a results entry: every ``{"value": number, ...}`` mapping, nested names dotted.
+
+    ``{"match/accuracy": {"value": 0.5, "stderr": 0.1}, "risk": {"auc": {"value": 0.7}}, "samples": 30}``
+    -> ``{"match/accuracy": 0.5, "risk.auc": 0.7}``. Plain numbers are metadata (sample counts,
+    epochs), not metrics.
+    """
     out: dict[str, float] = {}
     for key, value in results.items():
-        if key in SKIP_KEYS or key.endswith("_stderr"):
+        if key in SKIP_KEYS or not isinstance(value, dict):
             continue
         name = f"{prefix}{key}"
-        if isinstance(value, bool):
-            continue
-        if isinstance(value, int | float):
-            if math.isfinite(float(value)):
-                out[name] = float(value)
-        elif isinstance(value, dict):
-            if "value" in value and isinstance(value["value"], int | float):
-                out[name] = float(value["value"])
-            else:
-                out.update(flatten_metrics(value, prefix=f"{name}."))
+        if "value" in value:
+            v = value["value"]
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v)):
+                out[name] = float(v)
+        else:
+            out.update(flatten_metrics(value, prefix=f"{name}."))
     return out
 
 
@@ -99,6 +100,8 @@ class Summary:
     metrics: list[str]
     curves: dict[str, list[dict[str, Any]]]
     best: dict[str, float]
+    #: (run, task, target, scorer) -> {"calibration": bins, "roc": points} for risk scorers
+    risk: dict[tuple[str, str, str, str], dict[str, Any]] = field(default_factory=dict)
 
     def columns(self) -> list[str]:
         train_cols = ["final_train_loss", "best_val_loss", "final_val_loss", "steps", "duration_s",
@@ -112,6 +115,7 @@ def collect(exp: ExperimentLayout) -> Summary:
     swept: list[str] = []
     metrics: list[str] = []
     curves: dict[str, list[dict[str, Any]]] = {}
+    risk: dict[tuple[str, str, str, str], dict[str, Any]] = {}
     for layout in exp.run_layouts():
         spec = load_yaml(layout.spec.read_text())
         meta = spec.get("run", {})
@@ -132,7 +136,11 @@ def collect(exp: ExperimentLayout) -> Summary:
             state = stages.get(st, {}).get("state", status.PENDING) if task else stages.get("train", {}).get("state")
             row: dict[str, Any] = {"run": layout.name, "type": meta.get("type", ""), **sweep, "task": task,
                                    "target": target, "state": state}
-            values = flatten_metrics(results.get(task, {}).get(target, {})) if task else {}
+            entry = results.get(task, {}).get(target, {}) if task else {}
+            values = flatten_metrics(entry)
+            for scorer, bins in (entry.get("calibration") or {}).items():
+                risk[(layout.name, task, target, scorer)] = {"calibration": bins,
+                                                             "roc": (entry.get("roc") or {}).get(scorer, [])}
             for m, v in values.items():
                 if m not in metrics:
                     metrics.append(m)
@@ -145,7 +153,7 @@ def collect(exp: ExperimentLayout) -> Summary:
             vals = [r[m] for r in rows if r["task"] == task and isinstance(r.get(m), float)]
             if vals:
                 best[f"{task}:{m}"] = min(vals) if lower_is_better(m) else max(vals)
-    return Summary(exp.root.name, swept, rows, metrics, curves, best)
+    return Summary(exp.root.name, swept, rows, metrics, curves, best, risk)
 
 
 def _cell(summary: Summary, row: dict[str, Any], col: str, mark: bool) -> Any:

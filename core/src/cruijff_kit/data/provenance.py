@@ -19,6 +19,7 @@ from typing import Any
 
 from cruijff_kit.errors import DataError
 from cruijff_kit.fileio import atomic_write_text
+from cruijff_kit.secrets import scrub
 
 #: Characters of the sha256 hex digest used in file names.
 KEY_CHARS = 16
@@ -108,6 +109,7 @@ def write_with_meta(output: str | Path, splits: Mapping[str, list[dict[str, Any]
     """Write the splits (JSON instruct format) and then the sidecar; returns the output path.
 
     ``meta`` must hold ``key``; ``rows`` (per split) and ``sha256`` (of the written data) are added.
+    Secret values from the environment are scrubbed from the sidecar.
     """
     if "key" not in meta:
         raise ValueError("meta needs the content key")
@@ -116,7 +118,8 @@ def write_with_meta(output: str | Path, splits: Mapping[str, list[dict[str, Any]
     full = {**meta, "output": out.name, "sha256": sha256_bytes(text.encode("utf-8")),
             "rows": {name: len(rows) for name, rows in splits.items()}}
     atomic_write_text(out, text)
-    atomic_write_text(sidecar_path(out), json.dumps(full, indent=2, ensure_ascii=False, default=str) + "\n")
+    sidecar = json.dumps(scrub(full), indent=2, ensure_ascii=False, default=str) + "\n"
+    atomic_write_text(sidecar_path(out), sidecar)
     return out
 
 

@@ -52,7 +52,7 @@ class SyntheticSettings(PluginConfig):
     """Everything that decides a synthetic dataset (all of it goes into the content hash)."""
 
     alphabet: Literal["bits", "digits", "letters"] = Field("bits", description="Symbols of the inputs.")
-    k: int = Field(8, gt=0, le=256, description="Sequence length (the shortest one when k_max is set).")
+    k: int = Field(10, gt=0, le=256, description="Sequence length (the shortest one when k_max is set).")
     k_max: int | None = Field(None, gt=0, le=256, description="Longest length; lengths are drawn from k..k_max.")
     rule: Rule = Field("parity", description="What the answer is; see the module docs.")
     position: int = Field(0, ge=0, description="0-based position read by rule `nth`.")
@@ -167,9 +167,13 @@ def sample_sequences(alphabet: str, lengths: list[int], n: int, rng: random.Rand
                         "(after the other splits took theirs). Ask for fewer rows, or longer sequences.")
     out: list[str] = []
     seen = set(exclude)
-    if n > available // 2 and available <= 1_000_000:  # dense: enumerate, then sample
-        pool = [seq for length in lengths for seq in _all(symbols, length) if seq not in seen]
-        return rng.sample(pool, n)
+    if n > available // 2 and available <= 1_000_000:  # dense: enumerate, then draw a length and a sequence
+        pools = {length: [q for q in _all(symbols, length) if q not in seen] for length in lengths}
+        for pool in pools.values():
+            rng.shuffle(pool)
+        for _ in range(n):
+            out.append(pools[rng.choice([n_ for n_ in lengths if pools[n_]])].pop())
+        return out
     while len(out) < n:
         length = rng.choice(lengths)
         seq = "".join(rng.choice(symbols) for _ in range(length))
@@ -225,9 +229,10 @@ def settings_from(options: dict[str, Any], *, where: str = "ck data synthetic") 
         return SyntheticSettings.model_validate(options)
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "settings"
+        field = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
-        raise DataError(f"{where}: `{field}`: {msg}. Fix that setting (see `ck data synthetic --help`).") from None
+        at = f"`{field}`: " if field else ""
+        raise DataError(f"{where}: {at}{msg}. Fix that setting (see `ck data synthetic --help`).") from None
 
 
 def metadata(s: SyntheticSettings, key: str) -> dict[str, Any]:

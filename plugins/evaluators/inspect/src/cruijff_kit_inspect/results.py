@@ -58,8 +58,7 @@ def _first_epoch_scores(log: Any) -> list[tuple[str, Any]]:
             for name, score in (sample.scores or {}).items()]
 
 
-def calibration(log: Any) -> dict[str, list[dict[str, Any]]]:
-    """Reliability-diagram bins of the risk scorers (scored samples' risk and outcome)."""
+def _risks(log: Any) -> dict[str, tuple[list[float], list[int], int]]:
     data: dict[str, tuple[list[float], list[int], int]] = {}
     for name, score in _first_epoch_scores(log):
         meta = score.metadata or {}
@@ -67,7 +66,17 @@ def calibration(log: Any) -> dict[str, list[dict[str, Any]]]:
             risks, outcomes, _ = data.setdefault(name, ([], [], int(meta.get("n_bins", 10))))
             risks.append(float(meta["risk"]))
             outcomes.append(int(meta["outcome"]))
-    return {name: [asdict(b) for b in scoring.calibration_bins(r, o, n)] for name, (r, o, n) in data.items()}
+    return data
+
+
+def calibration(log: Any) -> dict[str, list[dict[str, Any]]]:
+    """Reliability-diagram bins of the risk scorers (scored samples' risk and outcome)."""
+    return {name: [asdict(b) for b in scoring.calibration_bins(r, o, n)] for name, (r, o, n) in _risks(log).items()}
+
+
+def roc_points(log: Any) -> dict[str, list[tuple[float, float]]]:
+    """ROC curve points of the risk scorers (empty for a scorer whose samples have one class only)."""
+    return {name: scoring.roc_curve(r, o) for name, (r, o, _) in _risks(log).items()}
 
 
 def confusion_matrices(log: Any) -> dict[str, dict[str, Any]]:
@@ -94,7 +103,8 @@ def results_from_log(log: Any, root: Path | None = None, **extra: Any) -> dict[s
     metric has none), plus ``samples`` (scored samples, epochs included), ``log`` (the ``.eval`` file,
     relative to ``root``, the run folder, when inside it), ``status``, ``task``, ``model``,
     ``scorers`` (names in the log), ``headline`` (the first metric), ``confusion_matrix`` per
-    classification scorer, ``calibration`` (reliability-diagram bins) per risk scorer, and ``extra``
+    classification scorer, ``calibration`` (reliability-diagram bins) and ``roc`` (curve points) per
+    risk scorer, and ``extra``
     (e.g. ``target``, ``finetuned``).
     """
     entry: dict[str, Any] = {
@@ -121,6 +131,7 @@ def results_from_log(log: Any, root: Path | None = None, **extra: Any) -> dict[s
     bins = calibration(log)
     if bins:
         entry["calibration"] = bins
+        entry["roc"] = roc_points(log)
     return entry
 
 
