@@ -88,3 +88,17 @@ def test_archive_copies_without_weights_verifies_and_removes_on_request(tmp_path
     ck("archive", str(exp), str(tmp_path / "arch2"), "--keep-adapters", "--remove", check=True)
     assert (tmp_path / "arch2/toy/runs" / run.name / "train/epoch_1/adapter/adapter_model.safetensors").exists()
     assert not exp.exists()
+
+
+def test_risk_plots_from_results_entries(tmp_path):
+    from cruijff_kit.plots import risk_plots
+    from cruijff_kit.scoring import calibration_bins, roc_curve
+    from cruijff_kit.summarize import Summary
+
+    risks, outcomes = [0.1, 0.4, 0.35, 0.8, 0.9, 0.2], [0, 0, 1, 1, 1, 0]
+    bins = [b.__dict__ for b in calibration_bins(risks, outcomes, 5)]
+    roc = roc_curve(risks, outcomes)
+    assert roc[0] == (0.0, 0.0) and roc[-1] == (1.0, 1.0)
+    summary = Summary("exp", [], [], [], {}, {}, {("r1", "task", "epoch_0", "risk"): {"calibration": bins, "roc": roc}})
+    (path,) = risk_plots(summary, tmp_path)
+    assert path.name == "task_risk_calibration_roc.png" and path.stat().st_size > 10000
