@@ -98,7 +98,7 @@ def test_risk_plots_from_results_entries(tmp_path):
     risks, outcomes = [0.1, 0.4, 0.35, 0.8, 0.9, 0.2], [0, 0, 1, 1, 1, 0]
     bins = [b.__dict__ for b in calibration_bins(risks, outcomes, 5)]
     roc = roc_curve(risks, outcomes)
-    assert roc[0] == (0.0, 0.0) and roc[-1] == (1.0, 1.0)
+    assert roc == [(0, 0), (0, 1 / 3), (0, 2 / 3), (1 / 3, 2 / 3), (1 / 3, 1), (2 / 3, 1), (1, 1)]
     summary = Summary("exp", [], [], [], {}, {}, {("r1", "task", "epoch_0", "risk"): {"calibration": bins, "roc": roc}})
     (path,) = risk_plots(summary, tmp_path)
     assert path.name == "task_risk_calibration_roc.png" and path.stat().st_size > 10000
