@@ -489,3 +489,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        click.echo(f"Error: cannot use {exc.filename}: {exc.strerror or exc}. Check that the path exists, "
+                   "is writable, and that the disk is not full.", err=True)
+        sys.exit(2)

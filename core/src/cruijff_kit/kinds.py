@@ -214,6 +214,8 @@ class Scheduler(Plugin):
     Profile: ClassVar[type[PluginConfig] | None] = None
     #: True when ``submit`` returns only after the work finished (the local scheduler).
     blocking: ClassVar[bool] = False
+    #: Whether ``ck run`` submits failed stages again without ``--retry-failed``.
+    retry_failed_default: ClassVar[bool] = True
 
     def submit(self, jobs: list[StageJob], experiment_dir: Any, profile: PluginConfig | None) -> None:
         """Start the jobs honouring ``job.depends_on``; record job ids with :mod:`cruijff_kit.status`."""
@@ -227,6 +229,11 @@ class Scheduler(Plugin):
         status entries here (the rows are re-read afterwards).
         """
         return {}
+
+    def wants_refresh(self, entry: dict[str, Any]) -> bool:
+        """Whether ``ck status`` passes a stage with this status entry (one with a ``job_id``) to
+        :meth:`refresh`. Default: while it is submitted or running, or has a ``live`` line."""
+        return entry.get("state") in ("submitted", "running") or bool(entry.get("live"))
 
     def plan_columns(self, run: PlannedRun) -> dict[str, str]:
         """Extra cells of this run's row in ``plan.md`` (e.g. machine and estimated cost). Cheap."""

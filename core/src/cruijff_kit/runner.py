@@ -21,6 +21,16 @@ from cruijff_kit.secrets import scrub
 
 def write_experiment(plan: Plan) -> None:
     """Experiment ``spec.yaml`` (as given, secrets scrubbed), ``plan.md``, and each run's folder."""
+    try:
+        _write_experiment(plan)
+    except OSError as exc:
+        raise CkError(f"{plan.loaded.file}: cannot write the experiment under {plan.layout.root} "
+                      f"(output_dir: {plan.loaded.model.output_dir}): {exc.strerror or exc} "
+                      f"({exc.filename or ''}). Choose a writable output_dir (relative paths are relative "
+                      "to the spec's folder), or free disk space.") from None
+
+
+def _write_experiment(plan: Plan) -> None:
     layout = plan.layout
     layout.root.mkdir(parents=True, exist_ok=True)
     atomic_write_yaml(layout.spec, scrub(plan.loaded.raw))
@@ -28,6 +38,11 @@ def write_experiment(plan: Plan) -> None:
     for run in plan.runs:
         run.layout.root.mkdir(parents=True, exist_ok=True)
         spec = scrub(run.spec)
+        recorded = status.overrides(run.layout.root)
+        if recorded:  # changes a scheduler made after the fact (e.g. a smaller batch after running out of memory)
+            from cruijff_kit.spec import apply_overrides
+
+            spec = apply_overrides(spec, recorded, "status.json overrides")
         if not run.layout.spec.exists() or load_yaml(run.layout.spec.read_text()) != spec:
             atomic_write_yaml(run.layout.spec, spec)
         status.ensure_stages(run.layout.root, [s.name for s in run.stages])
@@ -62,6 +77,7 @@ class Selection:
     jobs: list[StageJob]
     skipped_done: int
     skipped_active: int
+    skipped_failed: int = 0
 
 
 def select_jobs(plan: Plan, scheduler: Scheduler, *, force: bool = False, retry_failed: bool = True) -> Selection:
@@ -69,7 +85,8 @@ def select_jobs(plan: Plan, scheduler: Scheduler, *, force: bool = False, retry_
     all_jobs = plan.jobs()
     live = scheduler.refresh([j for j in all_jobs]) if all_jobs else {}
     todo: list[StageJob] = []
-    done = active = 0
+    done = active = failed = 0
+    failed_keys: set[tuple[str, str]] = set()
     for job in all_jobs:
         entry = status.read(job.run_dir)["stages"].get(job.stage, {})
         state = entry.get("state", status.PENDING)
@@ -89,23 +106,35 @@ def select_jobs(plan: Plan, scheduler: Scheduler, *, force: bool = False, retry_
                 active += 1
                 continue
         if state == status.FAILED and not retry_failed:
+            failed += 1
+            failed_keys.add((job.run_name, job.stage))
             continue
         todo.append(job)
+    # a stage waiting for a failed stage that is not retried stays pending
+    todo = [j for j in todo if not any((j.run_name, d) in failed_keys for d in j.depends_on)]
     keys = {(j.run_name, j.stage) for j in todo}
     for j in todo:
         j.depends_on = [d for d in j.depends_on if (j.run_name, d) in keys]
-    return Selection(todo, done, active)
+    return Selection(todo, done, active, failed)
 
 
-def run_plan(plan: Plan, *, force: bool = False, dry_run: bool = False) -> Selection:
-    """Write the experiment and submit the stages still to do to the spec's scheduler."""
+def run_plan(plan: Plan, *, force: bool = False, dry_run: bool = False,
+             retry_failed: bool | None = None) -> Selection:
+    """Write the experiment and submit the stages still to do to the spec's scheduler.
+
+    ``retry_failed``: submit failed stages again; None leaves it to the scheduler's
+    ``retry_failed_default`` (the local scheduler retries; the slurm scheduler waits for
+    ``ck run --retry-failed``).
+    """
     from cruijff_kit.profile import scheduler_profile
 
     write_experiment(plan)
     if not plan.runs:
         return Selection([], 0, 0)
     scheduler = plan.runs[0].scheduler()
-    selection = select_jobs(plan, scheduler, force=force)
+    if retry_failed is None:
+        retry_failed = bool(getattr(scheduler, "retry_failed_default", True))
+    selection = select_jobs(plan, scheduler, force=force, retry_failed=retry_failed)
     if not selection.jobs:
         return selection
     for job in selection.jobs:
@@ -162,7 +191,9 @@ def experiment_status(exp: ExperimentLayout, *, refresh: bool = True) -> list[di
                 row["state"] = status.INTERRUPTED
                 row["error"] = "process is gone (killed?); `ck run` resumes it"
             rows.append(row)
-            if refresh and (entry.get("state") in status.ACTIVE_STATES or entry.get("live")) and entry.get("job_id"):
+            wanted = entry.get("state") in status.ACTIVE_STATES or entry.get("live") or \
+                entry.get("scheduler", "local") != "local"  # the scheduler's wants_refresh decides below
+            if refresh and wanted and entry.get("job_id"):
                 job = StageJob(exp.root.name, run.name, layout.root, s.name, [], None, s.kind)  # type: ignore[arg-type]
                 by_scheduler.setdefault(entry.get("scheduler", "local"), []).append((job, row))
     for name, items in by_scheduler.items():
@@ -173,6 +204,11 @@ def experiment_status(exp: ExperimentLayout, *, refresh: bool = True) -> list[di
 
             cls = plugin_class("scheduler", name)
             sched = cls(cls.Config())
+            wants = getattr(sched, "wants_refresh", None)
+            items = [(j, r) for j, r in items if (wants(r) if wants is not None else
+                                                   r.get("state") in status.ACTIVE_STATES or r.get("live"))]
+            if not items:
+                continue
             states = sched.refresh([j for j, _ in items])
         except CkError:
             continue

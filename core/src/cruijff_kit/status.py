@@ -77,3 +77,19 @@ def tail(path: Path, lines: int = 20) -> str:
     except FileNotFoundError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
+
+
+def record_override(run_dir: Path, dotted: str, value: Any) -> None:
+    """Record a change a scheduler made to the run's resolved spec (e.g. a smaller batch after an
+    out-of-memory failure), so that rewriting ``spec.yaml`` keeps it (see :func:`overrides`)."""
+
+    def change(data: dict[str, Any]) -> None:
+        data.setdefault("run", Path(run_dir).name)
+        data.setdefault("overrides", {})[dotted] = value
+
+    update_json(Path(run_dir) / "status.json", change)
+
+
+def overrides(run_dir: Path) -> dict[str, Any]:
+    """Dotted-path changes recorded with :func:`record_override` (empty when none)."""
+    return dict(read(run_dir).get("overrides") or {})

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -161,23 +162,23 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def save_adapter(model: Any, tokenizer: Any, adapter_dir: Path, *, base_model: str,
-                 base_model_path: str | None = None, extra: dict[str, Any] | None = None) -> Path:
-    """Write a PEFT model's adapter plus tokenizer files to ``adapter_dir`` atomically.
+def write_adapter_dir(adapter_dir: Path, write: Callable[[Path], None], tokenizer: Any, *, base_model: str,
+                      base_model_path: str | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Write an adapter folder atomically: ``write(tmp)`` fills a temporary sibling, then it is renamed in.
 
-    ``model`` is a ``peft.PeftModel`` (only adapter weights are saved), ``tokenizer`` a HF tokenizer
-    or None. Files go to a temporary sibling folder first and are renamed into place, so a reader
-    never sees half an adapter. ``adapter_config.json`` names ``base_model_path`` when given (the
-    local folder the base was loaded from), else ``base_model``; ``cruijff_kit.json`` records both,
-    plus ``extra`` (epoch, step, trainer...).
+    After ``write`` the tokenizer is saved beside the adapter files, the folder is checked (PEFT
+    files present, no base weights), ``adapter_config.json`` is pointed at ``base_model_path`` (else
+    ``base_model``), and ``cruijff_kit.json`` records both plus ``extra``. Temporary folders left by
+    a killed process are removed first, so a reader never sees half an adapter.
     """
     adapter_dir = Path(adapter_dir)
     adapter_dir.parent.mkdir(parents=True, exist_ok=True)
-    for stale in adapter_dir.parent.glob(f".{adapter_dir.name}.tmp-*"):  # left by a killed process
+    for stale in adapter_dir.parent.glob(f".{adapter_dir.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = adapter_dir.with_name(f".{adapter_dir.name}.tmp-{os.getpid()}")
     try:
-        model.save_pretrained(str(tmp), safe_serialization=True)
+        tmp.mkdir()
+        write(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
         missing = [f for f in ADAPTER_FILES if not (tmp / f).exists()]
@@ -193,6 +194,19 @@ def save_adapter(model: Any, tokenizer: Any, adapter_dir: Path, *, base_model: s
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return adapter_dir
+
+
+def save_adapter(model: Any, tokenizer: Any, adapter_dir: Path, *, base_model: str,
+                 base_model_path: str | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Write a PEFT model's adapter plus tokenizer files to ``adapter_dir`` atomically.
+
+    ``model`` is a ``peft.PeftModel`` (only adapter weights are saved), ``tokenizer`` a HF tokenizer
+    or None. ``adapter_config.json`` names ``base_model_path`` when given (the local folder the base
+    was loaded from), else ``base_model``; ``cruijff_kit.json`` records both, plus ``extra`` (epoch,
+    step, trainer...). See :func:`write_adapter_dir`.
+    """
+    return write_adapter_dir(adapter_dir, lambda tmp: model.save_pretrained(str(tmp), safe_serialization=True),
+                             tokenizer, base_model=base_model, base_model_path=base_model_path, extra=extra)
 
 
 def name_base_model(adapter_dir: Path, base: str) -> None:
@@ -244,23 +258,12 @@ def save_adapter_weights(weights: dict[str, Any], adapter_config: dict[str, Any]
     """
     from safetensors.torch import save_file
 
-    adapter_dir = Path(adapter_dir)
-    adapter_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = adapter_dir.with_name(f".{adapter_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    def write(tmp: Path) -> None:
         save_file(weights, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
         atomic_write_json(tmp / "adapter_config.json", adapter_config)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp))
-        name_base_model(tmp, base_model_path or base_model)
-        info = {"base_model": base_model, "base_model_path": base_model_path, **(extra or {})}
-        atomic_write_json(tmp / ADAPTER_INFO, info)
-        _replace_dir(tmp, adapter_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return adapter_dir
+
+    return write_adapter_dir(adapter_dir, write, tokenizer, base_model=base_model,
+                             base_model_path=base_model_path, extra=extra)
 
 
 def require_saved_epochs(ctx: Any, saved: list[int], *, step: int, epoch: int, max_steps: int | None) -> None:

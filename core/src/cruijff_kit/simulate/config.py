@@ -303,10 +303,20 @@ def load_simulation(loaded: Any) -> Simulation:
 
 def check_simulate(loaded: Any) -> None:
     """Plan-time check used by ``ck validate``/``plan``/``run``: validate the section when present."""
-    if loaded.model.simulate is not None:
-        sim = load_simulation(loaded)
-        for p in sim.participants():
-            p.check(None)  # type: ignore[arg-type]
+    from cruijff_kit.errors import CkError
+
+    if loaded.model.simulate is None:
+        return
+    sim = load_simulation(loaded)
+    roles = [("simulate.user", sim.user), ("simulate.assistant", sim.assistant)]
+    roles += [(f"simulate.scoring.metrics.{name}", m) for name, m in sim.metric_models.items()]
+    for where, participant in roles:
+        try:
+            participant.check(None)  # type: ignore[arg-type]
+        except SpecError:
+            raise
+        except CkError as exc:
+            raise SpecError(str(exc), file=str(loaded.file), path=where) from None
 
 
 def resolved_section(raw: dict[str, Any], loaded: Any) -> dict[str, Any]:

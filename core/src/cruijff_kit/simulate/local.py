@@ -88,6 +88,7 @@ class LocalAssistant(Simulator):
         self._model: Any = None
         self._tok: Any = None
         self._device = "cpu"
+        self._four_bit = False
         self._queue: asyncio.Queue[_Request] | None = None
         self._worker: asyncio.Task[None] | None = None
         self.batches = _Batches()
@@ -146,6 +147,7 @@ class LocalAssistant(Simulator):
             model = AutoModelForCausalLM.from_pretrained(self.model_path(), **kwargs)
         except OSError as exc:
             raise StageError(f"cannot load the local assistant's model {self.model_path()}: {exc}") from None
+        self._four_bit = bool(getattr(model, "is_loaded_in_4bit", False))
         if adapter is not None:
             from peft import PeftModel
 
@@ -167,7 +169,7 @@ class LocalAssistant(Simulator):
 
     def stats(self) -> dict[str, Any]:
         b = self.batches
-        return {"batches": b.count, "largest_batch": b.largest,
+        return {"batches": b.count, "largest_batch": b.largest, "4bit": self._four_bit,
                 "mean_batch": round(b.requests / b.count, 2) if b.count else 0.0}
 
     # -- generation

@@ -24,7 +24,7 @@ from cruijff_kit.simulate.config import Simulation
 from cruijff_kit.simulate.conversation import Engine
 from cruijff_kit.simulate.metrics import Metric
 from cruijff_kit.simulate.progress import Progress
-from cruijff_kit.simulate.retry import CallFailed, Caller
+from cruijff_kit.simulate.retry import Caller, CallFailed
 from cruijff_kit.simulate.tasks import Task, conversation_ids
 from cruijff_kit.simulate.user import UserSimulator
 
@@ -39,6 +39,7 @@ class Summary:
     finished: int = 0
     failed: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     calls: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -156,7 +157,7 @@ async def _run(sim: Simulation, pending: list[tuple[str, Task]], summary: Summar
     errors = side_file(sim.output, "errors.jsonl")
     bar = Progress(summary.total, summary.already_done, enabled=show)
     queue = iter(pending)
-    start = time.monotonic()
+    start, cpu = time.monotonic(), time.process_time()
 
     async def worker() -> None:
         for conv_id, task in queue:
@@ -167,7 +168,7 @@ async def _run(sim: Simulation, pending: list[tuple[str, Task]], summary: Summar
                 append_jsonl(errors, scrub({"conv_id": conv_id, "error": str(exc), "time": time.time()}))
                 bar.advance(failed=True)
                 continue
-            append_jsonl(sim.output, scrub(row))
+            await asyncio.to_thread(append_jsonl, sim.output, scrub(row))  # fsync off the event loop
             summary.finished += 1
             bar.advance()
 
@@ -180,6 +181,7 @@ async def _run(sim: Simulation, pending: list[tuple[str, Task]], summary: Summar
     finally:
         bar.close()
         summary.seconds = time.monotonic() - start
+        summary.cpu_seconds = time.process_time() - cpu
         summary.calls = {name: {"calls": c.calls, "retries": c.retries, "errors": dict(c.errors),
                                 **c.plugin.stats()} for name, c in callers.items()}
         summary.calls["user"]["malformed_json"] = engine.user.malformed
@@ -187,5 +189,6 @@ async def _run(sim: Simulation, pending: list[tuple[str, Task]], summary: Summar
             "spec": str(sim.spec_file), "fingerprint": cfg.fingerprint(),
             "simulate": cfg.model_dump(mode="json"), "participants": engine.labels,
             "total": summary.total, "already_done": summary.already_done, "finished": summary.finished,
-            "failed": summary.failed, "seconds": round(summary.seconds, 3), "calls": summary.calls,
+            "failed": summary.failed, "seconds": round(summary.seconds, 3),
+            "cpu_seconds": round(summary.cpu_seconds, 3), "calls": summary.calls,
         }))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import importlib.util
-import json
 import re
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from typing import Any
 from cruijff_kit.errors import DataError, SpecError
 from cruijff_kit.simulate import prompts
 from cruijff_kit.simulate.config import MetricSpec
-from cruijff_kit.simulate.retry import CallFailed, Caller
+from cruijff_kit.simulate.retry import Caller, CallFailed
 from cruijff_kit.simulate.tasks import Task
 from cruijff_kit.simulate.user import MalformedReply, parse_json_object
 
@@ -184,9 +183,13 @@ class Metric:
                                            self.spec.timeout)
         if kind == "python":
             assert self._fn is not None
-            value = await asyncio.to_thread(self._fn, final_answer=outcome.final_answer, task=task.as_dict(),
-                                            conversation=outcome.chat())
-            return float(value)
+            try:
+                value = await asyncio.to_thread(self._fn, final_answer=outcome.final_answer, task=task.as_dict(),
+                                                conversation=outcome.chat())
+                return float(value)
+            except Exception as exc:  # the user's code: fail this conversation, say where
+                raise CallFailed(f"metric `{self.name}` ({self.spec.function}) raised {type(exc).__name__}: "
+                                 f"{exc}") from exc
         return await self._judge(outcome)
 
     async def _judge(self, outcome: Outcome) -> float:
@@ -207,7 +210,3 @@ class Metric:
                 last = exc
         raise CallFailed(f"metric `{self.name}`: no valid JSON score in {self.json_retries} tries: {last}")
 
-
-def dumps(value: Any) -> str:
-    """Compact JSON (for logs)."""
-    return json.dumps(value, ensure_ascii=False, default=str)

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from cruijff_kit.simulate import prompts
-from cruijff_kit.simulate.retry import CallFailed, Caller
+from cruijff_kit.simulate.retry import Caller, CallFailed
 
 
 class UserReply(BaseModel):
