@@ -5,7 +5,7 @@ Deterministic replies (the same request body always gets the same reply), chosen
 * a name containing ``user``: a simulated user answering ``{"current_answer", "thought", "response"}``.
   It counts the ``**assistant**:`` turns in the rendered chat history and ends the chat with
   ``[[TERMINATE CHAT]]`` once there are ``N`` of them, where the task text says ``stop after N``
-  (default 2). A task containing ``malformed`` gets a non-JSON reply on the first try of each request.
+  (default 2). A task containing ``malformed`` gets a non-JSON reply the first time each prompt comes.
 * ``grader``: ``{"score": 1}`` when the reference answer occurs in the final answer, else 0.
 * ``judge``: ``{"score": 1}`` when some assistant turn asks a question, else 0.
 * anything else, an assistant: for a task with ``A+B`` it answers ``The answer is S.``, asks a
@@ -116,13 +116,13 @@ def judge_reply(prompt: str) -> str:
     return json.dumps({"thought": "looked for clarifying questions", "score": 1.0 if asks else 0.0})
 
 
-def reply_for(body: dict[str, Any], attempt: int) -> str:
-    """The deterministic reply to a chat-completions request body (``attempt`` counts from 0)."""
+def reply_for(body: dict[str, Any], first: bool) -> str:
+    """The deterministic reply to a chat-completions request body (``first``: first time these messages came)."""
     model = str(body.get("model", ""))
     messages = body.get("messages") or []
     last = _text(messages[-1].get("content")) if messages else ""
     if "user" in model:
-        return user_reply(last, malformed="malformed" in last and attempt == 0)
+        return user_reply(last, malformed="malformed" in last and first)
     if "grader" in model:
         return grader_reply(last)
     if "judge" in model:
@@ -143,6 +143,7 @@ class FakeOpenAI:
         self.port = port
         self.stats = Stats()
         self._attempts: Counter[str] = Counter()
+        self._messages_seen: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
         self._thread: threading.Thread | None = None
@@ -273,7 +274,9 @@ class FakeOpenAI:
                     else:
                         st.statuses[500] += 1
                         return 500, {"error": {"message": "internal error", "type": "server_error"}}, None
-                text = reply_for(req, attempt)
+                seen = _digest(req.get("messages"))
+                text = reply_for(req, first=seen not in self._messages_seen)
+                self._messages_seen.add(seen)
                 st.statuses[200] += 1
                 return 200, {
                     "id": "chatcmpl-" + key[:24], "object": "chat.completion", "created": int(time.time()),

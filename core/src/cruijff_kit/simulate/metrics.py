@@ -202,8 +202,9 @@ class Metric:
         })
         messages = [{"role": "user", "content": text}]
         last: Exception | None = None
-        for _ in range(self.json_retries):
-            reply = await self.caller(messages, temperature=0.0)
+        for attempt in range(self.json_retries):
+            # greedy first; a retry samples, since a deterministic endpoint would repeat the same reply
+            reply = await self.caller(messages, temperature=0.0 if attempt == 0 else 0.7)
             try:
                 return _score_of(reply)
             except MalformedReply as exc:

@@ -89,10 +89,12 @@ class UserSimulator:
         return [{"role": "user", "content": text}]
 
     async def reply(self, task: str, history: list[dict[str, str]], **generation: Any) -> UserReply:
-        """The user's next message; malformed JSON is retried, then fails the conversation."""
+        """The user's next message; malformed JSON is retried (with another seed), then fails the conversation."""
         messages = self.prompt(task, history)
         last: Exception | None = None
-        for _ in range(self.json_retries):
+        for attempt in range(self.json_retries):
+            if attempt and generation.get("seed") is not None:
+                generation = {**generation, "seed": int(generation["seed"]) + attempt}
             text = await self.call(messages, **generation)
             try:
                 return parse_user_reply(text)

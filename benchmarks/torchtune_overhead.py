@@ -1,0 +1,141 @@
+"""Overhead of the `torchtune` trainer over torchtune's stock LoRA recipe, on the same config.
+
+Trains a tiny Llama (or ``--model DIR``) on a generated capitalization task twice per repeat, in one
+process so imports are paid once:
+
+* ours: ``ck stage RUN_DIR train`` in-process (dataset plugin, our recipe with validation loss each
+  epoch, metrics rows, PEFT adapters per epoch, resume state, status bookkeeping);
+* stock: ``LoRAFinetuneRecipeSingleDevice`` from torchtune's ``recipes/`` folder run directly on the
+  ``train/torchtune.yaml`` that our run wrote (output to a scratch folder; it writes its own adapter
+  checkpoints and recipe state).
+
+Reports median wall seconds of each and the ratio ours / stock. Run by hand:
+``python benchmarks/torchtune_overhead.py [--rows 64] [--epochs 2] [--repeats 3] [--model DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WORDS = ["apple", "banana", "cherry", "dog", "cat", "house", "water", "paris", "london", "city", "fox", "book", "music", "code", "data", "model", "train", "test", "eval", "score", "result", "red", "green", "blue", "black", "white", "big", "small", "long", "short", "happy", "sad", "fast", "slow"]
+
+
+def write_spec(folder: Path, model: Path, rows: int, epochs: int, batch_size: int) -> Path:
+    """A json-instruct capitalization dataset and a spec training it with ``plugin: torchtune``."""
+    pick = [WORDS[i % len(WORDS)] for i in range(rows + rows // 4)]
+    data = {"train": [{"input": w, "output": w.upper()} for w in pick[:rows]],
+            "validation": [{"input": w, "output": w.upper()} for w in pick[rows:]]}
+    (folder / "data.json").write_text(json.dumps(data))
+    spec = {"experiment": "tt-overhead", "output_dir": str(folder / "out"), "seed": 1,
+            "model": {"path": str(model)}, "prompt": {"template": "Capitalize: {input}"},
+            "dataset": {"plugin": "json-instruct", "path": str(folder / "data.json")},
+            "train": {"plugin": "torchtune", "epochs": epochs, "batch_size": batch_size, "learning_rate": 0.003,
+                      "max_seq_length": 64, "lora": {"rank": 8, "dropout": 0.0}},
+            "scheduler": {"plugin": "local"}}
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def fresh_run(spec: Path) -> Path:
+    """Plan the spec and write an empty run folder (removing an earlier one)."""
+    from cruijff_kit.planner import make_plan
+    from cruijff_kit.runner import write_experiment
+    from cruijff_kit.spec import load_spec
+
+    plan = make_plan(load_spec(spec))
+    shutil.rmtree(plan.runs[0].layout.root, ignore_errors=True)
+    write_experiment(plan)
+    return plan.runs[0].layout.root
+
+
+def run_ours(spec: Path) -> tuple[float, Path]:
+    from cruijff_kit.stage import run_stage
+
+    run_dir = fresh_run(spec)
+    t = time.perf_counter()
+    run_stage(run_dir, "train")
+    return time.perf_counter() - t, run_dir
+
+
+def run_stock(tune_yaml: Path, scratch: Path) -> float:
+    from cruijff_kit_torchtune.compat import stock_recipe_module
+    from omegaconf import OmegaConf
+
+    shutil.rmtree(scratch, ignore_errors=True)
+    cfg = OmegaConf.load(tune_yaml)
+    cfg.output_dir = str(scratch)
+    cfg.checkpointer.output_dir = str(scratch)
+    stock = stock_recipe_module("lora_finetune_single_device").LoRAFinetuneRecipeSingleDevice
+    t = time.perf_counter()
+    recipe = stock(cfg=cfg)
+    recipe.setup(cfg=cfg)
+    recipe.train()
+    recipe.cleanup()
+    return time.perf_counter() - t
+
+
+@contextlib.contextmanager
+def quiet(enabled: bool):  # type: ignore[no-untyped-def]
+    """Silence the recipes' step lines and progress bars."""
+    if not enabled:
+        yield
+        return
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", type=Path, help="HF model folder (default: a tiny Llama built here)")
+    ap.add_argument("--rows", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--verbose", action="store_true", help="show the recipes' output")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        model = args.model
+        if model is None:
+            from cruijff_kit.models import build_tiny_model
+
+            model = build_tiny_model(folder / "tiny-llama3", family="llama3")
+        spec = write_spec(folder, model.resolve(), args.rows, args.epochs, args.batch_size)
+        with quiet(not args.verbose):
+            _, run_dir = run_ours(spec)  # warm-up: imports, first-call costs
+            tune_yaml = run_dir / "train" / "torchtune.yaml"
+            run_stock(tune_yaml, folder / "stock")
+            ours, stock = [], []
+            for _ in range(args.repeats):
+                ours.append(run_ours(spec)[0])
+                stock.append(run_stock(tune_yaml, folder / "stock"))
+        steps = sum(1 for line in (run_dir / "train" / "metrics.jsonl").read_text().splitlines()
+                    if json.loads(line)["train_loss"] is not None)
+    o, s = statistics.median(ours), statistics.median(stock)
+    print(f"model: {model.name}, {args.rows} rows, batch {args.batch_size}, {args.epochs} epochs "
+          f"({steps} optimizer steps), {args.repeats} repeats after a warm-up")
+    print("| path | median wall (s) |\n|---|---|")
+    print(f"| stock torchtune recipe on train/torchtune.yaml | {s:.2f} |")
+    print(f"| ck stage train (torchtune plugin) | {o:.2f} |")
+    print(f"ratio ours / stock: {o / s:.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

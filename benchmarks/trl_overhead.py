@@ -1,0 +1,182 @@
+"""Overhead of the `trl` trainer over a plain TRL script doing the same work.
+
+Trains a tiny Llama (or ``--model DIR``) on a generated capitalization task, alternating two paths
+in one process so imports are paid once:
+
+* ours: ``ck stage RUN_DIR train`` in-process (dataset plugin, validation loss each epoch, metrics
+  rows, a PEFT adapter per epoch, resumable state, status bookkeeping);
+* plain: the same rows as chat messages, ``SFTTrainer`` with the same ``SFTConfig`` values and LoRA
+  config, evaluation and a checkpoint each epoch, and ``save_model`` at the end.
+
+For each path it reports the median wall time (data + model loading + training + saving) and the
+median training throughput (tokens trained / seconds inside ``SFTTrainer.train``). Run by hand:
+``python benchmarks/trl_overhead.py [--rows 256] [--epochs 2] [--repeats 3] [--model DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WORDS = ["apple", "banana", "cherry", "dog", "cat", "house", "water", "paris", "london", "city", "fox", "book", "music", "code", "data", "model", "train", "test", "eval", "score", "result", "red", "green", "blue", "black", "white", "big", "small", "long", "short", "happy", "sad", "fast", "slow"]
+PROMPT = "Capitalize: {input}"
+LR, RANK, MAX_LEN, LOG_STEPS, SEED = 3e-3, 8, 64, 10, 1
+
+#: (seconds inside SFTTrainer.train, tokens trained) of the last training in this process.
+LAST_TRAIN: dict[str, float] = {}
+
+
+def timed_train() -> None:
+    """Wrap ``SFTTrainer.train`` so both paths report their own training time and token count."""
+    from trl import SFTTrainer
+
+    original = SFTTrainer.train
+
+    def train(self: Any, *a: Any, **kw: Any) -> Any:
+        t = time.perf_counter()
+        out = original(self, *a, **kw)
+        LAST_TRAIN.update(seconds=time.perf_counter() - t, tokens=float(self._total_train_tokens))
+        return out
+
+    SFTTrainer.train = train  # type: ignore[method-assign]
+
+
+def write_data(folder: Path, rows: int) -> tuple[dict[str, list[dict[str, str]]], Path]:
+    pick = [WORDS[i % len(WORDS)] for i in range(rows + rows // 4)]
+    data = {"train": [{"input": w, "output": w.upper()} for w in pick[:rows]],
+            "validation": [{"input": w, "output": w.upper()} for w in pick[rows:]]}
+    path = folder / "data.json"
+    path.write_text(json.dumps(data))
+    return data, path
+
+
+def write_spec(folder: Path, model: Path, data: Path, epochs: int, batch_size: int) -> Path:
+    spec = {"experiment": "trl-overhead", "output_dir": str(folder / "out"), "seed": SEED,
+            "model": {"path": str(model)}, "prompt": {"template": PROMPT},
+            "dataset": {"plugin": "json-instruct", "path": str(data)},
+            "train": {"plugin": "trl", "epochs": epochs, "batch_size": batch_size, "learning_rate": LR,
+                      "max_seq_length": MAX_LEN, "logging_steps": LOG_STEPS, "lr_scheduler": "linear",
+                      "lora": {"rank": RANK, "dropout": 0.0}},
+            "scheduler": {"plugin": "local"}}
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def run_ours(spec: Path) -> tuple[float, dict[str, float]]:
+    from cruijff_kit.planner import make_plan
+    from cruijff_kit.runner import write_experiment
+    from cruijff_kit.spec import load_spec
+    from cruijff_kit.stage import run_stage
+
+    plan = make_plan(load_spec(spec))
+    shutil.rmtree(plan.runs[0].layout.root, ignore_errors=True)
+    write_experiment(plan)
+    t = time.perf_counter()
+    run_stage(plan.runs[0].layout.root, "train")
+    return time.perf_counter() - t, dict(LAST_TRAIN)
+
+
+def run_plain(model_dir: Path, data: dict[str, list[dict[str, str]]], out: Path, epochs: int,
+              batch_size: int) -> tuple[float, dict[str, float]]:
+    """What a researcher would write with TRL directly, doing the same work as the ck run."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    shutil.rmtree(out, ignore_errors=True)
+    t = time.perf_counter()
+
+    def chat(rows: list[dict[str, str]]) -> Dataset:
+        return Dataset.from_list([{"messages": [{"role": "user", "content": PROMPT.format(input=r["input"])},
+                                                {"role": "assistant", "content": r["output"]}]} for r in rows])
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    args = SFTConfig(output_dir=str(out), seed=SEED, num_train_epochs=epochs, per_device_train_batch_size=batch_size,
+                     per_device_eval_batch_size=batch_size, learning_rate=LR, lr_scheduler_type="linear",
+                     max_length=MAX_LEN, assistant_only_loss=True, activation_checkpointing=False, use_cpu=True,
+                     bf16=False, data_seed=SEED, logging_first_step=True,
+                     eval_strategy="epoch", save_strategy="epoch", save_total_limit=1, logging_steps=LOG_STEPS,
+                     report_to="none", disable_tqdm=True, dataloader_num_workers=0)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=chat(data["train"]),
+                         eval_dataset=chat(data["validation"]), processing_class=tok,
+                         peft_config=LoraConfig(r=RANK, lora_alpha=2 * RANK, lora_dropout=0.0, task_type="CAUSAL_LM",
+                                                target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    trainer.train()
+    trainer.save_model(str(out / "adapter"))
+    return time.perf_counter() - t, dict(LAST_TRAIN)
+
+
+@contextlib.contextmanager
+def quiet(enabled: bool):  # type: ignore[no-untyped-def]
+    if not enabled:
+        yield
+        return
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", type=Path, help="HF model folder (default: a tiny Llama built here)")
+    ap.add_argument("--rows", type=int, default=256)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--verbose", action="store_true", help="show the trainers' output")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        model = args.model
+        if model is None:
+            from cruijff_kit.models import build_tiny_model
+
+            model = build_tiny_model(folder / "tiny-llama3", family="llama3")
+        model = model.resolve()
+        data, data_file = write_data(folder, args.rows)
+        spec = write_spec(folder, model, data_file, args.epochs, args.batch_size)
+        timed_train()
+        ours: list[tuple[float, dict[str, float]]] = []
+        plain: list[tuple[float, dict[str, float]]] = []
+        with quiet(not args.verbose):
+            run_ours(spec)  # warm-up: first-call costs of both paths
+            run_plain(model, data, folder / "plain", args.epochs, args.batch_size)
+            for _ in range(args.repeats):
+                ours.append(run_ours(spec))
+                plain.append(run_plain(model, data, folder / "plain", args.epochs, args.batch_size))
+
+    def summary(runs: list[tuple[float, dict[str, float]]]) -> tuple[float, float, float]:
+        return (statistics.median(w for w, _ in runs), statistics.median(t["seconds"] for _, t in runs),
+                statistics.median(t["tokens"] / t["seconds"] for _, t in runs))
+
+    (ow, ot, otps), (pw, pt, ptps) = summary(ours), summary(plain)
+    tokens = ours[-1][1]["tokens"]
+    print(f"model: {model.name}, {args.rows} rows, batch {args.batch_size}, {args.epochs} epochs "
+          f"({tokens:.0f} tokens trained), {args.repeats} repeats after a warm-up")
+    print("| path | median wall (s) | median train loop (s) | median tokens/s |\n|---|---|---|---|")
+    print(f"| plain TRL script | {pw:.2f} | {pt:.2f} | {ptps:.0f} |")
+    print(f"| ck stage train (trl plugin) | {ow:.2f} | {ot:.2f} | {otps:.0f} |")
+    print(f"ratio ours / plain: wall {ow / pw:.3f}, tokens/s {otps / ptps:.3f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
