@@ -52,6 +52,18 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
 ]
 
 
+def _simulate_sections() -> list[tuple[str, type[BaseModel], str]]:
+    from cruijff_kit.simulate.config import MetricSpec, RetryPolicy, ScoringConfig, SimulateConfig, TaskSource
+
+    return [
+        ("`simulate`", SimulateConfig, "Settings for `ck simulate` (see docs/simulation.md)."),
+        ("`simulate.tasks`", TaskSource, "Where the conversation openers come from."),
+        ("`simulate.scoring`", ScoringConfig, "Multi-turn-aware scoring of candidate responses."),
+        ("`simulate.scoring.metrics[i]`", MetricSpec, "One weighted metric."),
+        ("`simulate.retry`", RetryPolicy, "Retries on rate limits, server errors and timeouts."),
+    ]
+
+
 def spec_reference() -> str:
     """The whole reference page."""
     out = [
@@ -67,6 +79,6 @@ def spec_reference() -> str:
         "Precedence: the file < sweep and variant values < `--set` on the command line.",
         "",
     ]
-    for title, model, text in SECTIONS:
+    for title, model, text in SECTIONS + _simulate_sections():
         out += [f"## {title}", "", text, "", model_table(model), ""]
     return "\n".join(out)
