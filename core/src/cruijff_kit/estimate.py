@@ -202,6 +202,23 @@ def check_targets(run: PlannedRun, config: TrainConfig) -> None:
             hint=did_you_mean(bad[0], names) + " Its linear modules are: " + ", ".join(names) + ".")
 
 
+def check_validation_split(run: PlannedRun, config: TrainConfig) -> None:
+    """Raise a :class:`SpecError` when ``validation`` is on and the dataset says it has no such split.
+
+    Only checked when the dataset plugin can list its splits cheaply.
+    """
+    if not config.validation:
+        return
+    try:
+        splits = run.dataset().splits()
+    except Exception:  # a dataset that cannot describe itself cheaply is checked when the stage runs
+        splits = None
+    if splits is not None and "validation" not in splits:
+        raise SpecError(f"train.validation is true, but the dataset has no `validation` split (it has {splits}).",
+                        file=run.spec.get("run", {}).get("spec_file"), path="train.validation",
+                        hint="Add a validation split to the data, or set train.validation: false.")
+
+
 # --------------------------------------------------------------------------- memory
 def planned_precision(precision: str, gpus: int) -> str:
     """What ``precision: auto`` will become, judged from the planned resources (no torch)."""

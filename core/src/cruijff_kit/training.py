@@ -274,3 +274,15 @@ def require_saved_epochs(ctx: Any, saved: list[int], *, step: int, epoch: int, m
             f"training stopped at step {step} in epoch {epoch} (max_steps {max_steps}), so epochs {missing} of "
             "save_epochs were never reached. Lower train.epochs, raise train.max_steps, or list only reached "
             "epochs in train.save_epochs.")
+
+
+def chat_template_text(value: str | None, resolve: Callable[[str], Path]) -> str | None:
+    """``train.chat_template`` as Jinja text: inline text as is, or the content of the ``.jinja``/``.j2``
+    file it names (``resolve`` turns the spec's path into a file path, e.g. ``Plugin.path``)."""
+    if value and value.rstrip().endswith((".jinja", ".j2")) and "\n" not in value.strip():
+        path = resolve(value.strip())
+        try:
+            return Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise StageError(f"train.chat_template names {path}, which cannot be read ({exc}).") from None
+    return value

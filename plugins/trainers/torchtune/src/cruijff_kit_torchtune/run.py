@@ -1,0 +1,159 @@
+"""The train stage with torchtune: write ``train/torchtune.yaml``, run our recipe, write PEFT adapters.
+
+Called by :meth:`TorchtuneTrainer.train` in the stage process, or in each worker when the stage was
+relaunched under ``torchrun`` (``resources.processes`` / ``gpus`` > 1).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from cruijff_kit.errors import StageError
+from cruijff_kit.fileio import atomic_write_yaml
+from cruijff_kit_torchtune.families import ModelFamily, detect_family, map_targets
+
+CONFIG_FILE = "torchtune.yaml"
+
+
+def local_model_dir(model_path: str) -> Path:
+    """The local folder of the base model: the path itself, or a hub id's snapshot in the local cache."""
+    from cruijff_kit.estimate import find_config
+
+    found = find_config(model_path)
+    if found is None:
+        raise StageError(f"the torchtune trainer needs the base model's files on disk, but {model_path} is not a "
+                         "model folder and not in the local hub cache. Download it first (or use "
+                         "train.plugin: trl, which downloads by itself).")
+    return found.parent
+
+
+def _validation_split(ctx: Any, cfg: Any, data: Any) -> str | None:
+    if not cfg.validation:
+        return None
+    if "validation" in data and len(data["validation"]) > 0:
+        return "validation"
+    print("[ck torchtune] the dataset has no `validation` split: no validation loss is computed",
+          file=sys.stderr, flush=True)
+    return None
+
+
+def _init_distributed(device: str) -> tuple[int, int]:
+    """Start the process group of a torchrun worker (gloo on CPU); returns (world size, rank)."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("cuda:nccl,cpu:gloo" if device == "cuda" else "gloo")
+    if world > 1:
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def run_training(trainer: Any, ctx: Any) -> None:
+    """Train the run with our torchtune recipe (this process is one worker, or the only one)."""
+    from cruijff_kit.training import chat_template_text, resolve_precision, run_device
+    from cruijff_kit_torchtune.data import conversations_of, provide_rows
+    from cruijff_kit_torchtune.tuneconfig import build_config
+
+    cfg = trainer.config
+    model_dir = local_model_dir(ctx.model_path)
+    family = detect_family(model_dir)
+    targets = map_targets(cfg.lora.targets, cfg.apply_lora_to_mlp, cfg.apply_lora_to_output)
+    device = run_device()
+    precision = resolve_precision(cfg.precision, device)
+    if precision == "fp16":
+        raise StageError("train.precision fp16 is not supported by torchtune's recipes; use bf16 or auto.")
+
+    data = ctx.dataset()
+    if "train" not in data:
+        raise StageError(f"the dataset has no `train` split (it has {list(data)}).")
+    val_split = _validation_split(ctx, cfg, data)
+    provide_rows(ctx.run_dir, "train", conversations_of(data["train"]))
+    if val_split:
+        provide_rows(ctx.run_dir, val_split, conversations_of(data[val_split]))
+
+    template = chat_template_text(cfg.chat_template, trainer.path)
+    if template != cfg.chat_template:
+        cfg = cfg.model_copy(update={"chat_template": template})
+    tune_cfg = build_config(cfg, model_dir=model_dir, family=family, targets=targets, run_dir=ctx.run_dir,
+                            device=device, dtype=precision, seed=ctx.seed, validation_split=val_split,
+                            save_epochs=cfg.saved_epochs(), base_model=ctx.model_id)
+    world, rank = _init_distributed(device)
+    if rank == 0:
+        atomic_write_yaml(ctx.layout.train_dir / CONFIG_FILE, tune_cfg)
+    run_recipe(tune_cfg, ctx=ctx, family=family, world=world, rank=rank)
+
+
+def run_recipe(tune_cfg: dict[str, Any], *, ctx: Any, family: ModelFamily, world: int, rank: int) -> None:
+    """Build our recipe from ``tune_cfg`` and run setup, train and cleanup."""
+    from omegaconf import OmegaConf
+
+    from cruijff_kit_torchtune import recipe as rmod
+
+    conf = OmegaConf.create(tune_cfg)
+    hooks = make_hooks(ctx, conf, family)
+    cls = rmod.distributed_class() if world > 1 else rmod.single_device_class()
+    recipe = cls(cfg=conf)
+    recipe.ck_hooks = hooks
+    backend = torch_backend() if world > 1 else None
+    print(f"[ck torchtune] rank {rank}/{world} recipe={cls.__name__} backend={backend} model={family.name} "
+          f"device={conf.device} dtype={conf.dtype} pid={os.getpid()}", flush=True)
+    recipe.setup(cfg=conf)
+    try:
+        recipe.train()
+    finally:
+        recipe.cleanup()
+    if recipe.ck_stopped_at is not None and rank == 0:
+        from cruijff_kit.training import require_saved_epochs
+
+        step, epoch = recipe.ck_stopped_at
+        require_saved_epochs(ctx, list(conf.cruijff_kit.save_epochs), step=step, epoch=epoch,
+                             max_steps=conf.cruijff_kit.max_steps)
+
+
+def torch_backend() -> str | None:
+    """The process group's backend (``gloo`` on CPU)."""
+    import torch.distributed as dist
+
+    return str(dist.get_backend()) if dist.is_initialized() else None
+
+
+def make_hooks(ctx: Any, conf: Any, family: ModelFamily) -> Any:
+    """Connect the recipe to the run: metrics rows, PEFT adapters per epoch, resume state."""
+    from cruijff_kit.training import save_adapter_weights, truncate_metrics
+    from cruijff_kit_torchtune.peft_export import peft_config, to_peft_weights
+    from cruijff_kit_torchtune.recipe import RecipeHooks
+
+    ck = conf.cruijff_kit
+    tokenizer_holder: dict[str, Any] = {}
+
+    def tokenizer() -> Any:
+        if "tok" not in tokenizer_holder:
+            from cruijff_kit_torchtune.tokenizer import HFChatTokenizer
+
+            tokenizer_holder["tok"] = HFChatTokenizer(conf.tokenizer.path, chat_template=conf.tokenizer.chat_template)
+        return tokenizer_holder["tok"]
+
+    def save_adapter(epoch: int, state: dict[str, Any], step: int) -> None:
+        import torch.distributed as dist
+
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        weights = to_peft_weights(state, family)
+        config = peft_config(rank=conf.model.lora_rank, alpha=conf.model.lora_alpha,
+                             dropout=conf.model.lora_dropout, target_modules=list(ck.lora_targets),
+                             base_model=ck.base_model_path)
+        save_adapter_weights(weights, config, tokenizer(), ctx.adapter_dir(epoch), base_model=ck.base_model,
+                             base_model_path=ck.base_model_path,
+                             extra={"epoch": epoch, "step": step, "trainer": "torchtune",
+                                    "method": "qlora" if conf.model.quantize_base else "lora",
+                                    "run": ctx.run_dir.name, "world_size": world})
+        print(f"[ck torchtune] epoch {epoch}: adapter written to {ctx.adapter_dir(epoch)}", flush=True)
+
+    def resumed(step: int) -> None:
+        truncate_metrics(ctx.layout.metrics, step)
+
+    return RecipeHooks(log=lambda row: row.log(ctx), save_adapter=save_adapter, state_dir=ctx.state_dir,
+                       resumed=resumed)

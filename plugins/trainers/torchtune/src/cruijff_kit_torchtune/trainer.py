@@ -1,0 +1,84 @@
+"""The ``torchtune`` trainer plugin class: options, plan-time checks, estimate, and the train stage.
+
+Importing this module is cheap (no torch, no torchtune): the work happens in :mod:`.run` and
+:mod:`.recipe`, imported inside :meth:`TorchtuneTrainer.train`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field
+
+from cruijff_kit.errors import SpecError
+from cruijff_kit.kinds import Estimate, TrainConfig, Trainer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cruijff_kit.context import StageContext
+    from cruijff_kit.planner import PlannedRun
+
+
+class TorchtuneConfig(TrainConfig):
+    """Options of the torchtune trainer: the shared train options plus torchtune's own."""
+
+    compile: bool = Field(False, description="torch.compile the model and loss (slow first step; for GPUs).")
+    apply_lora_to_mlp: bool | None = Field(
+        None, description="LoRA on gate_proj/up_proj/down_proj; default: whether lora.targets lists them.")
+    apply_lora_to_output: bool | None = Field(
+        None, description="LoRA on the output projection; default: whether lora.targets lists lm_head.")
+    clip_grad_norm: float | None = Field(None, gt=0, description="Clip the gradient norm to this value.")
+    logging_steps: int = Field(1, gt=0, description="Log train loss every N optimizer steps (that step's loss).")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="torchtune recipe config keys (dotted) set after everything else, e.g. "
+                    "{'optimizer._component_': 'torch.optim.SGD'}. See train/torchtune.yaml of a run.")
+
+
+class TorchtuneTrainer(Trainer):
+    """LoRA / QLoRA fine-tuning with torchtune's LoRA recipes (single device, or distributed)."""
+
+    name = "torchtune"
+    description = "LoRA/QLoRA with torchtune recipes (Llama 2/3.x, Qwen2); PEFT adapters per epoch."
+    Config = TorchtuneConfig
+
+    def check(self, run: PlannedRun) -> None:
+        """Plan-time errors: unsupported model family, LoRA targets, precision, QLoRA block sizes."""
+        from cruijff_kit.estimate import check_validation_split, find_config, model_ref
+        from cruijff_kit_torchtune.families import check_qlora, detect_family, map_targets
+
+        cfg: TorchtuneConfig = self.config  # type: ignore[assignment]
+        file = run.spec.get("run", {}).get("spec_file")
+        try:
+            if cfg.precision == "fp16":
+                raise SpecError("torchtune's recipes train in fp32 or bf16 only, not fp16.", path="train.precision",
+                                hint="Use precision: auto (bf16 on GPUs that support it, else fp32) or bf16.")
+            map_targets(cfg.lora.targets, cfg.apply_lora_to_mlp, cfg.apply_lora_to_output)
+            check_validation_split(run, cfg)
+            config_path = find_config(model_ref(run))
+            if config_path is None:
+                return  # not on this machine (yet): checked again when the stage starts
+            model_dir = config_path.parent
+            family = detect_family(model_dir)
+            if cfg.method == "qlora":
+                check_qlora(family, model_dir)
+        except SpecError as exc:
+            raise SpecError(exc.problem, file=file, path=exc.path, hint=exc.hint) from None
+
+    def estimate(self, run: PlannedRun) -> Estimate:
+        """The shared plan-time estimate (config.json and the dataset's description)."""
+        from cruijff_kit.estimate import estimate_run
+
+        return estimate_run(run, self.config)  # type: ignore[arg-type]
+
+    def train(self, ctx: StageContext) -> None:
+        """Run the train stage; relaunch under torchrun first when the run asks for several processes."""
+        from cruijff_kit import distributed
+
+        resources = ctx.resources
+        if distributed.needs_launch(resources):
+            distributed.relaunch(Path(ctx.run_dir), ctx.stage.name, resources, launcher="torchrun")
+            return
+        from cruijff_kit_torchtune.run import run_training
+
+        run_training(self, ctx)
