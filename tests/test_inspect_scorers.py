@@ -145,7 +145,8 @@ def test_every_configured_scorer_is_reported_and_logprobs_turn_on(tmp_path: Path
 
     cfg = InspectConfig.model_validate({
         "task": "exact-match",
-        "scorers": ["match", {"name": "match", "location": "begin", "ignore_case": False}, "includes", "risk"],
+        "scorers": [{"name": "match", "ignore_case": True}, {"name": "match", "location": "begin"}, "includes",
+                    "risk"],
     })
     args = generate_args(cfg, seed=7, local=False)
     assert args["logprobs"] is True and args["top_logprobs"] == 20
@@ -159,7 +160,7 @@ def test_every_configured_scorer_is_reported_and_logprobs_turn_on(tmp_path: Path
     assert entry["scorers"] == ["match", "match1", "includes", "risk"]
     m = metric_values(entry)
     assert m["match/accuracy"] == 0.5  # exact, ignoring case: "rome" only
-    assert m["match1/accuracy"] == 0.0  # begins with, case-sensitive: neither
+    assert m["match1/accuracy"] == 0.0  # begins with, case-sensitive (the default): neither
     assert m["includes/accuracy"] == 1.0
     assert m["risk/coverage"] == 0.0  # targets are not the options 0/1: reported, not dropped
 

@@ -23,7 +23,7 @@ class MatchScorer(PluginConfig):
 
     name: Literal["match"] = "match"
     location: Literal["exact", "begin", "end", "any"] = Field("exact", description="Where the target must appear.")
-    ignore_case: bool = True
+    ignore_case: bool = Field(False, description="Case-insensitive comparison (off: exact means exact).")
     numeric: bool = Field(False, description="Compare as numbers (e.g. 1.0 matches 1).")
 
 
