@@ -1,0 +1,454 @@
+"""The ``slurm`` scheduler: stages as batch jobs, a sweep's stages as job arrays, states from squeue/sacct."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cruijff_kit import status
+from cruijff_kit.fileio import atomic_write_json, atomic_write_text
+from cruijff_kit.kinds import PluginConfig, Resources, Scheduler
+from cruijff_kit.layout import ExperimentLayout, RunLayout
+from cruijff_kit.planner import StageJob
+from cruijff_kit_slurm import slurmcli
+from cruijff_kit_slurm.config import SlurmConfig, SlurmProfile
+from cruijff_kit_slurm.script import StageScript, array_script, stage_script
+
+NAME = "slurm"
+
+
+def _say(message: str) -> None:
+    print(f"[slurm] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class _Task:
+    """One stage of one run, as one SLURM job or one array task."""
+
+    job: StageJob
+    index: int  # the run's array index (the same in every array of this submission)
+    resources: Resources
+    script: Path
+    after: _Part | None = None  # the train part this eval waits for (submitted in this call)
+    after_id: str | None = None  # ... or the id of a train job submitted earlier
+    job_id: str | None = None
+
+
+@dataclass
+class _Part:
+    """Tasks submitted with one sbatch call: one job, or one job array."""
+
+    stage: str
+    resources: Resources
+    tasks: list[_Task] = field(default_factory=list)
+    array_id: str | None = None  # set once submitted (the job id when it is a single job)
+
+    def task_id(self, task: _Task) -> str:
+        assert self.array_id is not None
+        return self.array_id if len(self.tasks) == 1 else f"{self.array_id}_{task.index}"
+
+
+def _stage_target(stage: str) -> str | None:
+    return stage.split(".", 2)[2] if stage.startswith("eval.") else None
+
+
+def _res_key(res: Resources) -> str:
+    return json.dumps(res.model_dump(), sort_keys=True)
+
+
+class SlurmScheduler(Scheduler):
+    """Submits each stage as a SLURM job running ``ck stage RUN_DIR STAGE``; sweeps as job arrays."""
+
+    name = NAME
+    Config = SlurmConfig
+    Profile = SlurmProfile
+    description = "Submit stages to a SLURM cluster: job arrays per stage, afterok dependencies, requeue."
+    retry_failed_default = False
+
+    @property
+    def cfg(self) -> SlurmConfig:
+        return self.config  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ submit
+    def submit(self, jobs: list[StageJob], experiment_dir: Any, profile: PluginConfig | None) -> None:
+        """Write every stage's script and submit them: arrays per stage, evals after their train."""
+        self._submit(jobs, Path(experiment_dir), profile, dry=False)
+
+    def dry_run(self, jobs: list[StageJob], experiment_dir: Any, profile: PluginConfig | None) -> None:
+        """Write the scripts ``submit`` would submit, and submit nothing."""
+        self._submit(jobs, Path(experiment_dir), profile, dry=True)
+
+    def _submit(self, jobs: list[StageJob], exp_dir: Path, profile: PluginConfig | None, *, dry: bool) -> None:
+        prof = profile if isinstance(profile, SlurmProfile) else SlurmProfile()
+        if not dry:
+            slurmcli.require("sbatch")
+        python = prof.python or sys.executable
+        pending = list(jobs)
+        try:
+            if not dry:
+                self._oom_adjust(jobs)
+                if self.cfg.prepare_data:
+                    self._prepare_data(jobs)
+            parts = self._plan(jobs, prof, python)
+            if dry:
+                self._write_arrays(parts, exp_dir, prof, dry=True)
+                _say(f"dry run: wrote the job scripts of {len(jobs)} stage(s) (runs/<run>/slurm/, "
+                     f"{exp_dir / 'slurm'}); nothing was submitted.")
+                return
+            submitted = self._send(parts, exp_dir, prof)
+            pending = [j for j in jobs if j.key not in submitted]
+        except BaseException:
+            for job in pending:
+                entry = status.read(job.run_dir)["stages"].get(job.stage, {})
+                if entry.get("state") == status.SUBMITTED and not entry.get("job_id"):
+                    status.update_stage(job.run_dir, job.stage, state=status.PENDING,
+                                        error="not submitted: `ck run` stopped before submitting it")
+            raise
+
+    def _oom_adjust(self, jobs: list[StageJob]) -> None:
+        """A train stage SLURM stopped for memory (OUT_OF_MEMORY) restarts with half the batch."""
+        from cruijff_kit_slurm.recover import halve_batch
+
+        for job in jobs:
+            entry = status.read(job.run_dir)["stages"].get(job.stage, {})
+            if job.kind == "train" and entry.get("oom"):
+                change = halve_batch(job.run_dir, job.stage, self.cfg.oom_retries,
+                                     f"out of memory ({entry.get('slurm_state') or 'log'})")
+                if change:
+                    _say(f"{job.run_name}: out of memory last time; batch_size {change['batch_size'][0]} -> "
+                         f"{change['batch_size'][1]}, gradient_accumulation {change['gradient_accumulation'][0]}"
+                         f" -> {change['gradient_accumulation'][1]}")
+
+    def _prepare_data(self, jobs: list[StageJob]) -> None:
+        """Load each distinct dataset once here, so the jobs find its caches ready."""
+        from cruijff_kit.kinds import Prompt
+        from cruijff_kit.stage import load_run
+
+        seen: set[str] = set()
+        for run_dir in dict.fromkeys(j.run_dir for j in jobs):
+            run = load_run(run_dir)
+            key = json.dumps([run.spec["dataset"], run.spec["prompt"]], sort_keys=True, default=str)
+            if key in seen:
+                continue
+            seen.add(key)
+            _say(f"preparing dataset `{run.spec['dataset'].get('plugin')}` before submitting")
+            run.dataset().load(Prompt.model_validate(run.spec["prompt"]))
+
+    # ------------------------------------------------------------------ planning
+    def _resources(self, job: StageJob) -> Resources:
+        if job.kind == "train":
+            return job.resources
+        if self.cfg.eval_resources is not None:
+            return self.cfg.eval_resources
+        return job.resources.model_copy(update={"nodes": 1, "processes": None})
+
+    def _plan(self, jobs: list[StageJob], prof: SlurmProfile, python: str) -> list[_Part]:
+        """Write each stage's script; group tasks into parts (arrays) honouring dependencies and the cap."""
+        index = {d: i for i, d in enumerate(dict.fromkeys(j.run_dir for j in jobs))}
+        keys = {(j.run_dir, j.stage) for j in jobs}
+        tasks: list[_Task] = []
+        for job in jobs:
+            res = self._resources(job)
+            spec = StageScript(job.run_dir, job.run_name, job.experiment, job.stage, job.kind, res)
+            path = job.run_dir / "slurm" / f"{job.stage}.sbatch"
+            RunLayout(job.run_dir).logs_dir.mkdir(parents=True, exist_ok=True)  # sbatch opens the logs there
+            atomic_write_text(path, stage_script(spec, self.cfg, prof, python, self.cfg.array_parallelism))
+            path.chmod(0o755)
+            task = _Task(job, index[job.run_dir], res, path)
+            status.update_stage(job.run_dir, job.stage, script=str(path))
+            target = _stage_target(job.stage)
+            if target and target.startswith("epoch_") and (job.run_dir, "train") not in keys:
+                train = status.read(job.run_dir)["stages"].get("train", {})
+                if train.get("state") in status.ACTIVE_STATES and train.get("job_id") and \
+                        train.get("scheduler") == NAME:
+                    task.after_id = str(train["job_id"])
+                elif train.get("state") != status.DONE:
+                    status.update_stage(job.run_dir, job.stage, state=status.PENDING,
+                                        error=f"not run: its train stage is {train.get('state', 'pending')}; "
+                                        "`ck run --retry-failed` runs both")
+                    continue
+            tasks.append(task)
+        cap = prof.max_queued or 0
+        size = min(cap, 10**9) if cap else 10**9
+        parts: list[_Part] = []
+        train_part: dict[Path, _Part] = {}
+        # trains first; then evals grouped by stage, resources and the train part they wait for
+        for is_train in (True, False):
+            groups: dict[tuple[str, str, int], list[_Task]] = {}
+            for t in tasks:
+                if (t.job.kind == "train") != is_train:
+                    continue
+                if not is_train and (t.job.run_dir, "train") in keys and "train" in t.job.depends_on:
+                    t.after = train_part.get(t.job.run_dir)
+                dep = id(t.after) if t.after is not None else 0
+                if t.after_id:
+                    dep = hash(t.after_id)
+                groups.setdefault((t.job.stage, _res_key(t.resources), dep), []).append(t)
+            for (stage, _, _), group in groups.items():
+                for start in range(0, len(group), size):
+                    part = _Part(stage, group[start].resources, group[start:start + size])
+                    parts.append(part)
+                    if is_train:
+                        for t in part.tasks:
+                            train_part[t.job.run_dir] = part
+        return parts
+
+    def _write_arrays(self, parts: list[_Part], exp_dir: Path, prof: SlurmProfile, *, dry: bool) -> None:
+        for n, part in enumerate(parts):
+            if len(part.tasks) > 1:
+                self._array_file(part, exp_dir, prof, n)
+            if dry:
+                for t in part.tasks:
+                    dep = None
+                    if t.after is not None:
+                        dep = "afterok: its train job"
+                    elif t.after_id:
+                        dep = f"afterok:{t.after_id}"
+                    status.update_stage(t.job.run_dir, t.job.stage, dependency=dep)
+
+    def _array_file(self, part: _Part, exp_dir: Path, prof: SlurmProfile, n: int) -> Path:
+        folder = exp_dir / "slurm"
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = folder / f"{stamp}-{n:03d}-{part.stage}.sbatch"
+        text = array_script(part.stage, part.tasks[0].job.experiment, [(t.index, t.script) for t in part.tasks],
+                            part.resources, self.cfg, prof, folder / "logs", self.cfg.array_parallelism)
+        (folder / "logs").mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
+        return path
+
+    # ------------------------------------------------------------------ sending
+    def _send(self, parts: list[_Part], exp_dir: Path, prof: SlurmProfile) -> set[str]:
+        submitted: set[str] = set()
+        mine: list[str] = []
+        for n, part in enumerate(parts):
+            waited = self._wait_for_room(exp_dir, mine, len(part.tasks), prof.max_queued)
+            for sub in self._settle_dependencies(part, waited):
+                self._sbatch(sub, exp_dir, prof, n)
+                for t in sub.tasks:
+                    t.job_id = sub.task_id(t)
+                    mine.append(t.job_id)
+                    submitted.add(t.job.key)
+                    status.update_stage(t.job.run_dir, t.job.stage, state=status.SUBMITTED, scheduler=NAME,
+                                        job_id=t.job_id, slurm_array=sub.array_id if len(sub.tasks) > 1 else None,
+                                        dependency=self._dependency(sub, t), slurm_state="PENDING",
+                                        slurm_reason=None, error=None, usage=None, submitted=status.now())
+                n_tasks = len(sub.tasks)
+                _say(f"submitted {sub.stage}: " + (f"job {sub.array_id}" if n_tasks == 1 else
+                                                   f"array {sub.array_id} ({n_tasks} runs)"))
+        return submitted
+
+    def _dependency(self, part: _Part, task: _Task | None = None) -> str | None:
+        """``--dependency`` of a part (or of one of its tasks): per-task afterok for arrays."""
+        first = part.tasks[0]
+        if first.after_id:
+            return f"afterok:{first.after_id}"
+        if first.after is None:
+            return None
+        train = first.after
+        assert train.array_id is not None
+        if len(part.tasks) > 1 and len(train.tasks) > 1:
+            return f"aftercorr:{train.array_id}"  # task i after task i of the train array (afterok per run)
+        t = task or first
+        match = next(x for x in train.tasks if x.job.run_dir == t.job.run_dir)
+        return f"afterok:{train.task_id(match)}"
+
+    def _settle_dependencies(self, part: _Part, waited: bool) -> list[_Part]:
+        """Parts to submit: when we waited, a train may have ended; drop or skip its evals accordingly."""
+        deps = {t.after.array_id if t.after is not None else t.after_id for t in part.tasks} - {None}
+        if not waited or not deps:
+            return [part]
+        queued = slurmcli.squeue([str(d) for d in deps])
+        if any(slurmcli.base_id(j) in {slurmcli.base_id(str(d)) for d in deps} for j in queued):
+            return [part]
+        ready: list[_Task] = []
+        for t in part.tasks:
+            train = status.stage_state(t.job.run_dir, "train")
+            if train == status.DONE:
+                t.after, t.after_id = None, None
+                ready.append(t)
+            else:
+                status.update_stage(t.job.run_dir, t.job.stage, state=status.PENDING,
+                                    error=f"not run: its train stage is {train}")
+        return [_Part(part.stage, part.resources, ready)] if ready else []
+
+    def _sbatch(self, part: _Part, exp_dir: Path, prof: SlurmProfile, n: int) -> None:
+        dep = self._dependency(part)
+        extra = [f"--dependency={dep}"] if dep else []
+        if len(part.tasks) == 1:
+            script = part.tasks[0].script
+        else:
+            script = self._array_file(part, exp_dir, prof, n)
+            for t in part.tasks:
+                status.update_stage(t.job.run_dir, t.job.stage, array_script=str(script))
+        part.array_id = slurmcli.sbatch(str(script), extra)
+
+    def _wait_for_room(self, exp_dir: Path, mine: list[str], n: int, cap: int | None) -> bool:
+        """Back-pressure: wait until this experiment's queued jobs plus ``n`` fit under ``cap``."""
+        if not cap:
+            return False
+        waited = False
+        said = False
+        while True:
+            ids = sorted(set(mine) | set(self._experiment_job_ids(exp_dir)))
+            queued = len(slurmcli.squeue(ids)) if ids else 0
+            if queued == 0 or queued + n <= cap:
+                return waited
+            if not said:
+                _say(f"{queued} job(s) of this experiment queued (max_queued {cap}); waiting for room "
+                     f"for {n} more")
+                said = True
+            waited = True
+            time.sleep(self.cfg.poll_seconds)
+
+    @staticmethod
+    def _experiment_job_ids(exp_dir: Path) -> list[str]:
+        ids = []
+        for layout in ExperimentLayout(exp_dir).run_layouts():
+            for entry in status.read(layout.root)["stages"].values():
+                if entry.get("scheduler") == NAME and entry.get("job_id") and \
+                        entry.get("state") in status.ACTIVE_STATES:
+                    ids.append(str(entry["job_id"]))
+        return ids
+
+    # ------------------------------------------------------------------ reading back
+    def wants_refresh(self, entry: dict[str, Any]) -> bool:
+        """Active and requeued stages, and finished ones whose usage is not recorded yet."""
+        if not entry.get("job_id"):
+            return False
+        state = entry.get("state")
+        if state in status.ACTIVE_STATES or state == status.INTERRUPTED:
+            return True
+        return state in (status.DONE, status.FAILED, status.CANCELLED) and not entry.get("usage")
+
+    def refresh(self, jobs: list[StageJob]) -> dict[str, str]:
+        """One squeue and one sacct call for every job of ``jobs``; fixes status entries SLURM ended."""
+        entries: dict[str, tuple[StageJob, dict[str, Any]]] = {}
+        for job in jobs:
+            entry = status.read(job.run_dir)["stages"].get(job.stage, {})
+            if entry.get("scheduler") == NAME and entry.get("job_id"):
+                entries[str(entry["job_id"])] = (job, entry)
+        if not entries:
+            return {}
+        infos = slurmcli.query(list(entries))
+        out: dict[str, str] = {}
+        for jid, (job, _) in entries.items():
+            if jid in infos:
+                # read again: a stage that ended before SLURM said so has recorded its end by now
+                entry = status.read(job.run_dir)["stages"].get(job.stage, {})
+                if str(entry.get("job_id")) == jid:
+                    out[jid] = self._reconcile(job, entry, infos[jid])
+        return out
+
+    def _reconcile(self, job: StageJob, entry: dict[str, Any], info: slurmcli.JobInfo) -> str:
+        """Bring a stage's status entry in line with what SLURM says; returns the stage state."""
+        mapped = slurmcli.stage_state(info, has_dependency=bool(entry.get("dependency")))
+        cur = entry.get("state", status.PENDING)
+        reason = info.reason if info.reason not in ("", "None") else None
+        fields: dict[str, Any] = {}
+        if info.state != entry.get("slurm_state"):
+            fields["slurm_state"] = info.state
+        if mapped == status.DONE:
+            reason = None  # the last reason it waited for (e.g. Dependency) no longer matters
+        if reason != entry.get("slurm_reason"):
+            fields["slurm_reason"] = reason
+        state = cur
+        if mapped in status.ACTIVE_STATES:
+            if cur == status.INTERRUPTED and info.state in slurmcli.QUEUED:  # requeued after the warning
+                state = status.SUBMITTED
+                fields.update(state=state, error=None)
+            elif cur in status.ACTIVE_STATES:
+                state = mapped
+        else:
+            finished = info.usage.get("End") not in (None, "", "Unknown")
+            if mapped == status.DONE:
+                if cur in status.ACTIVE_STATES:
+                    state = status.FAILED
+                    fields.update(state=state, error=f"SLURM job {info.job_id} ended without the stage "
+                                  "recording its end", error_tail=self._log_tail(job))
+            elif mapped == status.FAILED:
+                if cur != status.DONE:
+                    state = status.FAILED
+                    if cur != status.FAILED or not entry.get("error"):
+                        fields["error"] = self._failure_message(info, reason)
+                    fields.update(state=state, exit_code=self._exit_code(info, entry))
+                    if not entry.get("error_tail"):
+                        fields["error_tail"] = self._log_tail(job)
+                    if cur in status.ACTIVE_STATES or cur == status.INTERRUPTED:
+                        fields["ended"] = info.usage.get("End") if finished else status.now()
+                    if info.state == "OUT_OF_MEMORY" and job.stage == "train":
+                        fields["oom"] = True
+            elif mapped == status.CANCELLED:
+                if cur not in (status.DONE, status.FAILED):
+                    state = status.CANCELLED
+                    fields["state"] = state
+            elif mapped == status.PENDING:  # removed because the train it waited for failed
+                if cur in status.ACTIVE_STATES:
+                    state = status.PENDING
+                    fields.update(state=state, job_id=None, last_job_id=info.job_id,
+                                  error="not run: the train stage it waits for did not finish",
+                                  usage=self._record_usage(job, info))  # no later refresh: no job id
+            elif mapped == status.INTERRUPTED and cur in status.ACTIVE_STATES:
+                state = status.INTERRUPTED
+                fields.update(state=state, error=f"SLURM job {info.job_id} was preempted; `ck run` resumes it")
+            if finished and not entry.get("usage") and "usage" not in fields:
+                fields["usage"] = self._record_usage(job, info)
+        if fields:
+            status.update_stage(job.run_dir, job.stage, **fields)
+        return state
+
+    @staticmethod
+    def _exit_code(info: slurmcli.JobInfo, entry: dict[str, Any]) -> int | None:
+        if entry.get("exit_code") not in (None, 0):
+            return int(entry["exit_code"])
+        code = info.exit_code.split(":", 1)[0] if info.exit_code else ""
+        return int(code) if code.isdigit() else None
+
+    @staticmethod
+    def _failure_message(info: slurmcli.JobInfo, reason: str | None) -> str:
+        text = f"SLURM job {info.job_id} ended {info.state}"
+        if reason:
+            text += f" (reason: {reason})"
+        if info.exit_code:
+            text += f", exit code {info.exit_code}"
+        if info.state == "TIMEOUT":
+            text += "; it reached its time limit. `ck run --retry-failed` resumes it from its saved state, " \
+                    "or raise scheduler.resources.time"
+        elif info.state == "OUT_OF_MEMORY":
+            text += "; `ck run --retry-failed` retries a train stage with half the batch size, or raise " \
+                    "scheduler.resources.memory"
+        elif info.state == "NODE_FAIL":
+            text += "; the node failed. `ck run --retry-failed` submits it again"
+        return text + "."
+
+    @staticmethod
+    def _log_tail(job: StageJob, lines: int = 20) -> str:
+        layout = RunLayout(job.run_dir)
+        return status.tail(layout.log(job.stage, "err"), lines) or status.tail(layout.log(job.stage, "out"), lines)
+
+    @staticmethod
+    def _record_usage(job: StageJob, info: slurmcli.JobInfo) -> dict[str, Any]:
+        """sacct's usage of a finished job: in the status entry, and in full in ``slurm/<stage>.sacct.json``."""
+        usage: dict[str, Any] = {"job_id": info.job_id, "state": info.state, "exit_code": info.exit_code,
+                                 **{k.lower(): v for k, v in info.usage.items()}}
+        atomic_write_json(job.run_dir / "slurm" / f"{job.stage}.sacct.json",
+                          {"job": usage, "steps": info.steps})
+        return usage
+
+    # ------------------------------------------------------------------ cancel
+    def cancel(self, jobs: list[StageJob]) -> None:
+        """``scancel`` the jobs of the given stages, then wait (briefly) until they left the queue."""
+        ids = []
+        for job in jobs:
+            entry = status.read(job.run_dir)["stages"].get(job.stage, {})
+            if entry.get("scheduler") == NAME and entry.get("job_id"):
+                ids.append(str(entry["job_id"]))
+        if not ids:
+            return
+        slurmcli.scancel(ids)
+        deadline = time.monotonic() + self.cfg.cancel_wait_seconds
+        while time.monotonic() < deadline and slurmcli.squeue(ids):
+            time.sleep(0.5)
