@@ -36,7 +36,7 @@ def main() -> None:
         if not (model / "config.json").exists():
             ck("models", "tiny", str(model), "--family", "llama3")
         sets = ["--set", f"model.path={model}", "--set", "experiment=capitalize-demo-fast",
-                "--set", "train.learning_rate=5e-3", "--set", "train.epochs=2"]
+                "--set", "train.learning_rate=1e-2"]
     else:
         from cruijff_kit.models import ensure_smollm2
 
