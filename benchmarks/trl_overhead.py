@@ -167,9 +167,12 @@ def main() -> None:
         with quiet(not args.verbose):
             run_ours(spec)  # warm-up: first-call costs of both paths
             run_plain(model, data, folder / "plain", args.epochs, args.batch_size)
-            for _ in range(args.repeats):
+            for i in range(args.repeats):  # alternate which path goes first, so order favours neither
+                if i % 2:
+                    plain.append(run_plain(model, data, folder / "plain", args.epochs, args.batch_size))
                 ours.append(run_ours(spec))
-                plain.append(run_plain(model, data, folder / "plain", args.epochs, args.batch_size))
+                if not i % 2:
+                    plain.append(run_plain(model, data, folder / "plain", args.epochs, args.batch_size))
 
     def stats(runs: list[tuple[float, dict[str, float]]]) -> dict[str, float]:
         walls = [w for w, _ in runs]

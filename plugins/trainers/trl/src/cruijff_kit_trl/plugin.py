@@ -1,0 +1,60 @@
+"""The ``trl`` trainer class: options, plan-time checks, estimate, and the train stage."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from cruijff_kit.kinds import Estimate, Trainer
+from cruijff_kit_trl.config import TrlConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cruijff_kit.context import StageContext
+    from cruijff_kit.planner import PlannedRun
+
+
+class TrlTrainer(Trainer):
+    """LoRA and QLoRA supervised fine-tuning with TRL's ``SFTTrainer`` and a PEFT ``LoraConfig``."""
+
+    name: ClassVar[str] = "trl"
+    description: ClassVar[str] = "LoRA/QLoRA supervised fine-tuning with TRL (SFTTrainer + PEFT)."
+    Config: ClassVar[type[TrlConfig]] = TrlConfig
+    config: TrlConfig
+
+    def check(self, run: PlannedRun) -> None:
+        """Plan-time errors: unknown LoRA targets, qlora without a 4-bit backend, missing trackers/splits."""
+        from cruijff_kit_trl.checks import check_run
+
+        check_run(run, self.config)
+
+    def estimate(self, run: PlannedRun) -> Estimate:
+        """Parameters, trainable LoRA parameters, memory and tokens per epoch, from config.json alone."""
+        from cruijff_kit.estimate import estimate_run
+
+        return estimate_run(run, self.config)
+
+    def chat_template(self) -> str | None:
+        """The spec's chat template: inline Jinja, or the text of a ``.jinja``/``.j2`` file it names."""
+        value = self.config.chat_template
+        if value and value.rstrip().endswith((".jinja", ".j2")) and "\n" not in value.strip():
+            return self.path(value.strip()).read_text(encoding="utf-8")
+        return value
+
+    def train(self, ctx: StageContext) -> None:
+        """Train; with more than one process, relaunch this stage under ``accelerate launch`` first."""
+        from cruijff_kit import distributed
+
+        resources = ctx.resources
+        if distributed.needs_launch(resources):
+            distributed.relaunch(ctx.run_dir, ctx.stage.name, resources, launcher="accelerate")
+            return
+        if self.config.objective == "dpo":
+            from cruijff_kit_trl.dpo import run_dpo
+
+            run_dpo(ctx, self.config, self.chat_template())
+            return
+        if self.config.objective == "sft":
+            from cruijff_kit_trl.sft import run_sft
+
+            run_sft(ctx, self.config, self.chat_template())
+        else:  # pragma: no cover - the Literal admits only implemented objectives
+            raise NotImplementedError(self.config.objective)

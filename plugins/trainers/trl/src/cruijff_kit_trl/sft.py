@@ -1,0 +1,292 @@
+"""The train stage of ``plugin: trl``: tokenizer, data, model, ``SFTTrainer``, resume, adapters.
+
+Imported only inside a train stage (it imports torch, transformers, peft and trl).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from cruijff_kit import training
+from cruijff_kit.errors import DataError, StageError
+from cruijff_kit_trl.config import TrlConfig
+
+
+def _say(text: str) -> None:
+    print(f"[trl] {text}", file=sys.stderr, flush=True)
+
+
+def is_rank_zero() -> bool:
+    """True in the process that writes files (rank 0, or the only process)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+# --------------------------------------------------------------------------- tokenizer and data
+def load_tokenizer(model_path: str, chat_template: str | None, revision: str | None = None) -> Any:
+    """The model's tokenizer, with the spec's chat template when given and a pad token set."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path, revision=revision)
+    if chat_template:
+        tok.chat_template = chat_template
+    if not tok.chat_template:
+        raise StageError(f"the tokenizer of {model_path} has no chat template, so chat data cannot be "
+                         "rendered. Set train.chat_template to a Jinja template (or a .jinja file).")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def supports_assistant_mask(tokenizer: Any) -> bool:
+    """True when TRL can mask non-assistant tokens with this chat template (markers present or patchable)."""
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    if has_generation_markers(tokenizer.chat_template):
+        return True
+    try:
+        get_training_chat_template(tokenizer)
+    except ValueError:
+        return False
+    return True
+
+
+def _as_dataset(split: Any) -> Any:
+    from datasets import Dataset
+
+    return split if isinstance(split, Dataset) else Dataset.from_list(list(split))
+
+
+def _to_prompt_completion(ds: Any, split: str) -> Any:
+    """Chat rows -> ``prompt`` (all turns before the last) + ``completion`` (the last assistant turn)."""
+
+    def convert(row: dict[str, Any]) -> dict[str, Any]:
+        msgs = row["messages"]
+        if not msgs or msgs[-1]["role"] != "assistant":
+            raise DataError(f"a `{split}` row does not end with an assistant message: {msgs!r:.200}")
+        return {"prompt": msgs[:-1], "completion": msgs[-1:]}
+
+    return ds.map(convert, remove_columns=ds.column_names)
+
+
+def prepare_data(data: Any, tokenizer: Any, config: TrlConfig) -> tuple[Any, Any, str]:
+    """``(train, validation or None, loss mode)`` ready for ``SFTTrainer``.
+
+    Loss modes: ``assistant`` (every assistant turn, TRL's assistant mask), ``completion`` (the last
+    assistant turn, for templates TRL cannot mask), ``all`` (whole conversation).
+    """
+    if "train" not in data:
+        raise DataError(f"the dataset has no `train` split (it has {sorted(data)}); the trainer needs one.")
+    splits = {"train": _as_dataset(data["train"])}
+    if config.validation:
+        if "validation" not in data:
+            raise DataError(f"train.validation is true but the dataset has no `validation` split (it has "
+                            f"{sorted(data)}). Add one, or set train.validation: false.")
+        splits["validation"] = _as_dataset(data["validation"])
+    for name, ds in splits.items():
+        if "messages" not in ds.column_names:
+            raise DataError(f"the `{name}` split has no `messages` column (columns: {ds.column_names}); "
+                            "the dataset plugin must render rows as chat messages.")
+        if len(ds) == 0:
+            raise DataError(f"the `{name}` split is empty.")
+        splits[name] = ds.select_columns(["messages"])
+    mode = "all"
+    if config.assistant_only_loss:
+        if supports_assistant_mask(tokenizer):
+            mode = "assistant"
+        else:
+            mode = "completion"
+            _say("the chat template has no {% generation %} markers and TRL cannot patch it: training on the "
+                 "last assistant turn of each conversation only (prompt/completion loss).")
+            splits = {k: _to_prompt_completion(v, k) for k, v in splits.items()}
+    return splits["train"], splits.get("validation"), mode
+
+
+# --------------------------------------------------------------------------- model
+def load_model(model_path: str, config: TrlConfig, precision: str, device: str, revision: str | None = None) -> Any:
+    """The base model in the training precision; for qlora quantized to 4-bit NF4 and prepared for k-bit."""
+    from transformers import AutoModelForCausalLM
+
+    dtype = training.torch_dtype(precision)
+    kwargs: dict[str, Any] = {"dtype": dtype, "revision": revision}
+    if config.method == "qlora":
+        from cruijff_kit_trl.checks import quantization_problem
+
+        problem = quantization_problem(device)
+        if problem:
+            raise StageError(problem)
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype)
+        kwargs["device_map"] = {"": f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"} if device == "cuda" else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    if config.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+    return model
+
+
+def lora_config(config: TrlConfig) -> Any:
+    """PEFT ``LoraConfig`` from the spec's ``train.lora``."""
+    from peft import LoraConfig
+
+    lo = config.lora
+    return LoraConfig(r=lo.rank, lora_alpha=lo.alpha, lora_dropout=lo.dropout, target_modules=list(lo.targets),
+                      bias="none", task_type="CAUSAL_LM")
+
+
+# --------------------------------------------------------------------------- trainer arguments
+SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
+
+
+def sft_args(ctx: Any, config: TrlConfig, precision: str, device: str, loss_mode: str, has_eval: bool) -> Any:
+    """``SFTConfig`` for this run; resumable state goes to ``train/state/``."""
+    from trl import SFTConfig
+
+    if has_eval:
+        eval_strategy, eval_steps = ("steps", config.eval_steps) if config.eval_steps else ("epoch", None)
+    else:
+        eval_strategy, eval_steps = "no", None
+    save_strategy, save_steps = ("steps", config.save_state_steps) if config.save_state_steps else ("epoch", None)
+    report_to = list(config.report_to) or "none"
+    if "tensorboard" in config.report_to:
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(ctx.layout.train_dir / "tensorboard"))
+    return SFTConfig(
+        output_dir=str(ctx.state_dir),
+        run_name=ctx.run.name,
+        seed=ctx.seed,
+        data_seed=ctx.seed,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=SCHEDULERS[config.lr_scheduler],
+        warmup_steps=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        max_length=config.max_seq_length,
+        packing=config.packing,
+        padding_free=config.padding_free,
+        assistant_only_loss=loss_mode == "assistant",
+        completion_only_loss=True if loss_mode == "completion" else None,
+        activation_checkpointing=config.gradient_checkpointing,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=device == "cpu",
+        eval_strategy=eval_strategy,
+        eval_steps=eval_steps,
+        save_strategy=save_strategy,
+        save_steps=save_steps,
+        save_total_limit=1,
+        logging_strategy="steps",
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        report_to=report_to,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        prediction_loss_only=True,
+        ddp_find_unused_parameters=False,
+    )
+
+
+# --------------------------------------------------------------------------- resume
+def last_complete_checkpoint(state_dir: Path) -> Path | None:
+    """The newest ``checkpoint-<step>`` with a ``trainer_state.json`` (written last); drops partial ones."""
+    if not state_dir.is_dir():
+        return None
+    found = []
+    for d in state_dir.glob("checkpoint-*"):
+        if d.is_dir() and d.name.split("-", 1)[1].isdigit():
+            found.append((int(d.name.split("-", 1)[1]), d))
+    for _, d in sorted(found, reverse=True):
+        if (d / "trainer_state.json").exists():
+            return d
+        if is_rank_zero():
+            shutil.rmtree(d, ignore_errors=True)
+    return None
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """Global step recorded in a checkpoint's ``trainer_state.json``."""
+    import json
+
+    return int(json.loads((checkpoint / "trainer_state.json").read_text())["global_step"])
+
+
+# --------------------------------------------------------------------------- the stage
+def run_sft(ctx: Any, config: TrlConfig, chat_template: str | None) -> None:
+    """Run SFT for the stage ``ctx``: adapters per saved epoch, metrics rows, resumable state."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from cruijff_kit import distributed
+
+    world = distributed.world_size(ctx.resources)
+    # One process trains wherever torch finds a GPU; several processes without GPUs are CPU ranks (gloo).
+    device = training.run_device() if (ctx.resources.gpus > 0 or world == 1) else "cpu"
+    if world > 1 and device == "cpu":
+        os.environ["ACCELERATE_USE_CPU"] = "true"  # else the HF Trainer skips DDP on CPU
+    precision = training.resolve_precision(config.precision, device)
+    revision = ctx.spec["model"].get("revision")
+
+    import datasets
+    import transformers
+    from transformers.trainer_callback import PrinterCallback
+    from trl import SFTTrainer
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+    from cruijff_kit_trl.callbacks import EpochAdapters, MetricsRows
+
+    tokenizer = load_tokenizer(ctx.model_path, chat_template, revision)
+    train_ds, eval_ds, loss_mode = prepare_data(ctx.dataset(), tokenizer, config)
+    model = load_model(ctx.model_path, config, precision, device, revision)
+    args = sft_args(ctx, config, precision, device, loss_mode, eval_ds is not None)
+
+    resume = last_complete_checkpoint(ctx.state_dir) if ctx.resume_from() is not None else None
+    start_step = checkpoint_step(resume) if resume else 0
+    if is_rank_zero():
+        dropped = training.truncate_metrics(ctx.layout.metrics, start_step)
+        if resume:
+            _say(f"resuming from {resume.name} (step {start_step}); dropped {dropped} metrics rows after it")
+    adapters = EpochAdapters(ctx, config, tokenizer)
+    if resume and is_rank_zero():
+        adapters.recover(resume)
+    # State is saved at every epoch end (epoch adapters are made from that checkpoint).
+    metrics = MetricsRows(ctx, device, force_epoch_eval=bool(config.eval_steps) and eval_ds is not None,
+                          force_epoch_save=bool(config.save_state_steps))
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                         processing_class=tokenizer, peft_config=lora_config(config),
+                         callbacks=[adapters, metrics])
+    trainer.remove_callback(PrinterCallback)  # metrics rows are printed by MetricsRows instead
+    metrics.trainer = trainer
+    adapters.trainer = trainer
+    _say(f"{config.method} sft on {device} ({precision}), loss on {loss_mode} tokens, "
+         f"{len(train_ds)} train rows, world size {world}")
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if trainer.is_world_process_zero():
+        adapters.finish(trainer.model, trainer.state)
+        if config.push_to_hub:
+            push_adapter(ctx, config)
+
+
+def push_adapter(ctx: Any, config: TrlConfig) -> None:
+    """Upload the last saved adapter, base model named by its hub id, to ``config.push_to_hub``."""
+    import tempfile
+
+    from huggingface_hub import HfApi
+
+    epoch = config.saved_epochs()[-1]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = training.export_adapter(ctx.adapter_dir(epoch), Path(tmp) / "adapter")
+        api = HfApi(token=os.environ.get("HF_TOKEN"))
+        api.create_repo(config.push_to_hub, private=config.hub_private, exist_ok=True)
+        api.upload_folder(repo_id=config.push_to_hub, folder_path=str(out),
+                          commit_message=f"{ctx.run.name} epoch {epoch}")
+    _say(f"pushed the epoch {epoch} adapter to {config.push_to_hub}")
