@@ -7,6 +7,7 @@ import os
 import platform
 import socket
 import subprocess
+from functools import cache
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ PACKAGES = ("cruijff-kit", "torch", "transformers", "peft", "trl", "torchtune", 
             "bitsandbytes", "inspect-ai", "datasets", "tokenizers", "openai", "submitit", "pydantic", "pluggy")
 
 
+@cache
 def package_versions() -> dict[str, str]:
     """Installed versions of the packages that matter, plus every cruijff-kit plugin distribution."""
     out: dict[str, str] = {}

@@ -58,9 +58,12 @@ def is_primary_process() -> bool:
 
     A trainer that relaunches the stage under torchrun/accelerate sets ``CK_STAGE_CHILD=1`` in the
     workers, so only the launching process writes status. A stage started directly by a distributed
-    launcher (no parent) does its bookkeeping on rank 0 only.
+    launcher (no parent) does its bookkeeping on rank 0 only, and under ``srun`` on task 0 only.
     """
     if os.environ.get("CK_STAGE_CHILD") == "1":
+        return False
+    # one `ck stage` per node under srun: only the first task of the step keeps the books
+    if int(os.environ.get("SLURM_PROCID", "0") or 0) != 0:
         return False
     return int(os.environ.get("RANK", "0")) == 0
 
