@@ -7,8 +7,8 @@ import os
 import platform
 import socket
 import subprocess
-from functools import cache
 import sys
+from functools import cache
 from pathlib import Path
 from typing import Any
 
