@@ -126,18 +126,9 @@ class MetricsRow:
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """The rows of a ``metrics.jsonl`` (skipping a torn last line)."""
-    rows = []
-    if not path.exists():
-        return rows
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
-    return rows
+    from cruijff_kit.fileio import read_jsonl
+
+    return read_jsonl(path)
 
 
 def truncate_metrics(path: Path, last_step: int) -> int:

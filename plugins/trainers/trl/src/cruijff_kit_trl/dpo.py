@@ -18,7 +18,6 @@ from cruijff_kit.errors import DataError
 from cruijff_kit_trl.config import TrlConfig
 from cruijff_kit_trl.sft import (
     SCHEDULERS,
-    _as_dataset,
     _say,
     checkpoint_step,
     is_rank_zero,
@@ -27,6 +26,7 @@ from cruijff_kit_trl.sft import (
     load_tokenizer,
     lora_config,
     push_adapter,
+    training_splits,
 )
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
@@ -34,14 +34,7 @@ PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 
 def prepare_pairs(data: Any, config: TrlConfig) -> tuple[Any, Any]:
     """``(train, validation or None)`` with only the preference columns."""
-    if "train" not in data:
-        raise DataError(f"the dataset has no `train` split (it has {sorted(data)}); the trainer needs one.")
-    splits = {"train": _as_dataset(data["train"])}
-    if config.validation:
-        if "validation" not in data:
-            raise DataError(f"train.validation is true but the dataset has no `validation` split (it has "
-                            f"{sorted(data)}). Add one, or set train.validation: false.")
-        splits["validation"] = _as_dataset(data["validation"])
+    splits = training_splits(data, config)
     for name, ds in splits.items():
         missing = [c for c in PAIR_COLUMNS if c not in ds.column_names]
         if missing:

@@ -72,12 +72,8 @@ def _to_prompt_completion(ds: Any, split: str) -> Any:
     return ds.map(convert, remove_columns=ds.column_names)
 
 
-def prepare_data(data: Any, tokenizer: Any, config: TrlConfig) -> tuple[Any, Any, str]:
-    """``(train, validation or None, loss mode)`` ready for ``SFTTrainer``.
-
-    Loss modes: ``assistant`` (every assistant turn, TRL's assistant mask), ``completion`` (the last
-    assistant turn, for templates TRL cannot mask), ``all`` (whole conversation).
-    """
+def training_splits(data: Any, config: TrlConfig) -> dict[str, Any]:
+    """``{"train": ..., "validation": ...}`` as datasets; errors when a needed split is missing."""
     if "train" not in data:
         raise DataError(f"the dataset has no `train` split (it has {sorted(data)}); the trainer needs one.")
     splits = {"train": _as_dataset(data["train"])}
@@ -86,6 +82,16 @@ def prepare_data(data: Any, tokenizer: Any, config: TrlConfig) -> tuple[Any, Any
             raise DataError(f"train.validation is true but the dataset has no `validation` split (it has "
                             f"{sorted(data)}). Add one, or set train.validation: false.")
         splits["validation"] = _as_dataset(data["validation"])
+    return splits
+
+
+def prepare_data(data: Any, tokenizer: Any, config: TrlConfig) -> tuple[Any, Any, str]:
+    """``(train, validation or None, loss mode)`` ready for ``SFTTrainer``.
+
+    Loss modes: ``assistant`` (every assistant turn, TRL's assistant mask), ``completion`` (the last
+    assistant turn, for templates TRL cannot mask), ``all`` (whole conversation).
+    """
+    splits = training_splits(data, config)
     for name, ds in splits.items():
         if "messages" not in ds.column_names:
             raise DataError(f"the `{name}` split has no `messages` column (columns: {ds.column_names}); "
