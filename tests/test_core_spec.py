@@ -173,3 +173,8 @@ def test_duplicate_eval_names(tmp_path, with_toy):
     text = BASE + "  - {plugin: toy-eval, task: exact}\n"
     err = error_of(tmp_path, text)
     assert err.path == "eval[1]" and "`name:`" in str(err)
+
+
+def test_empty_save_epochs_is_an_error(tmp_path, with_toy):
+    err = error_of(tmp_path, BASE.replace("epochs: 2}", "epochs: 2, save_epochs: []}"))
+    assert err.path.startswith("train.save_epochs") and "at least one epoch" in str(err)

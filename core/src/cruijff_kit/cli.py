@@ -340,6 +340,165 @@ def models_smollm2(cache_dir: str | None) -> None:
     click.echo(str(ensure_smollm2(cache_dir)))
 
 
+@models.command("download")
+@click.argument("hub_id")
+@click.option("--revision", help="Branch, tag or commit (default: main).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Cache folder (default: profile models_cache).")
+def models_download(hub_id: str, revision: str | None, cache_dir: str | None) -> None:
+    """Download HUB_ID into the models cache (resumable, verified; token from HF_TOKEN)."""
+    from cruijff_kit.models.hub import download, models_cache
+
+    cache = Path(cache_dir) if cache_dir else models_cache(Path.cwd())
+    snap = download(hub_id, revision, cache)
+    click.echo(f"{hub_id} at {snap.name} verified in {snap}")
+    click.echo(f"Name it in a spec as `model: {{path: {hub_id}}}`; runs use the cached copy (HF_HUB_OFFLINE=1 works).")
+
+
+@models.command("list")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Cache folder (default: profile models_cache).")
+@click.option("--experiments", "roots", multiple=True, type=click.Path(file_okay=False),
+              help="Folders with experiments to check for use (default: the current folder).")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable rows.")
+def models_list(cache_dir: str | None, roots: tuple[str, ...], as_json: bool) -> None:
+    """Cached hub models with size, revision and the experiments that use them."""
+    from cruijff_kit.models.hub import human_size, list_cached, models_cache
+
+    cache = Path(cache_dir) if cache_dir else models_cache(Path.cwd())
+    rows = list_cached(cache, [Path(r) for r in roots] or [Path.cwd()])
+    if as_json:
+        click.echo(json.dumps([r.as_dict() for r in rows], indent=1))
+        return
+    if not rows:
+        click.echo(f"No models cached in {cache}. Fetch one with `ck models download ORG/NAME`.")
+        return
+    from rich.table import Table
+
+    table = Table("model", "revision", "commit", "size", "used by", title=str(cache))
+    for r in rows:
+        table.add_row(r.hub_id, ", ".join(r.refs) or "-", r.commit[:12], human_size(r.size_bytes),
+                      ", ".join(r.used_by) or "-")
+    console().print(table)
+
+
+_LOAD_OPTIONS = [
+    click.option("--adapter", type=click.Path(exists=True, file_okay=False), help="PEFT adapter on top of MODEL."),
+    click.option("--epoch", type=int, help="With a run folder: this epoch's adapter (default: the last)."),
+    click.option("--device", default="auto", show_default=True),
+    click.option("--dtype", default="auto", show_default=True),
+    click.option("--batch-size", default=8, show_default=True),
+    click.option("--seed", default=0, show_default=True),
+    click.option("--field", default="input", show_default=True, help="Text field of .json/.jsonl rows."),
+    click.option("--id-field", default="id", show_default=True, help="Id field of .json/.jsonl rows."),
+]
+
+
+def _load_options(fn: Any) -> Any:
+    for option in reversed(_LOAD_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("texts", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@_load_options
+@click.option("--layer", "layers", multiple=True, type=int, help="Hidden state (0 = embeddings, -1 = last; repeat).")
+@click.option("--pooling", type=click.Choice(["mean", "last"]), default="mean", show_default=True)
+@click.option("--chat", is_flag=True, help="Render each text as a user turn with the chat template.")
+def embed(model: str, texts: str, out: str, adapter: str | None, epoch: int | None, device: str, dtype: str,
+          batch_size: int, seed: int, field: str, id_field: str, layers: tuple[int, ...], pooling: str,
+          chat: bool) -> None:
+    """Hidden-state embeddings of TEXTS (.txt/.jsonl/.json) from MODEL (run folder, adapter or base) to OUT (parquet)."""
+    from cruijff_kit.inference import load
+    from cruijff_kit.inference.io import read_texts
+
+    ids, items = read_texts(texts, field, id_field)
+    m = load(model, adapter, epoch=epoch, device=device, dtype=dtype, seed=seed, batch_size=batch_size)
+    path = m.embed_to_parquet(items, out, ids=ids, layers=layers or (-1,), pooling=pooling, chat=chat)
+    click.echo(f"Wrote {len(items)} embeddings ({', '.join(f'layer {x}' for x in layers or (-1,))}) to {path}")
+
+
+@cli.command("score-options")
+@click.argument("model")
+@click.argument("prompts", type=click.Path(exists=True, dir_okay=False))
+@click.option("--option", "options", multiple=True, required=True, help="An answer option (repeat).")
+@_load_options
+@click.option("--out", type=click.Path(dir_okay=False), help="Write one JSON line per prompt here.")
+@click.option("--ignore-case", is_flag=True, help="Also sum differently cased variants.")
+@click.option("--system", help="System message before each prompt.")
+@click.option("--raw", is_flag=True, help="Use prompts as is, without the chat template.")
+def score_options(model: str, prompts: str, options: tuple[str, ...], adapter: str | None, epoch: int | None,
+                  device: str, dtype: str, batch_size: int, seed: int, field: str, id_field: str,
+                  out: str | None, ignore_case: bool, system: str | None, raw: bool) -> None:
+    """Next-token probabilities of each --option after each prompt of PROMPTS, from MODEL."""
+    from cruijff_kit.inference import load
+    from cruijff_kit.inference.io import read_texts
+
+    ids, items = read_texts(prompts, field, id_field)
+    m = load(model, adapter, epoch=epoch, device=device, dtype=dtype, seed=seed, batch_size=batch_size)
+    kw = {"ignore_case": ignore_case, "chat": not raw, "system": system}
+    probs = m.option_probabilities(items, list(options), **kw)
+    mass = m.option_mass(items, list(options), **kw)
+    lines = [json.dumps({"id": i, "probabilities": p, "mass": sum(ms.values()), "predicted": max(p, key=p.get)})
+             for i, p, ms in zip(ids, probs, mass, strict=True)]
+    if out:
+        Path(out).write_text("\n".join(lines) + "\n")
+        click.echo(f"Wrote {len(lines)} rows to {out}")
+    else:
+        click.echo("\n".join(lines))
+
+
+@cli.group("new")
+def new() -> None:
+    """Start a plugin distribution, an inspect task file or an experiment spec from a template."""
+
+
+@new.command("plugin")
+@click.argument("kind", type=click.Choice(["dataset", "evaluator", "trainer"]))
+@click.argument("name")
+@click.option("--dir", "dest", type=click.Path(file_okay=False), default=".", show_default=True,
+              help="Folder to create the distribution in.")
+def new_plugin(kind: str, name: str, dest: str) -> None:
+    """Write a third-party plugin distribution of KIND called NAME (pyproject, hookimpl, Config, test)."""
+    from cruijff_kit.scaffold import new_plugin as make
+
+    path = make(kind, name, Path(dest))
+    click.echo(f"Wrote {path}. Install it with `pip install -e {path}`; `ck plugins` then lists {name!r}.")
+
+
+@new.command("task")
+@click.argument("name")
+@click.option("--dir", "dest", type=click.Path(file_okay=False), default=".", show_default=True)
+def new_task(name: str, dest: str) -> None:
+    """Write an inspect task file NAME.py reading our dataset form and using our scorers."""
+    from cruijff_kit.scaffold import new_task as make
+
+    path = make(name, Path(dest))
+    click.echo(f"Wrote {path}. Use it in a spec: `eval: [{{plugin: inspect, task: {path.name}@{path.stem}}}]`.")
+
+
+@new.command("experiment")
+@click.option("--out", type=click.Path(dir_okay=False), default="spec.yaml", show_default=True)
+@click.option("--name", help="Experiment name.")
+@click.option("--model", help="Model folder or hub id.")
+@click.option("--data", help="Dataset file (json-instruct) or folder.")
+@click.option("--trainer", help="Trainer plugin (trl, torchtune, ...).")
+@click.option("--scheduler", help="Scheduler plugin (local, slurm, ...).")
+@click.option("--sweep", "sweeps", multiple=True, help="KEY=V1,V2 to sweep (repeat), e.g. train.learning_rate=1e-4,3e-4.")
+@click.option("--yes", is_flag=True, help="Do not ask; use the options and defaults.")
+def new_experiment(out: str, name: str | None, model: str | None, data: str | None, trainer: str | None,
+                   scheduler: str | None, sweeps: tuple[str, ...], yes: bool) -> None:
+    """Ask a few questions (model, data, trainer, scheduler, what to sweep) and write a spec."""
+    from cruijff_kit.scaffold import experiment_answers
+    from cruijff_kit.scaffold import new_experiment as make
+
+    answers = experiment_answers(name=name, model=model, data=data, trainer=trainer, scheduler=scheduler,
+                                 sweeps=list(sweeps), ask=not yes)
+    path = make(Path(out), answers)
+    click.echo(f"Wrote {path}. Check it with `ck validate {path}`.")
+
+
 @cli.group()
 def data() -> None:
     """Prepare datasets: convert formats, generate tasks, inspect files."""

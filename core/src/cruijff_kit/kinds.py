@@ -74,6 +74,8 @@ class TrainConfig(PluginConfig):
     @field_validator("save_epochs")
     @classmethod
     def _non_negative(cls, v: Any) -> Any:
+        if isinstance(v, list) and not v:
+            raise ValueError("save_epochs must name at least one epoch; use `last` to keep only the final one")
         if isinstance(v, list) and any(int(e) < 0 for e in v):
             raise ValueError("epochs in save_epochs are 0-based and must be >= 0")
         return v

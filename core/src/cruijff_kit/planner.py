@@ -176,10 +176,20 @@ def combinations(loaded: LoadedSpec) -> list[dict[str, Any]]:
     return out
 
 
+def _cached_hub_model(model: dict[str, Any], base_dir: Path | None = None) -> str | None:
+    """The cached snapshot of a model named by hub id (reads the cache layout only), else None."""
+    from cruijff_kit.models.hub import find_cached, looks_like_hub_id, models_cache
+
+    if not looks_like_hub_id(str(model["path"])):
+        return None
+    snap = find_cached(str(model["path"]), models_cache(base_dir), model.get("revision"))
+    return str(snap) if snap is not None else None
+
+
 def _resolve_model(model: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     out = dict(model)
     local = (base_dir / Path(model["path"]).expanduser())
-    out["local_path"] = str(local.resolve()) if local.exists() else None
+    out["local_path"] = str(local.resolve()) if local.exists() else _cached_hub_model(model, base_dir)
     if model.get("adapter"):
         out["adapter"] = str((base_dir / Path(model["adapter"]).expanduser()).resolve())
     return out

@@ -28,6 +28,7 @@ __all__ = [
     "classification_metrics",
     "expected_calibration_error",
     "mean_stderr",
+    "normalize_token",
     "parse_number",
     "parse_probability",
     "regression_metrics",
@@ -274,3 +275,21 @@ def parse_probability(text: str | None) -> float | None:
     if _PERCENT.match(text[m.end():]):
         value /= 100.0
     return value if 0.0 <= value <= 1.0 else None
+
+
+# --------------------------------------------------------------------------- option tokens
+#: Space and newline markers of byte-level BPE (``Ġ``, ``Ċ``) and sentencepiece (``▁``) tokens.
+TOKEN_MARKERS = ("\u0120", "\u2581", "\u010a")
+
+
+def normalize_token(token: str, ignore_case: bool = False) -> str:
+    """A token's text without surrounding whitespace or tokenizer space markers (``Ġ1`` -> ``1``).
+
+    Two tokens are variants of one answer option when their normalised texts are equal (``"1"``,
+    ``" 1"``, ``"Ġ1"``); option scorers sum the probability of all variants.
+    """
+    t = token
+    for marker in TOKEN_MARKERS:
+        t = t.replace(marker, " ")
+    t = t.strip()
+    return t.lower() if ignore_case else t
