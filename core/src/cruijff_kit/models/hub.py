@@ -138,13 +138,20 @@ def _endpoint() -> str:
     return os.environ.get("HF_ENDPOINT", "the model hub")
 
 
+def _is_hub_failure(exc: BaseException) -> bool:
+    """Network, HTTP and offline-mode errors (of the hub client or its HTTP library), not bugs."""
+    if isinstance(exc, OSError | TimeoutError):
+        return True
+    root = type(exc).__module__.split(".")[0]
+    return root.startswith(("huggingface_hub", "httpx", "httpcore", "requests", "urllib3"))
+
+
 def _hub_error(hub_id: str, exc: BaseException) -> HubError:
     """A readable error for a failed hub call."""
     text = f"{type(exc).__name__}: {exc}"
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     low = text.lower()
-    if offline:
-        why = "HF_HUB_OFFLINE is set, so the hub is not contacted."
+    if "offlinemode" in low or "offline mode" in low:
+        why = "offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set), so the hub is not contacted."
         fix = "Unset HF_HUB_OFFLINE on a machine with network access (a login node) and run `ck models download` there."
     elif any(w in low for w in ("401", "403", "gated", "unauthorized", "forbidden")):
         why = "the hub refused access (the model is gated or private)."
@@ -189,7 +196,9 @@ def download(hub_id: str, revision: str | None = None, cache: Path | None = None
                                       allow_patterns=allow_patterns))
     except CkError:
         raise
-    except Exception as exc:  # network, HTTP and offline errors of the hub library
+    except Exception as exc:
+        if not _is_hub_failure(exc):
+            raise
         raise _hub_error(hub_id, exc) from None
     ref_name = revision or "main"
     if not _COMMIT.match(ref_name):  # the snapshot was fetched by commit: keep the branch/tag usable offline

@@ -23,42 +23,9 @@ from inspect_ai.model import ChatMessage, GenerateConfig, ModelOutput
 from inspect_ai.model._providers.hf import HuggingFaceAPI
 from inspect_ai.tool import ToolChoice, ToolInfo
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+from cruijff_kit.inference.loading import TOKENIZER_FILES, resolve_device, resolve_dtype, tokenizer_dir
 
-
-def resolve_dtype(dtype: str | None, device: str) -> Any:
-    """The torch dtype for a ``dtype`` option on ``device``."""
-    import torch
-
-    if dtype in (None, "auto"):
-        if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    except KeyError:
-        raise ValueError(f"dtype {dtype!r}: use auto, float32, bfloat16 or float16") from None
-
-
-def resolve_device(device: str | None) -> str:
-    """``auto`` -> cuda:0, mps or cpu, whichever is there."""
-    import torch
-
-    if device and device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return "cuda:0"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def tokenizer_dir(adapter: Path) -> Path | None:
-    """The folder with the tokenizer saved next to an adapter (``adapter/`` or ``epoch_N/``), if any."""
-    for cand in (adapter, adapter.parent):
-        if any((cand / f).exists() for f in TOKENIZER_FILES):
-            return cand
-    return None
+__all__ = ["TOKENIZER_FILES", "CkModelAPI", "resolve_device", "resolve_dtype", "tokenizer_dir"]
 
 
 class CkModelAPI(HuggingFaceAPI):

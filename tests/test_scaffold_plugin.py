@@ -1,0 +1,106 @@
+"""`ck new plugin`: each generated distribution installs with pip, is listed by `ck plugins`, passes
+its own generated test, and (dataset, evaluator) runs in a spec."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import write_spec
+
+from cruijff_kit.errors import SpecError
+from cruijff_kit.scaffold import new_plugin
+
+
+def _install(src: Path, site: Path) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(site), str(src)], check=True, capture_output=True, text=True)
+
+
+def _env(site: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """One distribution of every kind, installed into one site folder."""
+    root = tmp_path_factory.mktemp("scaffold")
+    site = root / "site"
+    for kind, name in (("dataset", "jsonl-rows"), ("evaluator", "exact-eval"), ("trainer", "my-trainer")):
+        _install(new_plugin(kind, name, root), site)
+    return root, site
+
+
+def test_listed_by_ck_plugins(generated: tuple[Path, Path]) -> None:
+    _, site = generated
+    res = subprocess.run([sys.executable, "-m", "cruijff_kit", "plugins", "--json"], capture_output=True,
+                         text=True, env=_env(site), check=True)
+    rows = {(p["kind"], p["name"]): p for p in json.loads(res.stdout)["plugins"]}
+    for kind, name in (("dataset", "jsonl-rows"), ("evaluator", "exact-eval"), ("trainer", "my-trainer")):
+        assert (kind, name) in rows, f"{kind} {name} not listed"
+        assert rows[(kind, name)]["distribution"] == f"ck-{name}"
+
+
+@pytest.mark.parametrize("dist", ["ck-jsonl-rows", "ck-exact-eval", "ck-my-trainer"])
+def test_generated_tests_pass(generated: tuple[Path, Path], dist: str) -> None:
+    root, site = generated
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+                         cwd=root / dist, capture_output=True, text=True, env=_env(site))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "passed" in res.stdout and "failed" not in res.stdout
+
+
+@pytest.mark.integration
+def test_generated_dataset_and_evaluator_run_in_a_spec(generated: tuple[Path, Path], tmp_path: Path,
+                                                       tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A control run: the generated dataset feeds the generated evaluator on the tiny model."""
+    from cruijff_kit import plugins
+    from cruijff_kit.planner import make_plan
+    from cruijff_kit.runner import write_experiment
+    from cruijff_kit.spec import load_spec
+    from cruijff_kit.stage import run_stage
+
+    _, site = generated
+    monkeypatch.syspath_prepend(str(site))
+    plugins.registry.cache_clear()
+    try:
+        rows = [{"split": "test", "input": w, "output": w.upper()} for w in ("dog", "house", "kite")]
+        (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+        spec = write_spec(tmp_path, f"""
+            experiment: scaffolded
+            model: {{path: {tiny_llama}}}
+            dataset: {{plugin: jsonl-rows, path: rows.jsonl}}
+            eval:
+              - {{plugin: exact-eval, task: exact, max_new_tokens: 3, device: cpu}}
+        """)
+        plan = make_plan(load_spec(spec))
+        write_experiment(plan)
+        run = plan.runs[0]
+        res = run_stage(run.layout.root, "eval.exact.base")
+        assert res["samples"] == 3 and 0.0 <= res["accuracy"]["value"] <= 1.0
+        answers = (run.layout.eval_dir("exact", "base") / "answers.jsonl").read_text().splitlines()
+        assert [json.loads(a)["target"] for a in answers] == ["DOG", "HOUSE", "KITE"]
+
+        bad = write_spec(tmp_path, """
+            experiment: scaffolded
+            model: {path: m}
+            dataset: {plugin: jsonl-rows, path: rows.jsonl, colour: red}
+        """, name="bad.yaml")
+        with pytest.raises(SpecError, match="colour"):
+            make_plan(load_spec(bad))
+    finally:
+        plugins.registry.cache_clear()
+
+
+def test_refuses_bad_names_and_overwrites(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="not a usable plugin name"):
+        new_plugin("dataset", "My Data", tmp_path)
+    with pytest.raises(SpecError, match="has no template"):
+        new_plugin("scheduler", "mine", tmp_path)
+    new_plugin("dataset", "again", tmp_path)
+    with pytest.raises(SpecError, match="would overwrite"):
+        new_plugin("dataset", "again", tmp_path)
