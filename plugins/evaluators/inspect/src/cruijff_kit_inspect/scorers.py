@@ -38,16 +38,7 @@ from cruijff_kit import scoring
 __all__ = ["classification", "classification_summary", "continuous", "continuous_summary",
            "normalize_token", "numeric_risk", "option_probabilities", "risk", "risk_summary"]
 
-_TOKEN_MARKERS = ("\u0120", "\u2581", "\u010a")  # byte-level BPE space, sentencepiece space, BPE newline
-
-
-def normalize_token(token: str, ignore_case: bool = False) -> str:
-    """A token's text without surrounding whitespace or tokenizer space markers (``Ġ1`` -> ``1``)."""
-    t = token
-    for marker in _TOKEN_MARKERS:
-        t = t.replace(marker, " ")
-    t = t.strip()
-    return t.lower() if ignore_case else t
+normalize_token = scoring.normalize_token  # one rule for token variants, shared with cruijff_kit.inference
 
 
 def option_probabilities(top: Sequence[tuple[str, float]], options: Sequence[str],
