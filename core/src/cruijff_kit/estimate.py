@@ -277,7 +277,9 @@ def human_bytes(n: float) -> str:
 def tokens_per_epoch(run: PlannedRun, split: str = "train") -> tuple[int | None, int | None]:
     """``(tokens, rows)`` of ``split`` from the dataset plugin's cheap ``describe()`` (chars / 4)."""
     try:
-        info = run.dataset().describe() or {}
+        from cruijff_kit.kinds import Prompt
+
+        info = run.dataset().describe(Prompt.model_validate(run.spec["prompt"])) or {}
     except Exception:  # a dataset that cannot describe itself cheaply gives no estimate
         return None, None
     chars = (info.get("chars") or {}).get(split)
