@@ -49,9 +49,38 @@ def main() -> None:
                        capture_output=True)
         rows.append(("ck status (1,000 runs x 2 stages)", timed([py, "-m", "cruijff_kit", "status", "spec.yaml",
                                                                  "--json"], d)))
+        files = status_files_read(d)
     print("| command | median wall (s) |\n|---|---|")
     for name, t in rows:
         print(f"| {name} | {t:.2f} |")
+    print(f"\nck status: {files}")
+
+
+COUNT_OPENS = """
+import os, sys
+seen = []
+root = sys.argv[1]
+def hook(event, args):
+    if event == "open" and isinstance(args[0], (str, os.PathLike)):
+        path = os.path.abspath(os.fspath(args[0]))
+        if path.startswith(root):
+            seen.append(path)
+sys.addaudithook(hook)
+from cruijff_kit.cli import main
+try:
+    main(["status", "spec.yaml", "--json"])
+except SystemExit:
+    pass
+sys.stderr.write(f"FILES {len(seen)} {len(set(seen))}\\n")
+"""
+
+
+def status_files_read(d: Path) -> str:
+    """Files `ck status` opens under the spec's folder (an audit hook on `open`): total and distinct."""
+    res = subprocess.run([sys.executable, "-c", COUNT_OPENS, str(d.resolve())], cwd=d, check=True,
+                         capture_output=True, text=True)
+    total, distinct = res.stderr.rsplit("FILES ", 1)[1].split()
+    return f"{total} opens of {distinct} distinct files"
 
 
 if __name__ == "__main__":

@@ -110,6 +110,9 @@ def run(spec: str, sets: tuple[str, ...], scheduler: str | None, force: bool, dr
     if getattr(sel, "skipped_failed", 0):
         click.echo(f"{sel.skipped_failed} failed stage(s) not submitted again: see `ck status`, then "
                    "`ck run --retry-failed` to retry them.")
+    if sel.skipped_waiting:
+        click.echo(f"{sel.skipped_waiting} stage(s) wait for stages still running from an earlier `ck run`; "
+                   "run the same command again when those are done.")
     click.echo(f"Output: {p.layout.root}")
     blocking = bool(p.runs) and p.runs[0].scheduler().blocking
     bad = _unfinished_rows(p.layout) if blocking and not dry_run else []

@@ -78,6 +78,8 @@ class Selection:
     skipped_done: int
     skipped_active: int
     skipped_failed: int = 0
+    #: stages held back because a stage they depend on is still running in a live job
+    skipped_waiting: int = 0
 
 
 def select_jobs(plan: Plan, scheduler: Scheduler, *, force: bool = False, retry_failed: bool = True) -> Selection:
@@ -87,6 +89,7 @@ def select_jobs(plan: Plan, scheduler: Scheduler, *, force: bool = False, retry_
     todo: list[StageJob] = []
     done = active = failed = 0
     failed_keys: set[tuple[str, str]] = set()
+    active_keys: set[tuple[str, str]] = set()
     for job in all_jobs:
         entry = status.read(job.run_dir)["stages"].get(job.stage, {})
         state = entry.get("state", status.PENDING)
@@ -104,6 +107,7 @@ def select_jobs(plan: Plan, scheduler: Scheduler, *, force: bool = False, retry_
                 alive = _pid_alive(entry.get("pid")) and entry.get("host") in (None, os.uname().nodename)
             if alive:
                 active += 1
+                active_keys.add((job.run_name, job.stage))
                 continue
         if state == status.FAILED and not retry_failed:
             failed += 1
@@ -112,10 +116,14 @@ def select_jobs(plan: Plan, scheduler: Scheduler, *, force: bool = False, retry_
         todo.append(job)
     # a stage waiting for a failed stage that is not retried stays pending
     todo = [j for j in todo if not any((j.run_name, d) in failed_keys for d in j.depends_on)]
+    # so does one whose dependency is still running in a live job of an earlier `ck run` (e.g. one that
+    # was killed): started now it would find the dependency unfinished; the next `ck run` starts it
+    waiting = [j for j in todo if any((j.run_name, d) in active_keys for d in j.depends_on)]
+    todo = [j for j in todo if j not in waiting]
     keys = {(j.run_name, j.stage) for j in todo}
     for j in todo:
         j.depends_on = [d for d in j.depends_on if (j.run_name, d) in keys]
-    return Selection(todo, done, active, failed)
+    return Selection(todo, done, active, failed, len(waiting))
 
 
 def run_plan(plan: Plan, *, force: bool = False, dry_run: bool = False,
