@@ -8,6 +8,10 @@ Deterministic replies (the same request body always gets the same reply), chosen
   (default 2). A task containing ``malformed`` gets a non-JSON reply the first time each prompt comes.
 * ``grader``: ``{"score": 1}`` when the reference answer occurs in the final answer, else 0.
 * ``judge``: ``{"score": 1}`` when some assistant turn asks a question, else 0.
+* whatever the model name, inspect's ``model_graded_fact`` grading prompt (``[Expert]:`` and ``GRADE:``)
+  gets a short reasoning ending with ``GRADE: C`` or ``GRADE: I``: the grade a question asks for with
+  ``[expect C]`` / ``[expect I]`` / ``[expect P]``, else C when the expert answer occurs in the
+  submission (case-insensitively), else I.
 * anything else, an assistant: for a task with ``A+B`` it answers ``The answer is S.``, asks a
   clarifying question, or works it out step by step, depending on the request's ``seed`` (mod 3).
 
@@ -116,11 +120,29 @@ def judge_reply(prompt: str) -> str:
     return json.dumps({"thought": "looked for clarifying questions", "score": 1.0 if asks else 0.0})
 
 
+def fact_grade_reply(prompt: str) -> str | None:
+    """The reply to inspect's ``model_graded_fact`` grading prompt, or None for any other prompt."""
+    if "[Expert]:" not in prompt or "GRADE:" not in prompt:
+        return None
+    fields = dict(re.findall(r"^\[(Question|Expert|Submission)\]: (.*?)\n\*{3,}$", prompt, re.M | re.S))
+    expert = fields.get("Expert", "").strip()
+    asked = re.search(r"\[expect ([CIP])\]", fields.get("Question", ""))
+    if asked:
+        grade, why = asked.group(1), "the question asks for this grade"
+    else:
+        ok = bool(expert) and expert.lower() in fields.get("Submission", "").lower()
+        grade, why = ("C", "the submission states it") if ok else ("I", "the submission does not state it")
+    return f"The expert answer is {expert!r}; {why}.\nGRADE: {grade}"
+
+
 def reply_for(body: dict[str, Any], first: bool) -> str:
     """The deterministic reply to a chat-completions request body (``first``: first time these messages came)."""
     model = str(body.get("model", ""))
     messages = body.get("messages") or []
     last = _text(messages[-1].get("content")) if messages else ""
+    graded = fact_grade_reply(last)
+    if graded is not None:
+        return graded
     if "user" in model:
         return user_reply(last, malformed="malformed" in last and first)
     if "grader" in model:
