@@ -26,6 +26,7 @@ from cruijff_kit_trl.sft import (
     load_tokenizer,
     lora_config,
     push_adapter,
+    trackers,
     training_splits,
 )
 
@@ -68,7 +69,7 @@ def dpo_args(ctx: Any, config: TrlConfig, precision: str, device: str, has_eval:
         bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=device == "cpu",
         eval_strategy=eval_strategy, eval_steps=eval_steps, save_strategy=save_strategy, save_steps=save_steps,
         save_total_limit=1, logging_strategy="steps", logging_steps=config.logging_steps, logging_first_step=True,
-        report_to=list(config.report_to) or "none", disable_tqdm=True, dataloader_num_workers=0,
+        report_to=trackers(ctx, config), disable_tqdm=True, dataloader_num_workers=0,
         ddp_find_unused_parameters=False,
     )
 

@@ -151,6 +151,19 @@ def lora_config(config: TrlConfig) -> Any:
 SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 
 
+def trackers(ctx: Any, config: TrlConfig) -> list[str] | str:
+    """The Trainer's ``report_to`` for this run ("none" when empty).
+
+    TensorBoard event files always go to ``train/tensorboard/`` inside the run folder: the Trainer's
+    default (``output_dir/runs``) is the resumable state, deleted after success, and a
+    ``TENSORBOARD_LOGGING_DIR`` left in the environment (by an earlier run in the same process, say)
+    could point anywhere, so it is overridden.
+    """
+    if "tensorboard" in config.report_to:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(ctx.layout.train_dir / "tensorboard")
+    return list(config.report_to) or "none"
+
+
 def sft_args(ctx: Any, config: TrlConfig, precision: str, device: str, loss_mode: str, has_eval: bool) -> Any:
     """``SFTConfig`` for this run; resumable state goes to ``train/state/``."""
     from trl import SFTConfig
@@ -160,9 +173,7 @@ def sft_args(ctx: Any, config: TrlConfig, precision: str, device: str, loss_mode
     else:
         eval_strategy, eval_steps = "no", None
     save_strategy, save_steps = ("steps", config.save_state_steps) if config.save_state_steps else ("epoch", None)
-    report_to = list(config.report_to) or "none"
-    if "tensorboard" in config.report_to:
-        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(ctx.layout.train_dir / "tensorboard"))
+    report_to = trackers(ctx, config)
     return SFTConfig(
         output_dir=str(ctx.state_dir),
         run_name=ctx.run.name,
