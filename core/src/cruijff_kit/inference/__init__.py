@@ -10,8 +10,9 @@ Importing this package imports neither torch nor transformers; :func:`load` does
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from cruijff_kit.lazy import lazy_exports
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from cruijff_kit.inference.loading import load_model, resolve_target
@@ -22,17 +23,4 @@ __all__ = ["InferenceModel", "load", "load_model", "resolve_target"]
 _WHERE = {"InferenceModel": "cruijff_kit.inference.model", "load": "cruijff_kit.inference.model",
           "load_model": "cruijff_kit.inference.loading", "resolve_target": "cruijff_kit.inference.loading"}
 
-
-def __getattr__(name: str) -> Any:
-    """Import the public names lazily (PEP 562)."""
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    """Public names, for tab completion."""
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)

@@ -6,8 +6,9 @@ neither torch nor transformers.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from cruijff_kit.lazy import lazy_exports
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from cruijff_kit.models.smollm2 import ensure_smollm2
@@ -17,17 +18,4 @@ __all__ = ["build_tiny_model", "ensure_smollm2"]
 
 _WHERE = {"build_tiny_model": "cruijff_kit.models.tiny", "ensure_smollm2": "cruijff_kit.models.smollm2"}
 
-
-def __getattr__(name: str) -> Any:
-    """Import the public functions lazily (PEP 562)."""
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    """Public names, for tab completion."""
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)

@@ -25,7 +25,7 @@ from cruijff_kit_trl.sft import (
     load_model,
     load_tokenizer,
     lora_config,
-    push_adapter,
+    run_trainer,
     trackers,
     training_splits,
 )
@@ -88,7 +88,6 @@ def run_dpo(ctx: Any, config: TrlConfig, chat_template: str | None) -> None:
 
     import datasets
     import transformers
-    from transformers.trainer_callback import PrinterCallback
     from trl import DPOTrainer
 
     datasets.disable_progress_bars()
@@ -112,13 +111,6 @@ def run_dpo(ctx: Any, config: TrlConfig, chat_template: str | None) -> None:
                           force_epoch_save=bool(config.save_state_steps))
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=tokenizer, peft_config=lora_config(config), callbacks=[adapters, metrics])
-    trainer.remove_callback(PrinterCallback)
-    metrics.trainer = trainer
-    adapters.trainer = trainer
-    _say(f"{config.method} dpo on {device} ({precision}), beta {config.dpo.beta}, loss {config.dpo.loss_type}, "
-         f"{len(train_ds)} preference pairs, world size {world}")
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    if trainer.is_world_process_zero():
-        adapters.finish(trainer.model, trainer.state)
-        if config.push_to_hub:
-            push_adapter(ctx, config)
+    run_trainer(trainer, adapters, metrics, ctx, config, resume,
+                f"{config.method} dpo on {device} ({precision}), beta {config.dpo.beta}, "
+                f"loss {config.dpo.loss_type}, {len(train_ds)} preference pairs, world size {world}")

@@ -253,7 +253,6 @@ def run_sft(ctx: Any, config: TrlConfig, chat_template: str | None) -> None:
 
     import datasets
     import transformers
-    from transformers.trainer_callback import PrinterCallback
     from trl import SFTTrainer
 
     datasets.disable_progress_bars()
@@ -281,11 +280,20 @@ def run_sft(ctx: Any, config: TrlConfig, chat_template: str | None) -> None:
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=tokenizer, peft_config=lora_config(config),
                          callbacks=[adapters, metrics])
+    run_trainer(trainer, adapters, metrics, ctx, config, resume,
+                f"{config.method} sft on {device} ({precision}), loss on {loss_mode} tokens, "
+                f"{len(train_ds)} train rows, world size {world}")
+
+
+def run_trainer(trainer: Any, adapters: Any, metrics: Any, ctx: Any, config: TrlConfig, resume: Any,
+                message: str) -> None:
+    """Wire our callbacks to a TRL trainer, train (resuming when asked), then write the last adapters."""
+    from transformers.trainer_callback import PrinterCallback
+
     trainer.remove_callback(PrinterCallback)  # metrics rows are printed by MetricsRows instead
     metrics.trainer = trainer
     adapters.trainer = trainer
-    _say(f"{config.method} sft on {device} ({precision}), loss on {loss_mode} tokens, "
-         f"{len(train_ds)} train rows, world size {world}")
+    _say(message)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if trainer.is_world_process_zero():
         adapters.finish(trainer.model, trainer.state)
