@@ -5,6 +5,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PLUGINS = $(sort $(dir $(wildcard plugins/*/*/pyproject.toml)))
 FAST   ?=
+CK_SLOW ?= 1
 PYTEST_ARGS ?=
 
 .PHONY: install demo test lint clean
@@ -22,7 +23,7 @@ demo: install
 	$(PY) examples/demo.py $(if $(FAST),--fast,)
 
 test: install
-	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
+	CK_SLOW=$(CK_SLOW) $(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
