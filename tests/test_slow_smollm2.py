@@ -25,7 +25,7 @@ def test_smollm2_lora_beats_nothing_and_evaluates(tmp_path, ck):
         model: {{path: {model}}}
         dataset: {{plugin: json-instruct, path: cap.json}}
         prompt: {{system: "Rewrite the word in capital letters. Answer with the word only."}}
-        train: {{plugin: trl, epochs: 1, batch_size: 4, learning_rate: 2.0e-3, max_seq_length: 64,
+        train: {{plugin: trl, epochs: 1, batch_size: 4, learning_rate: 2.0e-3, max_seq_length: 64, logging_steps: 1,
                  lora: {{rank: 8, dropout: 0.0}}}}
         eval:
           - {{plugin: inspect, task: exact-match, checkpoints: last, generation: {{max_tokens: 8}}, batch_size: 8}}
