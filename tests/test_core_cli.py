@@ -124,3 +124,18 @@ def test_logs_command(tmp_path, with_toy, ck):
     assert "logs/eval.t.base.out" in res.stdout and "stage eval.t.base of run" in res.stdout
     res = ck("logs", str(run_dir), "eval.t.bsae")
     assert res.returncode == 2 and "Did you mean `eval.t.base`?" in res.stderr
+
+
+def test_plan_of_a_big_sweep_prints_a_short_table_and_writes_all(tmp_path, with_toy, ck):
+    spec = write_spec(tmp_path, """
+        experiment: big
+        model: {path: m}
+        dataset: {plugin: toy-data}
+        train: {plugin: toy}
+        sweep:
+          train.lora.rank: [1, 2, 3, 4, 5, 6, 7, 8]
+          seed: [1, 2, 3, 4, 5, 6, 7, 8]
+    """)
+    res = ck("plan", str(spec), check=True)
+    assert res.stdout.count("finetune") == 20 and "44 more runs" in res.stdout
+    assert (tmp_path / "runs/big/plan.md").read_text().count("| finetune |") == 64

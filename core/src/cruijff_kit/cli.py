@@ -82,7 +82,8 @@ def plan(spec: str, sets: tuple[str, ...], no_write: bool) -> None:
     text = plan_markdown(p)
     if not no_write:
         atomic_write_text(p.layout.plan, text)
-    console().print(Markdown(text))
+    # a terminal table of a thousand rows helps nobody: the file has them all
+    console().print(Markdown(text if len(p.runs) <= 50 or no_write else plan_markdown(p, max_rows=20)))
     if not no_write:
         click.echo(f"Wrote {p.layout.plan}")
 

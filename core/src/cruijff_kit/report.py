@@ -45,15 +45,16 @@ def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(out)
 
 
-def plan_markdown(plan: Plan) -> str:
-    """The design matrix and per-run estimates."""
+def plan_markdown(plan: Plan, max_rows: int | None = None) -> str:
+    """The design matrix and per-run estimates (the first ``max_rows`` runs when given)."""
     swept = plan.swept_keys()
     extra: list[str] = []  # scheduler cells (e.g. pod and estimated cost), in first-seen order
     for run in plan.runs:
         extra += [k for k in run.plan_columns if k not in extra]
     headers = ["run", "type", *swept, "stages", "params", "trainable", "memory", "tokens/epoch", *extra]
     rows = []
-    for run in plan.runs:
+    shown = plan.runs if max_rows is None else plan.runs[:max_rows]
+    for run in shown:
         est = run.estimate
         rows.append([
             run.name, run.type, *[run.sweep_values.get(k, "") for k in swept], len(run.stages),
@@ -73,6 +74,8 @@ def plan_markdown(plan: Plan) -> str:
         "",
         markdown_table(headers, rows),
     ]
+    if len(shown) < len(plan.runs):
+        lines += ["", f"... and {len(plan.runs) - len(shown)} more runs: see `{plan.layout.plan}`."]
     if notes:
         lines += ["", "Notes:", *[f"- {n}" for n in notes]]
     lines += ["", "Stages per run: " + ", ".join(s.name for s in plan.runs[0].stages) if plan.runs else ""]
