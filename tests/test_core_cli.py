@@ -139,3 +139,14 @@ def test_plan_of_a_big_sweep_prints_a_short_table_and_writes_all(tmp_path, with_
     res = ck("plan", str(spec), check=True)
     assert res.stdout.count("finetune") == 20 and "44 more runs" in res.stdout
     assert (tmp_path / "runs/big/plan.md").read_text().count("| finetune |") == 64
+
+
+def test_init_asks_questions(tmp_path):
+    path = tmp_path / "profile.yaml"
+    answers = "myacct\ngpu\n" + "\n" * 20
+    res = subprocess.run([sys.executable, "-m", "cruijff_kit", "init", "--scheduler", "slurm", "--path", str(path)],
+                         input=answers, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "slurm.account" in res.stdout and "slurm.partition" in res.stdout
+    profile = yaml.safe_load(path.read_text())
+    assert profile["slurm"]["account"] == "myacct" and profile["slurm"]["partition"] == "gpu"
