@@ -16,8 +16,6 @@ Reports median wall seconds of each and the ratio ours / stock. Run by hand:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -28,6 +26,9 @@ import time
 from pathlib import Path
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from trl_overhead import quiet  # noqa: E402  (silences step lines and progress bars)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -88,16 +89,6 @@ def run_stock(tune_yaml: Path, scratch: Path) -> float:
     recipe.train()
     recipe.cleanup()
     return time.perf_counter() - t
-
-
-@contextlib.contextmanager
-def quiet(enabled: bool):  # type: ignore[no-untyped-def]
-    """Silence the recipes' step lines and progress bars."""
-    if not enabled:
-        yield
-        return
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        yield
 
 
 def main() -> None:

@@ -18,13 +18,10 @@ from cruijff_kit.errors import DataError
 from cruijff_kit_trl.config import TrlConfig
 from cruijff_kit_trl.sft import (
     SCHEDULERS,
-    _say,
-    checkpoint_step,
-    is_rank_zero,
-    last_complete_checkpoint,
     load_model,
     load_tokenizer,
     lora_config,
+    resume_point,
     run_trainer,
     trackers,
     training_splits,
@@ -100,12 +97,7 @@ def run_dpo(ctx: Any, config: TrlConfig, chat_template: str | None) -> None:
     model = load_model(ctx.model_path, config, precision, device, revision)
     args = dpo_args(ctx, config, precision, device, eval_ds is not None)
 
-    resume = last_complete_checkpoint(ctx.state_dir) if ctx.resume_from() is not None else None
-    start_step = checkpoint_step(resume) if resume else 0
-    if is_rank_zero():
-        dropped = training.truncate_metrics(ctx.layout.metrics, start_step)
-        if resume:
-            _say(f"resuming from {resume.name} (step {start_step}); dropped {dropped} metrics rows after it")
+    resume = resume_point(ctx)
     adapters = EpochAdapters(ctx, config, tokenizer)
     metrics = MetricsRows(ctx, device, force_epoch_eval=bool(config.eval_steps) and eval_ds is not None,
                           force_epoch_save=bool(config.save_state_steps))

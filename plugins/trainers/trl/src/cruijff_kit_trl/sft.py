@@ -265,12 +265,7 @@ def run_sft(ctx: Any, config: TrlConfig, chat_template: str | None) -> None:
     model = load_model(ctx.model_path, config, precision, device, revision)
     args = sft_args(ctx, config, precision, device, loss_mode, eval_ds is not None)
 
-    resume = last_complete_checkpoint(ctx.state_dir) if ctx.resume_from() is not None else None
-    start_step = checkpoint_step(resume) if resume else 0
-    if is_rank_zero():
-        dropped = training.truncate_metrics(ctx.layout.metrics, start_step)
-        if resume:
-            _say(f"resuming from {resume.name} (step {start_step}); dropped {dropped} metrics rows after it")
+    resume = resume_point(ctx)
     adapters = EpochAdapters(ctx, config, tokenizer)
     if resume and is_rank_zero():
         adapters.recover(resume)
@@ -283,6 +278,18 @@ def run_sft(ctx: Any, config: TrlConfig, chat_template: str | None) -> None:
     run_trainer(trainer, adapters, metrics, ctx, config, resume,
                 f"{config.method} sft on {device} ({precision}), loss on {loss_mode} tokens, "
                 f"{len(train_ds)} train rows, world size {world}")
+
+
+def resume_point(ctx: Any) -> Any:
+    """The last complete checkpoint to resume from (None for a fresh start); drops the metrics rows
+    logged after it, so no step is reported twice."""
+    resume = last_complete_checkpoint(ctx.state_dir) if ctx.resume_from() is not None else None
+    start_step = checkpoint_step(resume) if resume else 0
+    if is_rank_zero():
+        dropped = training.truncate_metrics(ctx.layout.metrics, start_step)
+        if resume:
+            _say(f"resuming from {resume.name} (step {start_step}); dropped {dropped} metrics rows after it")
+    return resume
 
 
 def run_trainer(trainer: Any, adapters: Any, metrics: Any, ctx: Any, config: TrlConfig, resume: Any,
