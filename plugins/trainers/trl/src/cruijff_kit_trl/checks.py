@@ -48,7 +48,7 @@ def quantization_problem(device: str) -> str | None:
 
 def check_run(run: PlannedRun, config: TrlConfig) -> None:
     """Everything ``ck plan`` can check about a ``trl`` run without importing torch."""
-    from cruijff_kit.estimate import check_targets
+    from cruijff_kit.estimate import check_targets, check_validation_split
 
     check_targets(run, config)
     file = _spec_file(run)
@@ -71,12 +71,4 @@ def check_run(run: PlannedRun, config: TrlConfig) -> None:
         raise SpecError(f"report_to asks for {missing}, which is not installed here.", file=file,
                         path="train.report_to",
                         hint=f"Install it with `pip install 'cruijff-kit-trl[{missing[0]}]'`, or remove it.")
-    if config.validation:
-        try:
-            splits = run.dataset().splits()
-        except Exception:
-            splits = None
-        if splits is not None and "validation" not in splits:
-            raise SpecError(f"train.validation is true, but the dataset has no `validation` split (it has "
-                            f"{splits}).", file=file, path="train.validation",
-                            hint="Add a validation split to the data, or set train.validation: false.")
+    check_validation_split(run, config)

@@ -34,10 +34,9 @@ class TrlTrainer(Trainer):
 
     def chat_template(self) -> str | None:
         """The spec's chat template: inline Jinja, or the text of a ``.jinja``/``.j2`` file it names."""
-        value = self.config.chat_template
-        if value and value.rstrip().endswith((".jinja", ".j2")) and "\n" not in value.strip():
-            return self.path(value.strip()).read_text(encoding="utf-8")
-        return value
+        from cruijff_kit.training import chat_template_text
+
+        return chat_template_text(self.config.chat_template, self.path)
 
     def train(self, ctx: StageContext) -> None:
         """Train; with more than one process, relaunch this stage under ``accelerate launch`` first."""
