@@ -66,7 +66,7 @@ def hook(event, args):
         if path.startswith(root):
             seen.append(path)
 sys.addaudithook(hook)
-from cruijff_kit.cli import main
+from cruijff_kit._cli import main
 try:
     main(["status", "spec.yaml", "--json"])
 except SystemExit:

@@ -7,7 +7,7 @@
   and the split by conversation. Reported as input rows per second, for the whole and for the build
   step alone.
 * **JSON -> parquet**: writes a json-instruct file of ``--rows`` ``{input, output}`` rows and times
-  ``ck data convert`` (``cruijff_kit.data.convert.convert_to_parquet``) on it.
+  ``ck data convert`` (``cruijff_kit._datatools.convert.convert_to_parquet``) on it.
 
 Run by hand: ``python benchmarks/data_convert.py [--rows 1000000]``.
 """
@@ -76,7 +76,7 @@ def bench_multiturn(folder: Path, rows: int) -> dict[str, Any]:
 
 
 def bench_parquet(folder: Path, rows: int) -> dict[str, Any]:
-    from cruijff_kit.data.convert import convert_to_parquet
+    from cruijff_kit._datatools.convert import convert_to_parquet
 
     rng = random.Random(1)
     n_val = max(1, rows // 10)

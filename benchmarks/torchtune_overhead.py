@@ -55,9 +55,9 @@ def write_spec(folder: Path, model: Path, rows: int, epochs: int, batch_size: in
 
 def fresh_run(spec: Path) -> Path:
     """Plan the spec and write an empty run folder (removing an earlier one)."""
-    from cruijff_kit.planner import make_plan
-    from cruijff_kit.runner import write_experiment
-    from cruijff_kit.spec import load_spec
+    from cruijff_kit._engine.planner import make_plan
+    from cruijff_kit._engine.runner import write_experiment
+    from cruijff_kit._engine.spec import load_spec
 
     plan = make_plan(load_spec(spec))
     shutil.rmtree(plan.runs[0].layout.root, ignore_errors=True)
@@ -66,7 +66,7 @@ def fresh_run(spec: Path) -> Path:
 
 
 def run_ours(spec: Path) -> tuple[float, Path]:
-    from cruijff_kit.stage import run_stage
+    from cruijff_kit._engine.stage import run_stage
 
     run_dir = fresh_run(spec)
     t = time.perf_counter()
@@ -105,7 +105,7 @@ def main() -> None:
         folder = Path(tmp)
         model = args.model
         if model is None:
-            from cruijff_kit.models import build_tiny_model
+            from cruijff_kit._models import build_tiny_model
 
             model = build_tiny_model(folder / "tiny-llama3", family="llama3")
         spec = write_spec(folder, model.resolve(), args.rows, args.epochs, args.batch_size)

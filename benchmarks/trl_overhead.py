@@ -81,10 +81,10 @@ def write_spec(folder: Path, model: Path, data: Path, epochs: int, batch_size: i
 
 
 def run_ours(spec: Path) -> tuple[float, dict[str, float]]:
-    from cruijff_kit.planner import make_plan
-    from cruijff_kit.runner import write_experiment
-    from cruijff_kit.spec import load_spec
-    from cruijff_kit.stage import run_stage
+    from cruijff_kit._engine.planner import make_plan
+    from cruijff_kit._engine.runner import write_experiment
+    from cruijff_kit._engine.spec import load_spec
+    from cruijff_kit._engine.stage import run_stage
 
     plan = make_plan(load_spec(spec))
     shutil.rmtree(plan.runs[0].layout.root, ignore_errors=True)
@@ -155,7 +155,7 @@ def main() -> None:
         folder = Path(tmp)
         model = args.model
         if model is None:
-            from cruijff_kit.models import build_tiny_model
+            from cruijff_kit._models import build_tiny_model
 
             model = build_tiny_model(folder / "tiny-llama3", family="llama3")
         model = model.resolve()

@@ -38,7 +38,7 @@ def main() -> None:
         sets = ["--set", f"model.path={model}", "--set", "experiment=capitalize-demo-fast",
                 "--set", "train.learning_rate=1e-2"]
     else:
-        from cruijff_kit.models import ensure_smollm2
+        from cruijff_kit._models import ensure_smollm2
 
         model = ensure_smollm2(CACHE / "models")
         sets = ["--set", f"model.path={model}"]

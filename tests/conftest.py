@@ -53,7 +53,7 @@ def toy_site(shared_dir: Path) -> Path:
 @pytest.fixture
 def with_toy(toy_site: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Make the toy plugin visible to this process and to subprocesses; fresh plugin registry."""
-    from cruijff_kit import plugins
+    from cruijff_kit._api import registry as plugins
 
     monkeypatch.syspath_prepend(str(toy_site))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(toy_site), os.environ.get("PYTHONPATH", "")]))
@@ -83,7 +83,7 @@ def tiny_model_factory(shared_dir: Path) -> Callable[..., Path]:
     """Build (once per session, shared by workers) a tiny random model: factory(family="llama3")."""
 
     def build(family: str = "llama3", **kwargs: object) -> Path:
-        from cruijff_kit.models import build_tiny_model
+        from cruijff_kit._models import build_tiny_model
 
         suffix = "-".join(f"{k}{v}" for k, v in sorted(kwargs.items()))
         out = shared_dir / f"tiny-{family}{('-' + suffix) if suffix else ''}"

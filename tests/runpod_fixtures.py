@@ -97,7 +97,7 @@ def write_toy_spec(folder: Path, *, scheduler: str = "", train: str = "", name: 
 
 def run_ck(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     """The real `ck` CLI in this process (the fakes run in its threads): (exit code, output)."""
-    from cruijff_kit.cli import main
+    from cruijff_kit._cli import main
 
     try:
         main(list(args))

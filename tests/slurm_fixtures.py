@@ -82,8 +82,8 @@ import sys
 import time
 from typing import Any, Literal
 
-from cruijff_kit.fileio import append_jsonl, atomic_write_json, read_json
-from cruijff_kit.kinds import Dataset, DatasetConfig, EvalConfig, Evaluator, Trainer, TrainConfig
+from cruijff_kit._base.fileio import append_jsonl, atomic_write_json, read_json
+from cruijff_kit._api.kinds import Dataset, DatasetConfig, EvalConfig, Evaluator, Trainer, TrainConfig
 
 
 class OutOfMemoryError(RuntimeError):
@@ -274,7 +274,7 @@ def slurm_plugin_site_fixture(shared_dir: Path) -> Path:
 @pytest.fixture(name="slurm_env")
 def slurm_env_fixture(slurm_plugin_site: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
     """Environment for `ck` subprocesses: the test plugin on PYTHONPATH, a profile of our own."""
-    from cruijff_kit import plugins
+    from cruijff_kit._api import registry as plugins
 
     monkeypatch.syspath_prepend(str(slurm_plugin_site))
     path = os.pathsep.join(p for p in [str(slurm_plugin_site), os.environ.get("PYTHONPATH", "")] if p)
@@ -329,8 +329,8 @@ def read_status(exp_dir: Path) -> dict[str, dict[str, Any]]:
 def poll(exp_dir: Path, done: Callable[[list[dict[str, Any]]], bool], timeout: float = 150.0
          ) -> list[dict[str, Any]]:
     """Refresh the experiment's status (one squeue + one sacct call each time) until ``done(rows)``."""
-    from cruijff_kit.layout import ExperimentLayout
-    from cruijff_kit.runner import experiment_status
+    from cruijff_kit._base.layout import ExperimentLayout
+    from cruijff_kit._engine.runner import experiment_status
 
     deadline = time.monotonic() + timeout
     rows: list[dict[str, Any]] = []

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from torchtune_fixtures import FAST_TRAIN, write_tt_spec
 
-from cruijff_kit.training import METRIC_KEYS
+from cruijff_kit.training._adapters import METRIC_KEYS
 
 pytestmark = pytest.mark.integration
 

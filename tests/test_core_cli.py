@@ -16,12 +16,12 @@ def test_import_and_help_do_not_import_heavy_libraries():
     code = (
         "import sys, json\n"
         "import cruijff_kit\n"
-        "from cruijff_kit.cli import main\n"
+        "from cruijff_kit._cli import main\n"
         "try:\n"
         "    main(['--help'])\n"
         "except SystemExit:\n"
         "    pass\n"
-        "from cruijff_kit.plugins import registry\n"
+        "from cruijff_kit._api.registry import registry\n"
         "registry()\n"
         f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
     )
@@ -89,8 +89,8 @@ def test_plan_of_1000_runs_imports_no_torch(tmp_path, with_toy):
     """)
     code = (
         "import sys, json\n"
-        "from cruijff_kit.planner import make_plan\nfrom cruijff_kit.spec import load_spec\n"
-        "from cruijff_kit.report import plan_markdown\n"
+        "from cruijff_kit._engine.planner import make_plan\nfrom cruijff_kit._engine.spec import load_spec\n"
+        "from cruijff_kit._engine.report import plan_markdown\n"
         f"p = make_plan(load_spec({str(spec)!r}), estimate=True)\n"
         "text = plan_markdown(p)\n"
         "print(json.dumps({'runs': len(p.runs), 'names': len({r.name for r in p.runs}), 'rows': text.count('| finetune |'),"

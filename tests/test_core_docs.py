@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cruijff_kit.reference import spec_reference
+from cruijff_kit._engine.reference import spec_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 

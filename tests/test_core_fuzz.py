@@ -10,9 +10,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cruijff_kit.errors import CkError, SpecError
-from cruijff_kit.planner import make_plan
-from cruijff_kit.spec import load_spec
+from cruijff_kit._base.errors import CkError, SpecError
+from cruijff_kit._engine.planner import make_plan
+from cruijff_kit._engine.spec import load_spec
 
 VALID: dict[str, Any] = {
     "experiment": "fuzz",

@@ -14,7 +14,7 @@ import yaml
 from conftest import write_spec
 
 from cruijff_kit import status
-from cruijff_kit.fileio import read_jsonl
+from cruijff_kit._base.fileio import read_jsonl
 
 SWEEP = """
 experiment: toy
@@ -64,8 +64,8 @@ def test_sweep_2x2_runs_through_ck_with_third_party_plugin(tmp_path, with_toy, c
     assert ranks == {(4, 1e-4), (4, 2e-4), (8, 1e-4), (8, 2e-4)}
 
     # names are stable: planning again gives the same folders
-    from cruijff_kit.planner import make_plan
-    from cruijff_kit.spec import load_spec
+    from cruijff_kit._engine.planner import make_plan
+    from cruijff_kit._engine.spec import load_spec
 
     names = sorted(r.name for r in make_plan(load_spec(spec)).runs)
     assert names == [d.name for d in dirs]

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from conftest import write_spec
 
-from cruijff_kit.errors import SpecError
-from cruijff_kit.planner import make_plan
-from cruijff_kit.spec import load_spec, parse_overrides, parse_value, split_path
+from cruijff_kit._base.errors import SpecError
+from cruijff_kit._engine.planner import make_plan
+from cruijff_kit._engine.spec import load_spec, parse_overrides, parse_value, split_path
 
 BASE = """
 experiment: toy

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cruijff_kit.stage import is_primary_process
+from cruijff_kit._engine.stage import is_primary_process
 
 
 @pytest.mark.parametrize(("env", "primary"), [

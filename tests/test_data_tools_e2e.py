@@ -12,13 +12,13 @@ import pytest
 from conftest import write_spec
 from data_tools_fixtures import CENSUS
 
-from cruijff_kit.data import provenance
+from cruijff_kit.data import _provenance as provenance
 
 pytestmark = pytest.mark.integration
 
 
 def test_tabular_dataset_trains_and_evaluates_with_risk_scores(tmp_path: Path, tiny_llama: Path, ck: Any) -> None:
-    from cruijff_kit.plugins import registry
+    from cruijff_kit._api.registry import registry
 
     reg = registry()
     for kind, name in (("trainer", "trl"), ("evaluator", "inspect"), ("dataset", "tabular")):

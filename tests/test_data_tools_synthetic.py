@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from cruijff_kit.data import provenance
-from cruijff_kit.data.synthetic import (
+from cruijff_kit.data import _provenance as provenance
+from cruijff_kit._datatools.synthetic import (
     ALPHABETS,
     RULES,
     SEPARATORS,
@@ -19,7 +19,7 @@ from cruijff_kit.data.synthetic import (
     settings_from,
     write_synthetic,
 )
-from cruijff_kit.errors import DataError
+from cruijff_kit._base.errors import DataError
 
 
 def settings(**options: Any) -> Any:
@@ -143,7 +143,7 @@ def test_seeded_byte_identical_and_hashed(tmp_path: Path) -> None:
 
 
 def test_generated_file_reads_as_json_instruct(tmp_path: Path) -> None:
-    from cruijff_kit.data.readers import InstructFile
+    from cruijff_kit.data._readers import InstructFile
 
     path, _ = write_synthetic(tmp_path, settings(design="out-of-distribution", k=5, ood_lengths=[7]))
     source = InstructFile(path)

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 from cruijff_kit.data import readers
-from cruijff_kit.data.canonical import split_target
-from cruijff_kit.data.convert import convert_to_parquet
-from cruijff_kit.errors import DataError
-from cruijff_kit.kinds import Prompt
-from cruijff_kit.plugins import plugin_class
+from cruijff_kit.data._canonical import split_target
+from cruijff_kit._datatools.convert import convert_to_parquet
+from cruijff_kit._base.errors import DataError
+from cruijff_kit._api.kinds import Prompt
+from cruijff_kit._api.registry import plugin_class
 
 DATA = Path(__file__).parent / "data"
 INSTRUCT = DATA / "capitalize_instruct.json"
@@ -485,7 +485,7 @@ def test_ck_data_convert_cli(tmp_path: Path) -> None:
 
 
 def test_registration_and_describe_import_neither_datasets_nor_pyarrow(tmp_path: Path) -> None:
-    code = ("import sys\nfrom cruijff_kit.plugins import plugin_class\n"
+    code = ("import sys\nfrom cruijff_kit._api.registry import plugin_class\n"
             "cls = plugin_class('dataset', 'json-instruct')\n"
             f"print(cls(cls.Config(path={str(INSTRUCT)!r})).describe()['rows'])\n"
             "print(sorted(m for m in ('datasets', 'pyarrow', 'torch') if m in sys.modules))\n")

@@ -15,7 +15,7 @@ EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("*.yaml"))
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of examples/ with the demo data beside it, as `make demo` leaves it."""
-    from cruijff_kit.data.capitalize import write_capitalize
+    from cruijff_kit._datatools.capitalize import write_capitalize
 
     root = tmp_path_factory.mktemp("examples-tree")
     shutil.copytree(ROOT / "examples", root / "examples")

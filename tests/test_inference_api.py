@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from inference_fixtures import make_run_folder
 
-from cruijff_kit.errors import SpecError
+from cruijff_kit._base.errors import SpecError
 
 OPTIONS = ["the", "and", "dog"]
 PROMPTS = ["apple", "dog", "house", "kite", "moon"]

@@ -14,16 +14,16 @@ from conftest import write_spec
 from inspect_fixtures import DATA, train_adapter, write_dataset
 
 from cruijff_kit import status
-from cruijff_kit.errors import SpecError, StageError
+from cruijff_kit._base.errors import SpecError, StageError
 
 pytest.importorskip("inspect_ai")
 pytest.importorskip("peft")
 
 
 def _plan(spec: Path) -> Any:
-    from cruijff_kit.planner import make_plan
-    from cruijff_kit.runner import write_experiment
-    from cruijff_kit.spec import load_spec
+    from cruijff_kit._engine.planner import make_plan
+    from cruijff_kit._engine.runner import write_experiment
+    from cruijff_kit._engine.spec import load_spec
 
     plan = make_plan(load_spec(spec))
     write_experiment(plan)
@@ -33,7 +33,7 @@ def _plan(spec: Path) -> Any:
 @pytest.fixture(scope="module")
 def finetuned(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Any:
     """A fine-tune run whose epoch_0 adapter was trained for real; base and epoch_0 evaluated."""
-    from cruijff_kit.stage import run_stage
+    from cruijff_kit._engine.stage import run_stage
 
     root = tmp_path_factory.mktemp("inspect-finetune")
     write_dataset(root)
@@ -109,7 +109,7 @@ def test_user_task_file_choice_prefix_and_risk(tmp_path: Path, tiny_llama: Path)
     built-in choice task with a prefilled answer start and the logprob risk scorer."""
     from inspect_ai.log import read_eval_log
 
-    from cruijff_kit.stage import run_stage
+    from cruijff_kit._engine.stage import run_stage
 
     (tmp_path / "mc.json").write_text(json.dumps(MC))
     (tmp_path / "tasks").mkdir()
@@ -158,7 +158,7 @@ def test_user_task_file_choice_prefix_and_risk(tmp_path: Path, tiny_llama: Path)
 def test_ck_eval_one_off(finetuned: Any, tiny_llama: Path, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from cruijff_kit.cli import _add_plugin_commands, cli
+    from cruijff_kit._cli import _add_plugin_commands, cli
 
     _add_plugin_commands()
     data = write_dataset(tmp_path)
@@ -196,8 +196,8 @@ BASE = """
 ])
 def test_plan_time_errors(tmp_path: Path, tiny_llama: Path, train: str, adapter: str, ev: str,
                           message: str) -> None:
-    from cruijff_kit.planner import make_plan
-    from cruijff_kit.spec import load_spec
+    from cruijff_kit._engine.planner import make_plan
+    from cruijff_kit._engine.spec import load_spec
 
     if "vllm" in ev:
         import importlib.util
@@ -213,7 +213,7 @@ def test_plan_time_errors(tmp_path: Path, tiny_llama: Path, train: str, adapter:
 
 
 def test_checkpoint_missing_at_run_time_is_a_stage_error(tmp_path: Path, tiny_llama: Path) -> None:
-    from cruijff_kit.stage import run_stage
+    from cruijff_kit._engine.stage import run_stage
 
     write_dataset(tmp_path)
     spec = write_spec(tmp_path, BASE.format(model=tiny_llama, adapter="", train="train: {plugin: trl, epochs: 1}",
@@ -245,7 +245,7 @@ def test_ck_run_trains_with_trl_then_evaluates_base_and_epoch(tmp_path: Path, ti
     """The whole pipeline through `ck run`: trl trains one epoch, inspect evaluates base and epoch_0."""
     from inspect_ai.log import read_eval_log
 
-    from cruijff_kit.plugins import registry
+    from cruijff_kit._api.registry import registry
 
     if "trl" not in registry().names("trainer"):
         pytest.skip("the trl trainer plugin is not installed")
@@ -276,7 +276,7 @@ def test_inspect_model_string_against_a_local_openai_server(tmp_path: Path, tiny
     whose reply depends on the request's seed (44 -> works the sum out step by step)."""
     from fake_openai import FakeOpenAI
 
-    from cruijff_kit.stage import run_stage
+    from cruijff_kit._engine.stage import run_stage
 
     rows = [{"input": "What is 2+3?", "output": "5"}, {"input": "What is 10+4?", "output": "14"},
             {"input": "What is 1+1?", "output": "3"}]

@@ -43,10 +43,10 @@ def test_model_graded_task_with_a_local_grader(tmp_path: Path, tiny_llama: Path,
     from inspect_ai.log import read_eval_log
 
     from cruijff_kit import status
-    from cruijff_kit.planner import make_plan
-    from cruijff_kit.runner import write_experiment
-    from cruijff_kit.spec import load_spec
-    from cruijff_kit.stage import run_stage
+    from cruijff_kit._engine.planner import make_plan
+    from cruijff_kit._engine.runner import write_experiment
+    from cruijff_kit._engine.spec import load_spec
+    from cruijff_kit._engine.stage import run_stage
 
     (tmp_path / "qa.json").write_text(json.dumps({"train": ROWS[:1], "test": ROWS}))
     spec = write_spec(tmp_path, f"""

@@ -100,7 +100,7 @@ def test_risk_sums_token_variants_and_reports_coverage(tmp_path: Path) -> None:
     bins = entry["calibration"]["risk"]  # reliability diagram of the scored samples
     assert len(bins) == 10 and sum(b["count"] for b in bins) == 3
     assert bins[9]["mean_predicted"] == pytest.approx(0.9 / 0.95) and bins[9]["observed"] == 0.0
-    from cruijff_kit.summarize import flatten_metrics
+    from cruijff_kit._summaries.summarize import flatten_metrics
 
     assert set(flatten_metrics(entry)) == {k for k, v in entry.items() if isinstance(v, dict) and "value" in v}
     assert entry["samples"] == 4 and not Path(entry["log"]).is_absolute()

@@ -1,4 +1,4 @@
-"""cruijff_kit.models: tiny random-weight models (both families) and SmolLM2 from PyPI (slow tier)."""
+"""cruijff_kit._models: tiny random-weight models (both families) and SmolLM2 from PyPI (slow tier)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from cruijff_kit.errors import CkError
-from cruijff_kit.models import smollm2
-from cruijff_kit.models.tiny import MARKER_FILE, build_tiny_model
+from cruijff_kit._base.errors import CkError
+from cruijff_kit._models import smollm2
+from cruijff_kit._models.tiny import MARKER_FILE, build_tiny_model
 
 FAMILIES = ("qwen2", "llama3")
 EOT = {"qwen2": "<|im_end|>", "llama3": "<|eot_id|>"}
@@ -70,7 +70,7 @@ def _sha(path: Path) -> str:
 
 # ------------------------------------------------------------------------------------------ tiny models
 def test_import_does_not_load_torch() -> None:
-    code = ("import sys, cruijff_kit.models as m; m.build_tiny_model; m.ensure_smollm2; "
+    code = ("import sys, cruijff_kit._models as m; m.build_tiny_model; m.ensure_smollm2; "
             "bad = [x for x in ('torch', 'transformers', 'tokenizers') if x in sys.modules]; "
             "assert not bad, bad")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}

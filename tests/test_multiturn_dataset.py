@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from cruijff_kit.errors import DataError, SpecError
-from cruijff_kit.kinds import Prompt
-from cruijff_kit.plugins import plugin_class
+from cruijff_kit._base.errors import DataError, SpecError
+from cruijff_kit._api.kinds import Prompt
+from cruijff_kit._api.registry import plugin_class
 
 
 def make(base: Path, **options: Any) -> Any:
@@ -133,8 +133,8 @@ def test_reads_save_to_disk_and_simulation_output(tmp_path: Path) -> None:
 
 
 def test_plan_time_truncation_check(tmp_path: Path, tiny_llama: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from cruijff_kit.planner import make_plan
-    from cruijff_kit.spec import load_spec
+    from cruijff_kit._engine.planner import make_plan
+    from cruijff_kit._engine.spec import load_spec
 
     long = " ".join(["word"] * 300)
     rows = [{"prompt": [msg("user", f"q{c}")], "completion": long if c < 3 else "short", "conv_id": c,

@@ -6,12 +6,12 @@ import json
 import subprocess
 import sys
 
-from cruijff_kit.fileio import read_jsonl
+from cruijff_kit._base.fileio import read_jsonl
 
 WRITER = """
 import sys
 from pathlib import Path
-from cruijff_kit.fileio import append_jsonl
+from cruijff_kit._base.fileio import append_jsonl
 path, me, rows = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 for i in range(rows):
     # sizes from a few bytes to ~200 KB, so large rows are in flight while small ones land

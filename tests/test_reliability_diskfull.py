@@ -34,9 +34,9 @@ def enospc(path: object = None) -> OSError:
 
 
 def prepare(tmp_path: Path) -> Path:
-    from cruijff_kit.planner import make_plan
-    from cruijff_kit.runner import write_experiment
-    from cruijff_kit.spec import load_spec
+    from cruijff_kit._engine.planner import make_plan
+    from cruijff_kit._engine.runner import write_experiment
+    from cruijff_kit._engine.spec import load_spec
 
     plan = make_plan(load_spec(write_spec(tmp_path, SPEC)))
     write_experiment(plan)
@@ -44,7 +44,7 @@ def prepare(tmp_path: Path) -> Path:
 
 
 def test_metrics_append_hits_full_disk_stage_fails(tmp_path, with_toy, monkeypatch):
-    from cruijff_kit.stage import run_stage
+    from cruijff_kit._engine.stage import run_stage
 
     run_dir = prepare(tmp_path)
 
@@ -62,7 +62,7 @@ def test_metrics_append_hits_full_disk_stage_fails(tmp_path, with_toy, monkeypat
 
 
 def test_results_write_hits_full_disk_stage_not_done_results_intact(tmp_path, with_toy, monkeypatch):
-    from cruijff_kit.stage import record_results, run_stage
+    from cruijff_kit._engine.stage import record_results, run_stage
 
     run_dir = prepare(tmp_path)
     layout_results = run_dir / "eval" / "results.json"
@@ -87,7 +87,7 @@ def test_results_write_hits_full_disk_stage_not_done_results_intact(tmp_path, wi
 
 def test_status_cannot_be_written_stage_never_marked_done(tmp_path, with_toy, monkeypatch):
     """When even the status file cannot be replaced the stage errors out and is never `done`."""
-    from cruijff_kit.stage import run_stage
+    from cruijff_kit._engine.stage import run_stage
 
     run_dir = prepare(tmp_path)
     real_replace = os.replace
@@ -106,8 +106,8 @@ def test_status_cannot_be_written_stage_never_marked_done(tmp_path, with_toy, mo
     st = status.read(run_dir)["stages"]["train"]
     assert st["state"] == "running" and st["pid"] == os.getpid()
     # this process lives on here; once it is gone, `ck status` reports the stage interrupted, not done
-    from cruijff_kit.layout import ExperimentLayout
-    from cruijff_kit.runner import experiment_status
+    from cruijff_kit._base.layout import ExperimentLayout
+    from cruijff_kit._engine.runner import experiment_status
 
     rows = experiment_status(ExperimentLayout(run_dir.parents[1]))
     assert {r["stage"]: r["state"] for r in rows}["train"] != "done"

@@ -15,7 +15,7 @@ import pytest
 from conftest import write_spec
 
 from cruijff_kit import status
-from cruijff_kit.fileio import read_jsonl
+from cruijff_kit._base.fileio import read_jsonl
 
 SWEEP = """
 experiment: toy
@@ -47,7 +47,7 @@ def wrapped(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
     return out
 setattr(owner, name, wrapped)
-from cruijff_kit.cli import main
+from cruijff_kit._cli import main
 main(sys.argv[4:])
 """
 
@@ -76,7 +76,7 @@ def wait_for_orphans(exp: Path, timeout: float = 120) -> None:
 # where `ck run` is killed: (module, function, after how many calls)
 KILL_POINTS = {
     # writing run folders: the experiment spec, then the 1st run's spec; killed before the 2nd run's
-    "writing-run-folders": ("cruijff_kit.runner", "atomic_write_yaml", 2),
+    "writing-run-folders": ("cruijff_kit._engine.runner", "atomic_write_yaml", 2),
     # marking stages submitted, before any is started
     "marking-submitted": ("cruijff_kit.status", "update_stage", 5),
     # submitting: the 5th stage process was just started (it goes on alone)

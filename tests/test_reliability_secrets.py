@@ -43,7 +43,7 @@ def scan(folder: Path) -> tuple[list[str], int, int]:
 
 @pytest.mark.integration
 def test_trl_and_inspect_experiment_writes_no_secret(tmp_path, tiny_llama, ck):
-    from cruijff_kit.plugins import registry
+    from cruijff_kit._api.registry import registry
 
     if not {"trl"} <= set(registry().names("trainer")) or "inspect" not in registry().names("evaluator"):
         pytest.skip("the trl trainer or the inspect evaluator is not installed")

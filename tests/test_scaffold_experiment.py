@@ -11,7 +11,7 @@ import pytest
 import yaml
 from inspect_fixtures import write_dataset
 
-from cruijff_kit.errors import SpecError
+from cruijff_kit._base.errors import SpecError
 
 
 def _ck(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -31,8 +31,8 @@ def test_options_give_a_valid_spec(tmp_path: Path, tiny_llama: Path) -> None:
     val = _ck("validate", "specs/spec.yaml", cwd=tmp_path)
     assert val.returncode == 0, val.stdout + val.stderr
 
-    from cruijff_kit.planner import make_plan
-    from cruijff_kit.spec import load_spec
+    from cruijff_kit._engine.planner import make_plan
+    from cruijff_kit._engine.spec import load_spec
 
     plan = make_plan(load_spec(tmp_path / "specs" / "spec.yaml"))
     assert len(plan.runs) == 2 and {r.type for r in plan.runs} == {"finetune"}
@@ -43,7 +43,7 @@ def test_options_give_a_valid_spec(tmp_path: Path, tiny_llama: Path) -> None:
 def test_prompts_give_a_control_run(tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
-    from cruijff_kit.cli import cli
+    from cruijff_kit._cli import cli
 
     write_dataset(tmp_path)
     monkeypatch.chdir(tmp_path)
@@ -57,7 +57,7 @@ def test_prompts_give_a_control_run(tmp_path: Path, tiny_llama: Path, monkeypatc
 
 
 def test_bad_sweep_is_explained() -> None:
-    from cruijff_kit.scaffold.experiment import parse_sweep
+    from cruijff_kit._scaffold.experiment import parse_sweep
 
     with pytest.raises(SpecError, match="KEY=V1,V2"):
         parse_sweep("train.learning_rate")

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import write_spec
 
-from cruijff_kit.errors import SpecError
-from cruijff_kit.scaffold import new_plugin
+from cruijff_kit._base.errors import SpecError
+from cruijff_kit._scaffold import new_plugin
 
 
 def _install(src: Path, site: Path) -> None:
@@ -58,11 +58,11 @@ def test_generated_tests_pass(generated: tuple[Path, Path], dist: str) -> None:
 def test_generated_dataset_and_evaluator_run_in_a_spec(generated: tuple[Path, Path], tmp_path: Path,
                                                        tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A control run: the generated dataset feeds the generated evaluator on the tiny model."""
-    from cruijff_kit import plugins
-    from cruijff_kit.planner import make_plan
-    from cruijff_kit.runner import write_experiment
-    from cruijff_kit.spec import load_spec
-    from cruijff_kit.stage import run_stage
+    from cruijff_kit._api import registry as plugins
+    from cruijff_kit._engine.planner import make_plan
+    from cruijff_kit._engine.runner import write_experiment
+    from cruijff_kit._engine.spec import load_spec
+    from cruijff_kit._engine.stage import run_stage
 
     _, site = generated
     monkeypatch.syspath_prepend(str(site))

@@ -44,10 +44,10 @@ def test_task_runs_standalone_under_inspect(task_file: Path, tmp_path: Path, tin
 
 @pytest.mark.integration
 def test_task_runs_in_a_spec(task_file: Path, tmp_path: Path, tiny_llama: Path) -> None:
-    from cruijff_kit.planner import make_plan
-    from cruijff_kit.runner import write_experiment
-    from cruijff_kit.spec import load_spec
-    from cruijff_kit.stage import run_stage
+    from cruijff_kit._engine.planner import make_plan
+    from cruijff_kit._engine.runner import write_experiment
+    from cruijff_kit._engine.spec import load_spec
+    from cruijff_kit._engine.stage import run_stage
 
     write_dataset(tmp_path)
     spec = write_spec(tmp_path, f"""

@@ -23,8 +23,8 @@ api_key = pytest.fixture(key_in_environment, name="api_key")
 
 
 def run_sim(spec: Path) -> Any:
-    from cruijff_kit.simulate.command import simulate
-    from cruijff_kit.spec import load_spec
+    from cruijff_kit._simulate.command import simulate
+    from cruijff_kit._engine.spec import load_spec
 
     return simulate(load_spec(spec), progress=False)
 
@@ -90,7 +90,7 @@ def test_a_failing_conversation_is_recorded_and_retried_by_the_next_run(tmp_path
 
 
 def test_metrics() -> None:
-    from cruijff_kit.simulate.metrics import (
+    from cruijff_kit._simulate.metrics import (
         contains,
         count_tokens,
         exact_match,
@@ -113,7 +113,7 @@ def test_metrics() -> None:
 
 
 def test_user_reply_protocol() -> None:
-    from cruijff_kit.simulate.user import MalformedReply, parse_user_reply
+    from cruijff_kit._simulate.user import MalformedReply, parse_user_reply
 
     r = parse_user_reply('Sure!\n```json\n{"current_answer": 4, "thought": "ok", "response": "thanks"}\n```')
     assert (r.current_answer, r.response) == ("4", "thanks")
@@ -123,9 +123,9 @@ def test_user_reply_protocol() -> None:
 
 
 def test_retries_back_off_and_give_up() -> None:
-    from cruijff_kit.kinds import Simulator
-    from cruijff_kit.simulate.config import RetryPolicy
-    from cruijff_kit.simulate.retry import Caller, CallFailed, backoff_delay
+    from cruijff_kit._api.kinds import Simulator
+    from cruijff_kit._simulate.config import RetryPolicy
+    from cruijff_kit._simulate.retry import Caller, CallFailed, backoff_delay
 
     policy = RetryPolicy(attempts=3, initial_delay=0.001, max_delay=0.004, multiplier=2, jitter=0)
     assert [backoff_delay(policy, a, random.Random(0)) for a in (1, 2, 3, 4)] == [0.001, 0.002, 0.004, 0.004]
@@ -153,7 +153,7 @@ def test_retries_back_off_and_give_up() -> None:
 
 
 def test_repair_tail(tmp_path: Path) -> None:
-    from cruijff_kit.simulate.loop import repair_tail
+    from cruijff_kit._simulate.loop import repair_tail
 
     p = tmp_path / "x.jsonl"
     p.write_bytes(b'{"conv_id": "a"}\n{"conv_id": "b"}\n{"conv_')
@@ -164,9 +164,9 @@ def test_repair_tail(tmp_path: Path) -> None:
 
 
 def test_task_files(tmp_path: Path) -> None:
-    from cruijff_kit.errors import DataError
-    from cruijff_kit.simulate.config import TaskSource
-    from cruijff_kit.simulate.tasks import conversation_ids, load_tasks
+    from cruijff_kit._base.errors import DataError
+    from cruijff_kit._simulate.config import TaskSource
+    from cruijff_kit._simulate.tasks import conversation_ids, load_tasks
 
     p = tmp_path / "t.jsonl"
     p.write_text('{"question": "2+2?", "ref": 4, "tests": ["assert True"]}\n{"question": "3+3?"}\n')

@@ -8,15 +8,15 @@ import os
 import pytest
 from conftest import write_spec
 
-from cruijff_kit.fileio import read_jsonl
+from cruijff_kit._base.fileio import read_jsonl
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration,
               pytest.mark.skipif(os.environ.get("CK_SLOW") != "1", reason="slow tier: set CK_SLOW=1")]
 
 
 def test_smollm2_lora_beats_nothing_and_evaluates(tmp_path, ck):
-    from cruijff_kit.data.capitalize import write_capitalize
-    from cruijff_kit.models import ensure_smollm2
+    from cruijff_kit._datatools.capitalize import write_capitalize
+    from cruijff_kit._models import ensure_smollm2
 
     model = ensure_smollm2(progress=False)
     write_capitalize(tmp_path / "cap.json", n_train=32, n_validation=8, n_test=8)

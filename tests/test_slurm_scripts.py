@@ -221,7 +221,7 @@ def test_state_mapping_and_sacct_ids() -> None:
 
 
 def test_plugin_registration_imports_nothing_heavy() -> None:
-    code = ("import sys, cruijff_kit.planner, cruijff_kit.status; before = set(sys.modules); "
+    code = ("import sys, cruijff_kit._engine.planner, cruijff_kit.status; before = set(sys.modules); "
             "import cruijff_kit_slurm, cruijff_kit_slurm.scheduler; new = set(sys.modules) - before; "
             "print(','.join(m for m in ('torch', 'submitit', 'transformers', 'datasets') if m in new))")
     res = subprocess.run([os.sys.executable, "-c", code], capture_output=True, text=True, check=True)

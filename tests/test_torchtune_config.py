@@ -30,7 +30,7 @@ from torchtune_fixtures import (
 )
 from trl_fixtures import plan_spec
 
-from cruijff_kit.errors import SpecError, StageError
+from cruijff_kit._base.errors import SpecError, StageError
 
 
 @pytest.mark.parametrize(("cfg", "name", "builder", "model_type", "extra"), [
@@ -169,7 +169,7 @@ def test_schedules_follow_hf_shapes() -> None:
 
 
 def test_registration_imports_no_heavy_library() -> None:
-    code = ("import sys; from cruijff_kit.plugins import registry; r = registry();"
+    code = ("import sys; from cruijff_kit._api.registry import registry; r = registry();"
             "assert 'torchtune' in r.names('trainer');"
             "heavy = [m for m in ('torch', 'torchtune', 'transformers', 'peft', 'datasets') if m in sys.modules];"
             "assert not heavy, heavy")

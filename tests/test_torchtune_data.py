@@ -9,7 +9,7 @@ import pytest
 from cruijff_kit_torchtune.data import TokenizedChatDataset
 from cruijff_kit_torchtune.tokenizer import IGNORE_INDEX, HFChatTokenizer
 
-from cruijff_kit.errors import DataError
+from cruijff_kit._base.errors import DataError
 
 CONV = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"},
         {"role": "assistant", "content": "HELLO"}, {"role": "user", "content": "dog"},
@@ -56,7 +56,7 @@ def test_cut_rows_without_assistant_tokens_are_left_out(tiny_llama: Path, capsys
 
 
 def test_chat_template_inline_or_from_a_file(tmp_path: Path) -> None:
-    from cruijff_kit.training import chat_template_text
+    from cruijff_kit.training._adapters import chat_template_text
 
     (tmp_path / "t.jinja").write_text("{{ messages[0]['content'] }}")
     assert chat_template_text("{{ x }}", lambda p: tmp_path / p) == "{{ x }}"

@@ -14,7 +14,7 @@ from torchtune_fixtures import FAST_TRAIN, write_tt_spec
 from trl_fixtures import prepare_run, read_rows
 
 from cruijff_kit import status
-from cruijff_kit.stage import run_stage
+from cruijff_kit._engine.stage import run_stage
 
 pytestmark = pytest.mark.integration
 

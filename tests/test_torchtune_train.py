@@ -1,6 +1,6 @@
 """The torchtune trainer for real on CPU: tiny Llama and Qwen2 models, the train stage run in-process.
 
-Each test runs ``ck stage RUN_DIR train`` in this process (``cruijff_kit.stage.run_stage``): the real
+Each test runs ``ck stage RUN_DIR train`` in this process (``cruijff_kit._engine.stage.run_stage``): the real
 dataset plugin, our recipe on torchtune's stock LoRA recipe, PEFT adapters read back with ``peft``.
 """
 
@@ -16,8 +16,8 @@ from torchtune_fixtures import FAST_TRAIN, copy_model, lora_logits_match, write_
 from trl_fixtures import prepare_run, read_rows
 
 from cruijff_kit import status
-from cruijff_kit.errors import StageError
-from cruijff_kit.stage import Interrupted, run_stage
+from cruijff_kit._base.errors import StageError
+from cruijff_kit._engine.stage import Interrupted, run_stage
 
 pytestmark = pytest.mark.integration
 

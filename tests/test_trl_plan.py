@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from trl_fixtures import plan_spec, write_trl_spec
 
-from cruijff_kit import distributed, estimate, training
-from cruijff_kit.errors import SpecError, StageError
-from cruijff_kit.kinds import Resources
+from cruijff_kit.training._adapters import _adapters as training, _distributed as distributed, _estimate as estimate
+from cruijff_kit._base.errors import SpecError, StageError
+from cruijff_kit._api.kinds import Resources
 
 LLAMA3_8B = {"model_type": "llama", "vocab_size": 128256, "hidden_size": 4096, "num_hidden_layers": 32,
              "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 14336,
@@ -235,8 +235,8 @@ def test_metrics_rows_and_truncation(tmp_path: Path) -> None:
 
 
 def test_planning_imports_nothing_heavy() -> None:
-    code = ("import sys, cruijff_kit_trl, cruijff_kit_trl.plugin, cruijff_kit_trl.checks, cruijff_kit.estimate, "
-            "cruijff_kit.training, cruijff_kit.distributed\n"
+    code = ("import sys, cruijff_kit_trl, cruijff_kit_trl.plugin, cruijff_kit_trl.checks, cruijff_kit.training._estimate, "
+            "cruijff_kit.training._adapters, cruijff_kit.training._distributed\n"
             "got = []\n"
             "cruijff_kit_trl.register_trainers(register=got.append)\n"
             "assert got[0].name == 'trl' and got[0].Config.model_fields['objective']\n"

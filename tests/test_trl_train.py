@@ -16,7 +16,7 @@ import pytest
 from trl_fixtures import learnable_tiny_model, prepare_run, read_rows, write_trl_spec
 
 from cruijff_kit import status, training
-from cruijff_kit.stage import run_stage
+from cruijff_kit._engine.stage import run_stage
 
 pytestmark = pytest.mark.integration
 
@@ -130,7 +130,7 @@ def test_estimate_matches_torch_parameter_count(trained: Path, model_dir: Path) 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from cruijff_kit.estimate import model_shape
+    from cruijff_kit.training._estimate import model_shape
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     shape = model_shape(model_dir)
@@ -170,7 +170,7 @@ def test_loss_masking_modes_and_chat_template(tiny_llama: Path, tmp_path: Path) 
     from cruijff_kit_trl.sft import load_tokenizer, prepare_data
     from datasets import Dataset, DatasetDict
 
-    from cruijff_kit.errors import DataError
+    from cruijff_kit._base.errors import DataError
 
     chat = [{"messages": [{"role": "user", "content": "apple"}, {"role": "assistant", "content": "APPLE"}]}]
     data = DatasetDict({"train": Dataset.from_list(chat), "validation": Dataset.from_list(chat)})

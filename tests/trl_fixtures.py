@@ -57,15 +57,15 @@ def write_trl_spec(folder: Path, model: Path | str, *, train: dict[str, Any] | N
 
 def plan_spec(path: Path, *, estimate: bool = False) -> Any:
     """``make_plan`` on a spec file, in this process."""
-    from cruijff_kit.planner import make_plan
-    from cruijff_kit.spec import load_spec
+    from cruijff_kit._engine.planner import make_plan
+    from cruijff_kit._engine.spec import load_spec
 
     return make_plan(load_spec(path), estimate=estimate)
 
 
 def prepare_run(path: Path) -> Path:
     """Plan the spec and write its run folder (as ``ck run --dry-run`` does); return the run folder."""
-    from cruijff_kit.runner import write_experiment
+    from cruijff_kit._engine.runner import write_experiment
 
     plan = plan_spec(path)
     write_experiment(plan)

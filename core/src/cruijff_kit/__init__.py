@@ -4,8 +4,8 @@ This package imports only light modules (pluggy, pydantic, yaml); backends impor
 inside the functions that do the work.
 """
 
-from cruijff_kit.errors import CkError, DataError, PluginError, SpecError, StageError
-from cruijff_kit.hookspecs import hookimpl
+from cruijff_kit._base.errors import CkError, DataError, PluginError, SpecError, StageError
+from cruijff_kit._api.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 

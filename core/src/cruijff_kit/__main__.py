@@ -1,6 +1,6 @@
 """``python -m cruijff_kit`` is ``ck``."""
 
-from cruijff_kit.cli import main
+from cruijff_kit._cli import main
 
 if __name__ == "__main__":
     main()

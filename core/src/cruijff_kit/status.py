@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cruijff_kit.fileio import read_json, update_json
-from cruijff_kit.secrets import scrub
+from cruijff_kit._base.fileio import read_json, update_json
+from cruijff_kit._base.secrets import scrub
 
 PENDING, SUBMITTED, RUNNING, DONE, FAILED, INTERRUPTED, CANCELLED = (
     "pending", "submitted", "running", "done", "failed", "interrupted", "cancelled",

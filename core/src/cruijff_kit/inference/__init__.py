@@ -12,15 +12,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from cruijff_kit.lazy import lazy_exports
+from cruijff_kit._base.lazy import lazy_exports
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from cruijff_kit.inference.loading import load_model, resolve_target
-    from cruijff_kit.inference.model import InferenceModel, load
+    from cruijff_kit.inference._loading import load_model, resolve_target
+    from cruijff_kit.inference._model import InferenceModel, load
 
 __all__ = ["InferenceModel", "load", "load_model", "resolve_target"]
 
-_WHERE = {"InferenceModel": "cruijff_kit.inference.model", "load": "cruijff_kit.inference.model",
-          "load_model": "cruijff_kit.inference.loading", "resolve_target": "cruijff_kit.inference.loading"}
+_WHERE = {"InferenceModel": "cruijff_kit.inference._model", "load": "cruijff_kit.inference._model",
+          "load_model": "cruijff_kit.inference._loading", "resolve_target": "cruijff_kit.inference._loading"}
 
 __getattr__, __dir__ = lazy_exports(__name__, _WHERE)

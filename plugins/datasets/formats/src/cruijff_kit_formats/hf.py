@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import Field
 
-from cruijff_kit.data.canonical import shown
-from cruijff_kit.data.readers import (
+from cruijff_kit.data._canonical import shown
+from cruijff_kit.data._readers import (
     ArrowDir,
     Columns,
     FileDatasetConfig,
@@ -19,7 +19,7 @@ from cruijff_kit.data.readers import (
     file_identity,
     order_splits,
 )
-from cruijff_kit.errors import DataError
+from cruijff_kit._base.errors import DataError
 
 #: Builders shipped inside ``datasets`` that read local files named by ``data_files``.
 BUILDERS = ("json", "csv", "parquet", "arrow", "text", "pandas")

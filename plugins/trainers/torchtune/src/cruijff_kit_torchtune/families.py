@@ -4,7 +4,7 @@ Pure Python (no torch): used at plan time for checks and estimates, and at train
 ``model`` and ``checkpointer`` sections of ``train/torchtune.yaml``.
 
 Supported: Llama 2, Llama 3, 3.1, 3.2 and 3.3 (``model_type: llama``) and Qwen2 / Qwen2.5
-(``model_type: qwen2``). Anything else is a :class:`~cruijff_kit.errors.SpecError` that points to the
+(``model_type: qwen2``). Anything else is a :class:`~cruijff_kit._base.errors.SpecError` that points to the
 ``trl`` trainer, which trains any causal LM transformers can load.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cruijff_kit.errors import SpecError, did_you_mean
+from cruijff_kit._base.errors import SpecError, did_you_mean
 
 #: Hugging Face LoRA target names -> torchtune attention module names.
 ATTN_TARGETS = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "output_proj"}

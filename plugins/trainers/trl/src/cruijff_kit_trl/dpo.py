@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from cruijff_kit import training
-from cruijff_kit.errors import DataError
+from cruijff_kit.training import _adapters as training
+from cruijff_kit._base.errors import DataError
 from cruijff_kit_trl.config import TrlConfig
 from cruijff_kit_trl.sft import (
     SCHEDULERS,
@@ -74,7 +74,7 @@ def dpo_args(ctx: Any, config: TrlConfig, precision: str, device: str, has_eval:
 def run_dpo(ctx: Any, config: TrlConfig, chat_template: str | None) -> None:
     """Run DPO for the stage ``ctx``: adapters per saved epoch, metrics rows, resumable state."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from cruijff_kit import distributed
+    from cruijff_kit.training import _distributed as distributed
 
     world = distributed.world_size(ctx.resources)
     device = training.run_device() if (ctx.resources.gpus > 0 or world == 1) else "cpu"  # as in run_sft

@@ -1,0 +1,378 @@
+"""Expand a spec's sweep into runs, resolve each run, and lay out its stages.
+
+spec file -> :class:`LoadedSpec` -> :func:`make_plan` -> :class:`Plan` of :class:`PlannedRun` s,
+each with a fully resolved spec (defaults filled), a deterministic name and its stages.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cruijff_kit._base.errors import SpecError
+from cruijff_kit._api.kinds import (
+    Dataset,
+    Estimate,
+    EvalConfig,
+    Evaluator,
+    Plugin,
+    Prompt,
+    Resources,
+    Scheduler,
+    TrainConfig,
+    Trainer,
+)
+from cruijff_kit._base.layout import ExperimentLayout, RunLayout
+from cruijff_kit._base.naming import run_name, spec_hash
+from cruijff_kit._engine.spec import LoadedSpec, apply_overrides, dump_section, validate_section, validate_top
+
+FINETUNE, CONTROL, EVAL_ONLY = "finetune", "control", "eval-only"
+#: Keys of the resolved spec that do not change what a run computes, so not in its name's hash.
+NOT_HASHED = ("run", "scheduler", "output_dir", "description", "simulate")
+
+
+@dataclass
+class StageDef:
+    """One stage of a run: ``train`` or ``eval.<task>.<target>``."""
+
+    name: str
+    kind: str  # "train" | "eval"
+    depends_on: list[str] = field(default_factory=list)
+    eval_index: int | None = None
+    task: str | None = None
+    target: str | None = None
+
+
+@dataclass
+class StageJob:
+    """What a scheduler receives: run one stage, after ``depends_on`` (stage names of the same run)."""
+
+    experiment: str
+    run_name: str
+    run_dir: Path
+    stage: str
+    depends_on: list[str]
+    resources: Resources
+    kind: str
+
+    @property
+    def key(self) -> str:
+        """Unique id of the job within an experiment."""
+        return f"{self.run_name}/{self.stage}"
+
+    @property
+    def job_name(self) -> str:
+        """Human-readable job name for queues."""
+        return f"ck.{self.experiment}.{self.run_name}.{self.stage}"
+
+    def command(self, python: str | None = None) -> list[str]:
+        """The one entry point for work: ``python -m cruijff_kit stage RUN_DIR STAGE``."""
+        return [python or sys.executable, "-m", "cruijff_kit", "stage", str(self.run_dir), self.stage]
+
+
+@dataclass
+class PlannedRun:
+    """A run with its resolved spec, its plugins' validated configs and its stages."""
+
+    name: str
+    type: str
+    spec: dict[str, Any]
+    sweep_values: dict[str, Any]
+    stages: list[StageDef]
+    layout: RunLayout
+    base_dir: Path
+    estimate: Estimate | None = None
+    #: Extra plan.md cells from the scheduler (``Scheduler.plan_columns``), filled by :func:`estimate_plan`.
+    plan_columns: dict[str, str] = field(default_factory=dict)
+
+    # -- plugin objects, built from the resolved spec
+    def dataset(self) -> Dataset:
+        return instantiate("dataset", self.spec["dataset"], self.base_dir)  # type: ignore[return-value]
+
+    def trainer(self) -> Trainer | None:
+        t = self.spec.get("train")
+        return instantiate("trainer", t, self.base_dir) if t else None  # type: ignore[return-value]
+
+    def evaluator(self, index: int) -> Evaluator:
+        return instantiate("evaluator", self.spec["eval"][index], self.base_dir)  # type: ignore[return-value]
+
+    def scheduler(self) -> Scheduler:
+        return instantiate("scheduler", self.spec["scheduler"], self.base_dir)  # type: ignore[return-value]
+
+    def stage(self, name: str) -> StageDef:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        from cruijff_kit._base.errors import StageError
+
+        raise StageError(f"Run {self.name} has no stage `{name}`. Its stages: "
+                         + ", ".join(s.name for s in self.stages) + ".")
+
+
+_INSTANCES: dict[str, Plugin] = {}
+
+
+def instantiate(kind: str, section: dict[str, Any], base_dir: Path) -> Plugin:
+    """The plugin object for a resolved section (one object per distinct section and folder)."""
+    key = json.dumps([kind, section, str(base_dir)], sort_keys=True, default=str)
+    obj = _INSTANCES.get(key)
+    if obj is None:
+        cls, config = validate_section(kind, section, path=kind, file=None)
+        obj = _INSTANCES[key] = cls(config, base_dir=base_dir)
+    return obj
+
+
+@dataclass
+class Plan:
+    """All runs of an experiment."""
+
+    loaded: LoadedSpec
+    runs: list[PlannedRun]
+
+    @property
+    def layout(self) -> ExperimentLayout:
+        return ExperimentLayout(self.loaded.experiment_dir)
+
+    @property
+    def experiment(self) -> str:
+        return self.loaded.model.experiment
+
+    def jobs(self) -> list[StageJob]:
+        """Every stage of every run as a scheduler job."""
+        out = []
+        for run in self.runs:
+            resources = Resources.model_validate(run.spec["scheduler"].get("resources", {}))
+            for st in run.stages:
+                out.append(StageJob(self.experiment, run.name, run.layout.root, st.name, list(st.depends_on),
+                                    resources, st.kind))
+        return out
+
+    def swept_keys(self) -> list[str]:
+        """Dotted paths that vary across runs, in spec order."""
+        keys: list[str] = []
+        for run in self.runs:
+            for k in run.sweep_values:
+                if k not in keys:
+                    keys.append(k)
+        return keys
+
+
+# --------------------------------------------------------------------------- expansion
+def combinations(loaded: LoadedSpec) -> list[dict[str, Any]]:
+    """Cartesian product of the sweep, crossed with the explicit variants (each a dotted-path dict)."""
+    sweep = loaded.model.sweep
+    keys = list(sweep)
+    grid = [dict(zip(keys, values, strict=True)) for values in itertools.product(*(sweep[k] for k in keys))]
+    variants = loaded.model.variants or [{}]
+    out = []
+    for combo in grid:
+        for variant in variants:
+            out.append({**combo, **variant})
+    return out
+
+
+def _cached_hub_model(model: dict[str, Any], base_dir: Path | None = None) -> str | None:
+    """The cached snapshot of a model named by hub id (reads the cache layout only), else None."""
+    from cruijff_kit._models.hub import find_cached, looks_like_hub_id, models_cache
+
+    if not looks_like_hub_id(str(model["path"])):
+        return None
+    snap = find_cached(str(model["path"]), models_cache(base_dir), model.get("revision"))
+    return str(snap) if snap is not None else None
+
+
+def _resolve_model(model: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    out = dict(model)
+    local = (base_dir / Path(model["path"]).expanduser())
+    out["local_path"] = str(local.resolve()) if local.exists() else _cached_hub_model(model, base_dir)
+    if model.get("adapter"):
+        out["adapter"] = str((base_dir / Path(model["adapter"]).expanduser()).resolve())
+    return out
+
+
+def _eval_targets(i: int, cfg: EvalConfig, run_type: str, train: TrainConfig | None, file: str,
+                  ) -> list[str]:
+    where = f"eval[{i}].checkpoints"
+    if run_type == CONTROL:
+        return ["base"]
+    if run_type == EVAL_ONLY:
+        return ["adapter"] + (["base"] if cfg.include_base else [])
+    assert train is not None
+    saved = train.saved_epochs()
+    ck = cfg.checkpoints
+    if ck == "none":
+        epochs: list[int] = []
+    elif ck == "last":
+        epochs = [saved[-1]]
+    elif ck == "all":
+        epochs = saved
+    else:
+        missing = [e for e in ck if e not in saved]
+        if missing:
+            raise SpecError(
+                f"checkpoint(s) {missing} are never saved: train.save_epochs keeps epochs {saved} "
+                f"(0-based, train.epochs = {train.epochs}).", file=file, path=where,
+                hint="Evaluate saved epochs only, or set train.save_epochs to include them.")
+        epochs = sorted(set(ck))
+    targets = (["base"] if cfg.include_base else []) + [f"epoch_{e}" for e in epochs]
+    if not targets:
+        raise SpecError("selects nothing to evaluate (no checkpoints and include_base is false).",
+                        file=file, path=where, hint="Set checkpoints: last or include_base: true.")
+    return targets
+
+
+def resolve_run(loaded: LoadedSpec, combo: dict[str, Any], layout: ExperimentLayout,
+                cache: dict[str, Any] | None = None) -> PlannedRun:
+    """Resolve one combination of sweep values into a planned run."""
+    cache = {} if cache is None else cache
+    file = str(loaded.file)
+    base = {k: v for k, v in loaded.raw.items() if k not in ("sweep", "variants")}
+    note = " (set by the sweep)" if combo else ""
+    data = apply_overrides(base, combo, "set by the sweep", file)
+    data = apply_overrides(data, loaded.overrides, "--set", file)  # the command line always wins
+    top = validate_top(data, file)
+    base_dir = loaded.spec_dir
+
+    def section(kind: str, sec: dict[str, Any], path: str):
+        key = kind + json.dumps(sec, sort_keys=True, default=str)
+        if key not in cache:
+            cache[key] = validate_section(kind, sec, path=path, file=file, note=note)
+        return cache[key]
+
+    _, ds_cfg = section("dataset", top.dataset.model_dump(), "dataset")
+    resolved: dict[str, Any] = {
+        "experiment": top.experiment,
+        "seed": top.seed,
+        "model": top.model.model_dump(),
+        "prompt": top.prompt.model_dump(),
+        "dataset": dump_section(top.dataset.plugin, ds_cfg),
+        "train": None,
+        "eval": [],
+    }
+    train_cfg: TrainConfig | None = None
+    if top.train is not None:
+        _, train_cfg = section("trainer", top.train.model_dump(), "train")
+        resolved["train"] = dump_section(top.train.plugin, train_cfg)
+    run_type = FINETUNE if top.train is not None else (EVAL_ONLY if top.model.adapter else CONTROL)
+    if run_type == EVAL_ONLY and top.train is not None:
+        raise SpecError("a run cannot both train and evaluate an existing adapter.", file=file,
+                        path="model.adapter", hint="Remove model.adapter, or remove the train section.")
+
+    stages: list[StageDef] = [StageDef("train", "train")] if run_type == FINETUNE else []
+    labels: set[str] = set()
+    for i, ev in enumerate(top.eval):
+        _, ev_cfg = section("evaluator", ev.model_dump(), f"eval[{i}]")
+        assert isinstance(ev_cfg, EvalConfig)
+        label = ev_cfg.label
+        if label in labels:
+            raise SpecError(f"two evaluations are named `{label}`.", file=file, path=f"eval[{i}]",
+                            hint="Give each a distinct `name:`.")
+        labels.add(label)
+        dumped = dump_section(ev.plugin, ev_cfg)
+        prompt = {**top.prompt.model_dump(), **(ev_cfg.prompt.model_dump(exclude_unset=True) if ev_cfg.prompt else {})}
+        dumped["prompt"] = Prompt.model_validate(prompt).model_dump()
+        resolved["eval"].append(dumped)
+        for target in _eval_targets(i, ev_cfg, run_type, train_cfg, file):
+            deps = ["train"] if target.startswith("epoch_") else []
+            stages.append(StageDef(f"eval.{label}.{target}", "eval", deps, i, label, target))
+    if not stages:
+        raise SpecError("this run has nothing to do: no train section and no eval entries.", file=file,
+                        hint="Add a `train:` section, or an `eval:` list to evaluate the base model.")
+
+    _, sched_cfg = section("scheduler", top.scheduler.model_dump(), "scheduler")
+    resolved["scheduler"] = dump_section(top.scheduler.plugin, sched_cfg)
+    hashed = {k: v for k, v in resolved.items() if k not in NOT_HASHED}
+    name = run_name(hashed)
+    resolved["model"] = _resolve_model(resolved["model"], base_dir)
+    if top.simulate is not None:  # not hashed; lets a dataset plugin find the simulation's output
+        from cruijff_kit._simulate.config import resolved_section
+
+        resolved["simulate"] = resolved_section(top.simulate, loaded)
+    resolved["run"] = {
+        "name": name,
+        "type": run_type,
+        "sweep": combo,
+        "spec_hash": spec_hash(hashed),
+        "spec_file": file,
+        "spec_dir": str(base_dir),
+        "experiment_dir": str(layout.root),
+        "stages": [s.name for s in stages],
+    }
+    return PlannedRun(name, run_type, resolved, dict(combo), stages, layout.run(name), base_dir)
+
+
+def make_plan(loaded: LoadedSpec, *, estimate: bool = False, check: bool = True) -> Plan:
+    """Expand and resolve every run; optionally run plugins' plan-time checks and estimates."""
+    layout = ExperimentLayout(loaded.experiment_dir)
+    cache: dict[str, Any] = {}
+    runs: dict[str, PlannedRun] = {}
+    for combo in combinations(loaded):
+        run = resolve_run(loaded, combo, layout, cache)
+        runs.setdefault(run.name, run)  # --set may collapse sweep points into one run
+    plan = Plan(loaded, list(runs.values()))
+    if check:
+        check_plan(plan)
+    if estimate:
+        estimate_plan(plan)
+    return plan
+
+
+def _plugin_key(section: dict[str, Any] | None, extra: Any = None) -> str:
+    return json.dumps([section, extra], sort_keys=True, default=str)
+
+
+def check_plan(plan: Plan) -> None:
+    """Run each distinct plugin configuration's plan-time ``check`` once (errors name the spec)."""
+    seen: set[str] = set()
+    if plan.loaded.model.simulate is not None:
+        from cruijff_kit._simulate.config import check_simulate
+
+        check_simulate(plan.loaded)
+    for run in plan.runs:
+        objs: list[tuple[str, Plugin]] = [("dataset", run.dataset()), ("scheduler", run.scheduler())]
+        tr = run.trainer()
+        if tr is not None:
+            objs.append(("train", tr))
+        objs += [(f"eval[{i}]", run.evaluator(i)) for i in range(len(run.spec["eval"]))]
+        for where, obj in objs:
+            # what a check may look at: its own config and the rest of the resolved run
+            key = _plugin_key({"w": where, "c": obj.config.model_dump(mode="json")},
+                              {k: v for k, v in run.spec.items() if k not in ("run", "scheduler")})
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                obj.check(run)
+            except SpecError:
+                raise
+            except Exception as exc:
+                from cruijff_kit._base.errors import CkError
+
+                if isinstance(exc, CkError):
+                    raise SpecError(str(exc), file=str(plan.loaded.file), path=where) from None
+                raise
+
+
+def estimate_plan(plan: Plan) -> None:
+    """Ask each run's trainer for its estimate, once per distinct (model, data, train) combination."""
+    memo: dict[str, Estimate] = {}
+    for run in plan.runs:
+        tr = run.trainer()
+        if tr is None:
+            continue
+        key = _plugin_key(run.spec["train"], [run.spec["model"], run.spec["dataset"], run.spec["prompt"]])
+        if key not in memo:
+            memo[key] = tr.estimate(run)
+        run.estimate = memo[key]
+    for run in plan.runs:
+        run.plan_columns = dict(run.scheduler().plan_columns(run) or {})
+
+
+def copy_spec(run: PlannedRun) -> dict[str, Any]:
+    """A deep copy of a run's resolved spec."""
+    return copy.deepcopy(run.spec)

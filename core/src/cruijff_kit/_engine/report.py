@@ -1,0 +1,82 @@
+"""``plan.md`` and status tables (markdown text; the CLI prints them with rich)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cruijff_kit._engine.planner import Plan
+
+
+def human_bytes(n: int | None) -> str:
+    """1536 -> '1.5 KB'."""
+    if n is None:
+        return "?"
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
+
+
+def human_count(n: int | None) -> str:
+    """1234567 -> '1.23M'."""
+    if n is None:
+        return "?"
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
+
+
+def fmt(value: Any) -> str:
+    """A table cell."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list | dict):
+        return str(value).replace("|", "\\|")
+    return str(value)
+
+
+def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub-flavoured markdown table."""
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def plan_markdown(plan: Plan, max_rows: int | None = None) -> str:
+    """The design matrix and per-run estimates (the first ``max_rows`` runs when given)."""
+    swept = plan.swept_keys()
+    extra: list[str] = []  # scheduler cells (e.g. pod and estimated cost), in first-seen order
+    for run in plan.runs:
+        extra += [k for k in run.plan_columns if k not in extra]
+    headers = ["run", "type", *swept, "stages", "params", "trainable", "memory", "tokens/epoch", *extra]
+    rows = []
+    shown = plan.runs if max_rows is None else plan.runs[:max_rows]
+    for run in shown:
+        est = run.estimate
+        rows.append([
+            run.name, run.type, *[run.sweep_values.get(k, "") for k in swept], len(run.stages),
+            human_count(est.parameters) if est else "-",
+            human_count(est.trainable_parameters) if est else "-",
+            human_bytes(est.memory_bytes) if est else "-",
+            human_count(est.tokens_per_epoch) if est else "-",
+            *[run.plan_columns.get(k, "-") for k in extra],
+        ])
+    notes = sorted({n for run in plan.runs if run.estimate for n in run.estimate.notes})
+    lines = [
+        f"# Plan: {plan.experiment}",
+        "",
+        f"Spec: `{plan.loaded.file}`  ",
+        f"Output: `{plan.layout.root}`  ",
+        f"Runs: {len(plan.runs)}, stages: {sum(len(r.stages) for r in plan.runs)}",
+        "",
+        markdown_table(headers, rows),
+    ]
+    if len(shown) < len(plan.runs):
+        lines += ["", f"... and {len(plan.runs) - len(shown)} more runs: see `{plan.layout.plan}`."]
+    if notes:
+        lines += ["", "Notes:", *[f"- {n}" for n in notes]]
+    lines += ["", "Stages per run: " + ", ".join(s.name for s in plan.runs[0].stages) if plan.runs else ""]
+    return "\n".join(lines) + "\n"

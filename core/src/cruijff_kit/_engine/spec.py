@@ -1,0 +1,327 @@
+"""The run spec: pydantic models, YAML loading, ``--set`` overrides and error messages.
+
+Every section is validated with ``extra="forbid"``. A plugin section (``dataset``, ``train``, each
+``eval`` entry, ``scheduler``) names its ``plugin``; the rest of the section is validated by that
+plugin's own ``Config`` model, so a key the chosen plugin does not use is an error.
+
+All relative paths in a spec are relative to the folder of the spec file.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cruijff_kit._base.errors import PluginError, SpecError, closest, did_you_mean
+from cruijff_kit._api.kinds import PluginConfig, Prompt
+
+SLUG = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class ModelSpec(BaseModel):
+    """The base model (local folder or hub id), and for eval-only runs an existing adapter."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(..., description="Local model folder (relative to the spec) or a hub id.")
+    adapter: str | None = Field(None, description="Eval-only runs: a PEFT adapter folder to evaluate.")
+    revision: str | None = Field(None, description="Hub revision when `path` is a hub id.")
+
+
+class Section(BaseModel):
+    """A plugin section: ``plugin`` picks the backend, every other key is that backend's option."""
+
+    model_config = ConfigDict(extra="allow")
+    plugin: str = Field(..., description="Name of the plugin (see `ck plugins`).")
+
+
+class SpecModel(BaseModel):
+    """The top level of a run spec."""
+
+    model_config = ConfigDict(extra="forbid")
+    experiment: str = Field(..., pattern=SLUG, description="Experiment name; also its folder name.")
+    description: str | None = None
+    output_dir: str = Field("runs", description="Where experiments are written (relative to the spec).")
+    seed: int = 42
+    model: ModelSpec
+    dataset: Section
+    prompt: Prompt = Field(default_factory=Prompt)
+    train: Section | None = Field(None, description="Omit for control or eval-only runs.")
+    eval: list[Section] = Field(default_factory=list)
+    scheduler: Section = Field(default_factory=lambda: Section(plugin="local"))
+    simulate: dict[str, Any] | None = Field(None, description="Settings for `ck simulate`.")
+    sweep: dict[str, list[Any]] = Field(default_factory=dict, description="dotted.path: [values]; cartesian.")
+    variants: list[dict[str, Any]] = Field(
+        default_factory=list, description="Explicit list of overrides (dotted.path: value), crossed with sweep."
+    )
+
+
+#: Plugin sections: spec key -> plugin kind.
+SECTION_KINDS = {"dataset": "dataset", "train": "trainer", "eval": "evaluator", "scheduler": "scheduler"}
+
+
+# --------------------------------------------------------------------------- errors
+def _loc_to_path(loc: tuple[Any, ...], prefix: str = "") -> str:
+    parts: list[str] = [prefix] if prefix else []
+    for item in loc:
+        if isinstance(item, int):
+            if parts:
+                parts[-1] = f"{parts[-1]}[{item}]"
+            else:
+                parts.append(f"[{item}]")
+        elif item in ("function-after", "function-before") or str(item).startswith(("literal[", "list[", "int", "str")):
+            continue
+        else:
+            parts.append(str(item))
+    return ".".join(parts)
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names valid at the parent of ``loc`` (for did-you-mean on unknown keys)."""
+    current: Any = model
+    for item in loc[:-1]:
+        if isinstance(item, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        info = current.model_fields.get(str(item))
+        if info is None:
+            return []
+        ann = info.annotation
+        current = _model_in(ann)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _model_in(ann: Any) -> Any:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in getattr(ann, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def spec_error_from(exc: ValidationError, model: type[BaseModel], *, file: str | None,
+                    prefix: str = "", note: str = "") -> SpecError:
+    """Turn a pydantic ValidationError into one SpecError naming the YAML path and the fix."""
+    errors = exc.errors()
+    first = errors[0]
+    loc = tuple(first["loc"])
+    path = _loc_to_path(loc, prefix)
+    if first["type"] == "extra_forbidden":
+        key = str(loc[-1])
+        valid = _fields_at(model, loc)
+        msg = f"unknown key `{key}`."
+        hint = did_you_mean(key, valid) if valid else None
+    elif first["type"] == "missing":
+        msg = f"required key `{loc[-1]}` is missing."
+        hint = None
+    else:
+        got = first.get("input")
+        shown = repr(got) if not isinstance(got, dict) else "a mapping"
+        msg = f"{first['msg']} (got {shown})."
+        hint = None
+    if len(errors) > 1:
+        msg += f" ({len(errors) - 1} more problem{'s' if len(errors) > 2 else ''} after this one.)"
+    if note:
+        msg += f" {note}"
+    return SpecError(msg, file=file, path=path, hint=hint)
+
+
+# --------------------------------------------------------------------------- YAML and overrides
+def read_yaml(path: Path, what: str = "spec") -> dict[str, Any]:
+    """Read a YAML mapping with ``safe_load``; errors name the file and the line."""
+    if not path.exists():
+        raise SpecError(f"the {what} file does not exist.", file=str(path),
+                        hint="Check the path (relative paths are relative to the current folder).")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" near line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"is not valid YAML{line}: {problem}.", file=str(path),
+                        hint="Fix the indentation or quoting there.") from None
+    except UnicodeDecodeError:
+        raise SpecError("is not UTF-8 text.", file=str(path)) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(f"must be a YAML mapping (key: value), got {type(data).__name__}.", file=str(path))
+    return data
+
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def parse_value(text: str) -> Any:
+    """Parse a ``--set`` value like YAML would, reading ``1e-4`` as a number."""
+    if _NUMBER.match(text.strip()):
+        return int(text) if re.fullmatch(r"[+-]?\d+", text.strip()) else float(text)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["train.learning_rate=1e-4"]`` -> ``{"train.learning_rate": 0.0001}``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise SpecError(f"`--set {item}` needs the form dotted.path=value, e.g. train.learning_rate=1e-4.")
+        key, value = item.split("=", 1)
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+_INDEX = re.compile(r"^(.*)\[(\d+)\]$")
+
+
+def split_path(dotted: str) -> list[str | int]:
+    """``eval[0].task`` or ``eval.0.task`` -> ``["eval", 0, "task"]``."""
+    parts: list[str | int] = []
+    for raw in dotted.split("."):
+        m = _INDEX.match(raw)
+        while m:
+            raw = m.group(1)
+            parts.extend([raw] if raw else [])
+            parts.append(int(m.group(2)))
+            raw = ""
+            m = None
+        if raw:
+            parts.append(int(raw) if raw.isdigit() else raw)
+    return parts
+
+
+def set_path(data: dict[str, Any], dotted: str, value: Any, *, origin: str = "", file: str | None = None) -> None:
+    """Set ``dotted`` in nested dicts/lists, creating mappings as needed."""
+    where = f"{origin}: " if origin else ""
+
+    def fail(problem: str, hint: str | None = None) -> SpecError:
+        return SpecError(f"{where}{problem}", file=file, path=dotted, hint=hint)
+
+    parts = split_path(dotted)
+    if not parts:
+        raise fail("empty path.")
+    cur: Any = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        if isinstance(part, int):
+            if not isinstance(cur, list) or part >= len(cur):
+                raise fail(f"index {part} is out of range.", "Index an existing list entry, e.g. eval[0].")
+            cur = cur[part]
+            continue
+        if not isinstance(cur, dict):
+            raise fail(f"`{part}` is inside a {type(cur).__name__}, not a mapping.")
+        if cur.get(part) is None:
+            cur[part] = [] if isinstance(nxt, int) else {}
+        cur = cur[part]
+    last = parts[-1]
+    if isinstance(last, int):
+        if not isinstance(cur, list) or last >= len(cur):
+            raise fail(f"index {last} is out of range.", "Index an existing list entry, e.g. eval[0].")
+        cur[last] = value
+    elif isinstance(cur, dict):
+        cur[last] = value
+    else:
+        raise fail(f"cannot set `{last}` inside a {type(cur).__name__}; the value above it is not a mapping.")
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any], origin: str,
+                    file: str | None = None) -> dict[str, Any]:
+    """A deep copy of ``data`` with every dotted override applied."""
+    out = copy.deepcopy(data)
+    for key, value in overrides.items():
+        set_path(out, key, copy.deepcopy(value), origin=origin, file=file)
+    return out
+
+
+# --------------------------------------------------------------------------- plugin sections
+def validate_section(kind: str, section: dict[str, Any], *, path: str, file: str | None,
+                     note: str = "") -> tuple[type, PluginConfig]:
+    """Validate one plugin section with its plugin's Config; return (plugin class, config)."""
+    from cruijff_kit._api.registry import plugin_class  # local: keeps spec importable without entry points
+
+    if not isinstance(section, dict) or "plugin" not in section:
+        raise SpecError("needs a `plugin:` key naming the backend.", file=file, path=path,
+                        hint="See `ck plugins` for what is installed.")
+    name = section["plugin"]
+    try:
+        cls = plugin_class(kind, str(name))
+    except PluginError as exc:
+        raise SpecError(str(exc), file=file, path=f"{path}.plugin") from None
+    options = {k: v for k, v in section.items() if k != "plugin"}
+    try:
+        config = cls.Config.model_validate(options)
+    except ValidationError as exc:
+        raise spec_error_from(exc, cls.Config, file=file, prefix=path,
+                              note=f"(options of the `{name}` {kind} plugin{note})") from None
+    return cls, config
+
+
+def dump_section(name: str, config: PluginConfig) -> dict[str, Any]:
+    """A resolved section: plugin name plus every option with defaults filled."""
+    return {"plugin": name, **config.model_dump(mode="json")}
+
+
+# --------------------------------------------------------------------------- the loaded spec
+@dataclass
+class LoadedSpec:
+    """A spec file read and checked at the top level (plugin sections are checked per run)."""
+
+    file: Path
+    raw: dict[str, Any]
+    model: SpecModel
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def spec_dir(self) -> Path:
+        """Folder that relative paths in the spec are relative to."""
+        return self.file.parent
+
+    @property
+    def experiment_dir(self) -> Path:
+        """``<output_dir>/<experiment>``, absolute."""
+        return (self.spec_dir / self.model.output_dir).resolve() / self.model.experiment
+
+
+def validate_top(data: dict[str, Any], file: str | None) -> SpecModel:
+    """Validate the top level of a spec dict (plugin options are checked later)."""
+    try:
+        return SpecModel.model_validate(data)
+    except ValidationError as exc:
+        raise spec_error_from(exc, SpecModel, file=file) from None
+
+
+def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> LoadedSpec:
+    """Read a spec file, apply ``--set`` overrides, and validate the top level."""
+    file = Path(path).resolve()
+    raw = read_yaml(file)
+    overrides = overrides or {}
+    for key in overrides:
+        top = str(split_path(key)[0]) if split_path(key) else key
+        if top not in SpecModel.model_fields:
+            raise SpecError(f"`--set {key}`: unknown top-level key `{top}`.", file=str(file),
+                            hint=did_you_mean(top, SpecModel.model_fields))
+    merged = apply_overrides(raw, overrides, "--set", str(file))
+    model = validate_top(merged, str(file))
+    for key in model.sweep:
+        top = str(split_path(key)[0]) if split_path(key) else key
+        if top in ("sweep", "variants", "experiment", "output_dir"):
+            raise SpecError(f"`{key}` cannot be swept.", file=str(file), path=f"sweep.{key}")
+        if top not in SpecModel.model_fields:
+            best = closest(top, SpecModel.model_fields)
+            raise SpecError(f"unknown top-level key `{top}` in sweep path `{key}`.", file=str(file),
+                            path=f"sweep.{key}", hint=f"Did you mean `{best}`?" if best else None)
+        if not model.sweep[key]:
+            raise SpecError("a sweep axis needs at least one value.", file=str(file), path=f"sweep.{key}")
+    return LoadedSpec(file=file, raw=merged, model=model, overrides=overrides)

@@ -1,0 +1,290 @@
+"""Models from the model hub: ``ck models download`` and ``ck models list``.
+
+Models live in the hub's own cache layout (``models--ORG--NAME/{blobs,refs,snapshots}``) inside the
+folder named by the profile key ``models_cache`` (cluster scratch space), else the hub library's
+default cache. A spec that names a model by hub id (``model: {path: org/name}``) resolves at plan time
+to the cached snapshot by reading that layout only (no network, no heavy import), so runs work on
+compute nodes with ``HF_HUB_OFFLINE=1``.
+
+Downloads resume where they stopped, use the token in ``HF_TOKEN`` (never written anywhere), and are
+verified against the hub's file hashes (sha256 for large files, the git blob id for small ones).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cruijff_kit._base.errors import CkError, SpecError
+
+#: Record of downloads, written in the cache folder.
+RECORD = "cruijff_kit_models.json"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+class HubError(CkError):
+    """The model hub cannot be reached, refused the request, or served a file that fails its hash."""
+
+
+@dataclass
+class CachedModel:
+    """One cached snapshot of a hub model."""
+
+    hub_id: str
+    commit: str
+    refs: list[str]
+    path: str
+    size_bytes: int
+    used_by: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+def looks_like_hub_id(path: str) -> bool:
+    """``org/name`` (not absolute, not ``./x``, exactly one slash)."""
+    return bool(_HUB_ID.match(path)) and not path.startswith((".", "~"))
+
+
+def default_hub_cache() -> Path:
+    """The hub library's default cache folder (``HF_HUB_CACHE``, ``HF_HOME/hub``, ``~/.cache/huggingface/hub``)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def models_cache(spec_dir: Path | None = None) -> Path:
+    """The cache folder: the profile's ``models_cache`` if set, else the hub library's default."""
+    from cruijff_kit._engine.profile import load_profile
+
+    path, data = load_profile(spec_dir)
+    value = data.get("models_cache")
+    if value:
+        p = Path(str(value)).expanduser()
+        if not p.is_absolute() and path is not None:
+            p = path.parent / p
+        return p
+    return default_hub_cache()
+
+
+def repo_folder(cache: Path, hub_id: str) -> Path:
+    """``cache/models--ORG--NAME``."""
+    return Path(cache) / ("models--" + hub_id.replace("/", "--"))
+
+
+def find_cached(hub_id: str, cache: Path, revision: str | None = None) -> Path | None:
+    """The snapshot folder of ``hub_id`` at ``revision`` (a branch/tag under ``refs/`` or a commit;
+    default ``main``) in ``cache``, or None when it is not there."""
+    repo = repo_folder(cache, hub_id)
+    rev = revision or "main"
+    if _COMMIT.match(rev) and (repo / "snapshots" / rev).is_dir():
+        return repo / "snapshots" / rev
+    ref = repo / "refs" / rev
+    if ref.is_file():
+        snap = repo / "snapshots" / ref.read_text().strip()
+        if snap.is_dir():
+            return snap
+    return None
+
+
+# --------------------------------------------------------------------------- verification
+def git_blob_sha1(path: Path) -> str:
+    """The git blob id of a file (how the hub names small files)."""
+    h = hashlib.sha1()
+    h.update(f"blob {path.stat().st_size}\0".encode())
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file (how the hub names large files)."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_snapshot(snapshot: Path, files: Iterable[dict[str, Any]]) -> list[str]:
+    """Problems of ``snapshot`` against the hub's file list: each entry has ``path`` and ``sha256``
+    (large files) or ``blob_id`` (small files). Empty when every file is there and matches."""
+    problems = []
+    for entry in files:
+        p = snapshot / entry["path"]
+        if not p.is_file():
+            problems.append(f"{entry['path']}: missing")
+        elif entry.get("sha256"):
+            if sha256_file(p) != entry["sha256"]:
+                problems.append(f"{entry['path']}: sha256 differs from the hub's")
+        elif entry.get("blob_id") and git_blob_sha1(p) != entry["blob_id"]:
+            problems.append(f"{entry['path']}: content differs from the hub's (git blob id)")
+    return problems
+
+
+# --------------------------------------------------------------------------- download
+def _endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "the model hub")
+
+
+def _is_hub_failure(exc: BaseException) -> bool:
+    """Network, HTTP and offline-mode errors (of the hub client or its HTTP library), not bugs."""
+    if isinstance(exc, OSError | TimeoutError):
+        return True
+    root = type(exc).__module__.split(".")[0]
+    return root.startswith(("huggingface_hub", "httpx", "httpcore", "requests", "urllib3"))
+
+
+def _hub_error(hub_id: str, exc: BaseException) -> HubError:
+    """A readable error for a failed hub call."""
+    text = f"{type(exc).__name__}: {exc}"
+    low = text.lower()
+    if "offlinemode" in low or "offline mode" in low:
+        why = "offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set), so the hub is not contacted."
+        fix = "Unset HF_HUB_OFFLINE on a machine with network access (a login node) and run `ck models download` there."
+    elif any(w in low for w in ("401", "403", "gated", "unauthorized", "forbidden")):
+        why = "the hub refused access (the model is gated or private)."
+        fix = "Accept the model's licence on the hub and export HF_TOKEN with a token of that account."
+    elif any(w in low for w in ("404", "not found", "repositorynotfound", "revisionnotfound")):
+        why = "the hub has no such model or revision."
+        fix = "Check the spelling of the hub id (org/name) and of --revision."
+    else:
+        why = f"the hub at {_endpoint()} cannot be reached."
+        fix = ("Run `ck models download` on a machine with network access (a login node), or copy the "
+               "cache folder over; compute nodes then read it with HF_HUB_OFFLINE=1.")
+    return HubError(f"Cannot download {hub_id}: {why} {fix} ({text.splitlines()[0][:300]})")
+
+
+def _hub_files(api: Any, hub_id: str, revision: str | None, token: str | None) -> tuple[str, list[dict[str, Any]]]:
+    info = api.model_info(hub_id, revision=revision, files_metadata=True, token=token)
+    files = []
+    for s in info.siblings or []:
+        lfs = getattr(s, "lfs", None)
+        sha = (lfs.get("sha256") if isinstance(lfs, dict) else getattr(lfs, "sha256", None)) if lfs else None
+        files.append({"path": s.rfilename, "sha256": sha, "blob_id": getattr(s, "blob_id", None)})
+    return str(info.sha), files
+
+
+def download(hub_id: str, revision: str | None = None, cache: Path | None = None,
+             allow_patterns: list[str] | None = None) -> Path:
+    """Download (or resume) ``hub_id`` at ``revision`` into ``cache``; verify it; record it.
+
+    Returns the snapshot folder. Raises :class:`HubError` with the cause and the fix when the hub is
+    unreachable, refuses access, or serves a file whose hash does not match.
+    """
+    if not looks_like_hub_id(hub_id):
+        raise SpecError(f"{hub_id!r} is not a hub id.", hint="Name the model as org/name, e.g. meta-llama/Llama-3.2-1B.")
+    from huggingface_hub import HfApi, snapshot_download
+
+    cache = Path(cache) if cache is not None else models_cache()
+    cache.mkdir(parents=True, exist_ok=True)
+    token = os.environ.get("HF_TOKEN") or None
+    try:
+        commit, files = _hub_files(HfApi(), hub_id, revision, token)
+        snap = Path(snapshot_download(hub_id, revision=commit, cache_dir=str(cache), token=token,
+                                      allow_patterns=allow_patterns))
+    except CkError:
+        raise
+    except Exception as exc:
+        if not _is_hub_failure(exc):
+            raise
+        raise _hub_error(hub_id, exc) from None
+    ref_name = revision or "main"
+    if not _COMMIT.match(ref_name):  # the snapshot was fetched by commit: keep the branch/tag usable offline
+        ref = repo_folder(cache, hub_id) / "refs" / ref_name
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        ref.write_text(commit)
+    if allow_patterns:
+        from fnmatch import fnmatch
+
+        files = [f for f in files if any(fnmatch(f["path"], pat) for pat in allow_patterns)]
+    problems = verify_snapshot(snap, files)
+    if problems:
+        raise HubError(f"Downloaded {hub_id} at {commit} but {len(problems)} file(s) fail verification: "
+                       + "; ".join(problems[:5]) + ". Delete " + str(repo_folder(cache, hub_id))
+                       + " and download again.")
+    record(cache, hub_id, revision or "main", commit)
+    return snap
+
+
+def record(cache: Path, hub_id: str, revision: str, commit: str) -> None:
+    """Note a verified download in ``cache/cruijff_kit_models.json``."""
+    from cruijff_kit._base.fileio import atomic_write_text
+
+    path = Path(cache) / RECORD
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data.setdefault(hub_id, {})[revision] = {"commit": commit, "verified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                           time.gmtime())}
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
+
+
+# --------------------------------------------------------------------------- listing
+def _size(folder: Path) -> int:
+    total = 0
+    for p in folder.rglob("*"):
+        if p.is_file():
+            total += p.stat().st_size  # follows the snapshot's symlinks into blobs/
+    return total
+
+
+def _experiment_specs(roots: Iterable[Path]) -> list[tuple[str, dict[str, Any]]]:
+    import yaml
+
+    out = []
+    for root in roots:
+        for pattern in ("runs/*/spec.yaml", "*/runs/*/spec.yaml", "*/*/runs/*/spec.yaml"):
+            for spec in Path(root).glob(pattern):
+                try:
+                    data = yaml.safe_load(spec.read_text()) or {}
+                except Exception:  # an unreadable spec is not ours to report here
+                    continue
+                if isinstance(data, dict) and data.get("experiment"):
+                    out.append((str(data["experiment"]), data))
+    return out
+
+
+def list_cached(cache: Path, experiment_roots: Iterable[Path] = ()) -> list[CachedModel]:
+    """Every cached snapshot in ``cache``, with its size, refs and the experiments (under
+    ``experiment_roots``) whose runs use it."""
+    cache = Path(cache)
+    specs = _experiment_specs(experiment_roots)
+    out = []
+    for repo in sorted(cache.glob("models--*")):
+        hub_id = repo.name[len("models--"):].replace("--", "/", 1)
+        refs: dict[str, list[str]] = {}
+        for ref in (repo / "refs").rglob("*") if (repo / "refs").is_dir() else []:
+            if ref.is_file():
+                refs.setdefault(ref.read_text().strip(), []).append(str(ref.relative_to(repo / "refs")))
+        for snap in sorted(p for p in (repo / "snapshots").glob("*") if p.is_dir()):
+            used = set()
+            for exp, data in specs:
+                model = data.get("model") or {}
+                local = str(model.get("local_path") or "")
+                names = (snap.name, *refs.get(snap.name, []))
+                if local.startswith(str(snap)) or (model.get("path") == hub_id
+                                                   and (model.get("revision") or "main") in names):
+                    used.add(exp)
+            out.append(CachedModel(hub_id=hub_id, commit=snap.name, refs=sorted(refs.get(snap.name, [])),
+                                   path=str(snap), size_bytes=_size(snap), used_by=sorted(used)))
+    return out
+
+
+def human_size(n: int) -> str:
+    """``1.2 GB``-style size."""
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1024 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"

@@ -1,0 +1,337 @@
+"""The ``simulate:`` section of a run spec, validated, and the participants built from it.
+
+``SpecModel.simulate`` is a plain mapping at the top level; :func:`load_simulation` validates it
+with :class:`SimulateConfig` (``extra="forbid"`` everywhere) and each participant section (``user``,
+``assistant``, ``scoring.judge``, a metric's ``model``) with its simulator plugin's own ``Config``.
+Errors name the spec file and the YAML path. Relative paths are relative to the spec's folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cruijff_kit._base.errors import SpecError
+from cruijff_kit._api.kinds import Simulator
+from cruijff_kit._simulate import prompts
+
+#: The built-in local assistant's plugin name (a local HF model plus an optional adapter).
+LOCAL = "local"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ParticipantSection(BaseModel):
+    """A simulator section: ``plugin`` picks the backend, every other key is that backend's option."""
+
+    model_config = ConfigDict(extra="allow")
+    plugin: str = Field(..., description="Simulator plugin (`openai`, or `local` for the assistant).")
+
+
+class RetryPolicy(_Model):
+    """Backoff for transient failures (HTTP 429, 5xx, timeouts, dropped connections)."""
+
+    attempts: int = Field(6, gt=0, description="Tries per call, the first included.")
+    initial_delay: float = Field(0.5, ge=0.0, description="Seconds before the first retry.")
+    max_delay: float = Field(30.0, ge=0.0, description="Longest wait between tries.")
+    multiplier: float = Field(2.0, ge=1.0, description="Each wait is this times the previous one.")
+    jitter: float = Field(0.25, ge=0.0, le=1.0, description="Random extra wait, as a fraction of the wait.")
+
+
+class TaskSource(_Model):
+    """Where the tasks come from: one conversation (or several) per row."""
+
+    path: str = Field(..., description="JSON list, JSON {split: list} (the instruct format) or JSONL file.")
+    split: str | None = Field(None, description="Which list when the JSON file holds splits (default: train).")
+    id_field: str | None = Field("id", description="Row field with a stable task id; rows without it get one.")
+    prompt_field: str = Field("input", description="Row field with the task the user wants solved.")
+    answer_field: str | None = Field("output", description="Row field with the reference answer, if any.")
+    limit: int | None = Field(None, gt=0, description="Use only the first N tasks.")
+
+
+MetricType = Literal["exact_match", "contains", "pass_rate", "python", "grader", "interactivity", "tokens"]
+LLM_METRICS = ("grader", "interactivity")
+
+
+class MetricSpec(_Model):
+    """One term of the reward: ``weight`` x the metric's value, averaged over continuations."""
+
+    type: MetricType = Field(..., description="exact_match, contains, pass_rate, python, grader, "
+                             "interactivity or tokens.")
+    weight: float = Field(1.0, description="Weight in the reward (negative for penalties).")
+    function: str | None = Field(None, description="type python: `file.py:function` or `module:function`.")
+    model: ParticipantSection | None = Field(None, description="grader/interactivity: the judge model "
+                                             "(default: scoring.judge).")
+    prompt: str | None = Field(None, description="grader/interactivity: prompt text or a file path.")
+    per: float = Field(1000.0, gt=0, description="type tokens: the value is assistant tokens / per.")
+    timeout: float = Field(30.0, gt=0, description="type pass_rate: seconds per test.")
+
+    @model_validator(mode="after")
+    def _fields_for_type(self) -> MetricSpec:
+        if self.type == "python" and not self.function:
+            raise ValueError("a metric of type python needs `function: file.py:name` or `module:name`")
+        if self.function and self.type != "python":
+            raise ValueError(f"`function` only applies to type python (this metric is {self.type})")
+        if self.model is not None and self.type not in LLM_METRICS:
+            raise ValueError(f"`model` only applies to grader and interactivity metrics (this is {self.type})")
+        return self
+
+
+class ScoringConfig(_Model):
+    """The multiturn-aware reward: per assistant turn, candidates scored by simulated futures."""
+
+    candidates: int = Field(3, gt=0, description="Candidate responses sampled per assistant turn.")
+    continuations: int = Field(2, gt=0, description="Futures simulated per candidate (N).")
+    horizon: int = Field(2, ge=0, description="User turns simulated into each future.")
+    candidate_temperature: float | None = Field(None, ge=0.0, description="Temperature for candidates "
+                                                "(default: the assistant's).")
+    judge: ParticipantSection | None = Field(None, description="Default model of grader/interactivity metrics.")
+    metrics: dict[str, MetricSpec] = Field(..., min_length=1, description="name: metric; the reward is "
+                                           "sum(weight x value).")
+
+    @model_validator(mode="after")
+    def _judge_for_llm_metrics(self) -> ScoringConfig:
+        for name, m in self.metrics.items():
+            if m.type in LLM_METRICS and m.model is None and self.judge is None:
+                raise ValueError(f"metric `{name}` ({m.type}) needs a model: set scoring.judge or "
+                                 f"scoring.metrics.{name}.model")
+        return self
+
+
+class SimulateConfig(_Model):
+    """What ``ck simulate`` runs."""
+
+    tasks: TaskSource
+    user: ParticipantSection = Field(..., description="The simulated user (e.g. plugin: openai).")
+    assistant: ParticipantSection = Field(..., description="The assistant: plugin openai, or local "
+                                          "(the spec's model plus an adapter).")
+    output: str | None = Field(None, description="JSONL of finished conversations (default: "
+                               "<output_dir>/<experiment>/simulate/conversations.jsonl).")
+    conversations_per_task: int = Field(1, gt=0)
+    concurrency: int = Field(8, gt=0, description="Conversations in flight at once.")
+    max_in_flight: int | None = Field(None, gt=0, description="Requests in flight at once "
+                                      "(default: 4 x concurrency).")
+    max_turns: int = Field(6, gt=0, description="Assistant turns per conversation at most.")
+    termination_marker: str = Field(prompts.TERMINATION_MARKER, min_length=1)
+    user_prompt: str | None = Field(None, description="User simulator prompt: text or a file path "
+                                    "(default: the built-in CollabLLM-style prompt).")
+    system_prompt: str | None = Field(None, description="The assistant's system prompt (default: "
+                                      "the spec's prompt.system).")
+    json_retries: int = Field(3, gt=0, description="Tries when the user's reply is not the JSON asked for.")
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    scoring: ScoringConfig | None = Field(None, description="Omit to keep one response per turn, unscored.")
+
+    @field_validator("user_prompt")
+    @classmethod
+    def _prompt_not_blank(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("user_prompt is empty")
+        return v
+
+    def fingerprint(self) -> str:
+        """Hash of what shapes a conversation (not concurrency, output or retry settings)."""
+        data = self.model_dump(mode="json", exclude={"concurrency", "max_in_flight", "output", "retry"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------- participants
+def simulator_class(name: str, *, file: str | None, path: str) -> type[Simulator]:
+    """The simulator class for ``plugin: name`` (``local`` is built in; others come from plugins)."""
+    if name == LOCAL:
+        from cruijff_kit._simulate.local import LocalAssistant
+
+        return LocalAssistant
+    from cruijff_kit._api.registry import plugin_class
+
+    try:
+        return plugin_class("simulator", name)  # type: ignore[return-value]
+    except Exception as exc:
+        raise SpecError(str(exc), file=file, path=f"{path}.plugin") from None
+
+
+def build_participant(section: ParticipantSection, *, file: str | None, path: str, base_dir: Path,
+                      defaults: dict[str, Any] | None = None) -> Simulator:
+    """Validate a participant section with its plugin's Config and build the plugin object."""
+    from cruijff_kit._engine.spec import spec_error_from
+
+    cls = simulator_class(section.plugin, file=file, path=path)
+    options = {k: v for k, v in (section.model_extra or {}).items()}
+    for key, value in (defaults or {}).items():
+        if key in cls.Config.model_fields:
+            options.setdefault(key, value)
+    try:
+        config = cls.Config.model_validate(options)
+    except ValidationError as exc:
+        raise spec_error_from(exc, cls.Config, file=file, prefix=path,
+                              note=f"(options of the `{section.plugin}` simulator plugin)") from None
+    return cls(config, base_dir=base_dir)
+
+
+@dataclass
+class Simulation:
+    """A validated ``simulate`` section with its participants built (nothing started yet)."""
+
+    config: SimulateConfig
+    spec_file: Path
+    base_dir: Path
+    output: Path
+    seed: int
+    user: Simulator
+    assistant: Simulator
+    metric_models: dict[str, Simulator] = field(default_factory=dict)
+    system_prompt: str | None = None
+    user_prompt: str = prompts.USER_PROMPT
+    metric_prompts: dict[str, str] = field(default_factory=dict)
+
+    def path(self, value: str) -> Path:
+        """A spec path resolved against the spec's folder."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p).resolve()
+
+    def participants(self) -> list[Simulator]:
+        """Every distinct plugin object (for open/close)."""
+        seen: dict[int, Simulator] = {}
+        for p in [self.user, self.assistant, *self.metric_models.values()]:
+            seen.setdefault(id(p), p)
+        return list(seen.values())
+
+
+def _text_or_file(value: str, base_dir: Path, *, file: str, path: str) -> str:
+    """Inline text, or the content of a file when ``value`` is a short path to an existing file."""
+    if "\n" not in value and len(value) < 512:
+        p = Path(value).expanduser()
+        p = p if p.is_absolute() else base_dir / p
+        if p.suffix in (".txt", ".md", ".jinja", ".prompt") or p.is_file():
+            if not p.is_file():
+                raise SpecError(f"prompt file {p} does not exist.", file=file, path=path,
+                                hint="Give inline prompt text, or the path of a text file (relative to the spec).")
+            return p.read_text(encoding="utf-8")
+    return value
+
+
+def default_output(loaded: Any) -> Path:
+    """``<output_dir>/<experiment>/simulate/conversations.jsonl``."""
+    return loaded.experiment_dir / "simulate" / "conversations.jsonl"
+
+
+def parse_config(data: dict[str, Any], *, file: str | None) -> SimulateConfig:
+    """Validate a ``simulate`` mapping (errors name ``simulate.<path>``)."""
+    from cruijff_kit._engine.spec import spec_error_from
+
+    try:
+        return SimulateConfig.model_validate(data)
+    except ValidationError as exc:
+        raise spec_error_from(exc, SimulateConfig, file=file, prefix="simulate") from None
+
+
+def output_path(cfg: SimulateConfig, loaded: Any) -> Path:
+    """Where finished conversations are appended."""
+    if cfg.output:
+        p = Path(cfg.output).expanduser()
+        return p if p.is_absolute() else (loaded.spec_dir / p).resolve()
+    return default_output(loaded)
+
+
+def load_simulation(loaded: Any) -> Simulation:
+    """Validate ``loaded.model.simulate`` (a :class:`cruijff_kit._engine.spec.LoadedSpec`) and build participants."""
+    file = str(loaded.file)
+    raw = loaded.model.simulate
+    if raw is None:
+        raise SpecError("has no `simulate:` section, so there is nothing to simulate.", file=file,
+                        hint="Add one (see docs/simulation.md or examples/simulate-sft-dpo.yaml).")
+    for key in [*loaded.model.sweep, *(k for v in loaded.model.variants for k in v)]:
+        if str(key).split(".")[0].split("[")[0] == "simulate":
+            raise SpecError(f"`{key}` cannot be swept: one spec runs one simulation.", file=file,
+                            path="sweep", hint="Use `--set simulate.KEY=VALUE`, or one spec per simulation.")
+    cfg = parse_config(raw, file=file)
+    base_dir = loaded.spec_dir
+    spec_model_path = loaded.model.model.path
+
+    tasks_file = (base_dir / Path(cfg.tasks.path).expanduser()).resolve()
+    if not tasks_file.is_file():
+        raise SpecError(f"the tasks file {tasks_file} does not exist.", file=file, path="simulate.tasks.path",
+                        hint="Give a JSON or JSONL file of task rows (relative to the spec's folder).")
+
+    user = build_participant(cfg.user, file=file, path="simulate.user", base_dir=base_dir)
+    assistant = build_participant(cfg.assistant, file=file, path="simulate.assistant", base_dir=base_dir,
+                                  defaults={"model": spec_model_path} if cfg.assistant.plugin == LOCAL else None)
+    metric_models: dict[str, Simulator] = {}
+    metric_prompts: dict[str, str] = {}
+    if cfg.scoring is not None:
+        judge = None
+        if cfg.scoring.judge is not None:
+            judge = build_participant(cfg.scoring.judge, file=file, path="simulate.scoring.judge",
+                                      base_dir=base_dir)
+        for name, m in cfg.scoring.metrics.items():
+            where = f"simulate.scoring.metrics.{name}"
+            if m.type in LLM_METRICS:
+                model = (build_participant(m.model, file=file, path=f"{where}.model", base_dir=base_dir)
+                         if m.model is not None else judge)
+                assert model is not None
+                metric_models[name] = model
+                default = prompts.GRADER_PROMPT if m.type == "grader" else prompts.INTERACTIVITY_PROMPT
+                metric_prompts[name] = (_text_or_file(m.prompt, base_dir, file=file, path=f"{where}.prompt")
+                                        if m.prompt else default)
+            if m.type == "python":
+                from cruijff_kit._simulate.metrics import load_function
+
+                load_function(str(m.function), base_dir, file=file, path=f"{where}.function")
+            if m.type in ("exact_match", "contains", "grader") and cfg.tasks.answer_field is None:
+                raise SpecError(f"metric `{name}` ({m.type}) compares with a reference answer, but "
+                                "simulate.tasks.answer_field is null.", file=file, path=where,
+                                hint="Name the row field with the reference answer in tasks.answer_field.")
+    user_prompt = (_text_or_file(cfg.user_prompt, base_dir, file=file, path="simulate.user_prompt")
+                   if cfg.user_prompt else prompts.USER_PROMPT)
+    if "{chat_history}" not in user_prompt or "{task}" not in user_prompt:
+        raise SpecError("the user prompt must contain the placeholders {task} and {chat_history}.",
+                        file=file, path="simulate.user_prompt",
+                        hint="They are replaced by the task and the conversation so far.")
+    return Simulation(
+        config=cfg, spec_file=loaded.file, base_dir=base_dir, output=output_path(cfg, loaded),
+        seed=int(loaded.model.seed), user=user, assistant=assistant, metric_models=metric_models,
+        system_prompt=cfg.system_prompt if cfg.system_prompt is not None else loaded.model.prompt.system,
+        user_prompt=user_prompt, metric_prompts=metric_prompts,
+    )
+
+
+def check_simulate(loaded: Any) -> None:
+    """Plan-time check used by ``ck validate``/``plan``/``run``: validate the section when present."""
+    from cruijff_kit._base.errors import CkError
+
+    if loaded.model.simulate is None:
+        return
+    sim = load_simulation(loaded)
+    roles = [("simulate.user", sim.user), ("simulate.assistant", sim.assistant)]
+    roles += [(f"simulate.scoring.metrics.{name}", m) for name, m in sim.metric_models.items()]
+    for where, participant in roles:
+        try:
+            participant.check(None)  # type: ignore[arg-type]
+        except SpecError:
+            raise
+        except CkError as exc:
+            raise SpecError(str(exc), file=str(loaded.file), path=where) from None
+
+
+def resolved_section(raw: dict[str, Any], loaded: Any) -> dict[str, Any]:
+    """The ``simulate`` section as written into a run's resolved spec: as given, ``output`` absolute.
+
+    Not validated here (``check_simulate`` does that once per spec); a section that is not a mapping
+    is passed through for the check to report.
+    """
+    if not isinstance(raw, dict):
+        return raw
+    out = dict(raw)
+    given = raw.get("output")
+    if isinstance(given, str) and given:
+        p = Path(given).expanduser()
+        out["output"] = str(p if p.is_absolute() else (loaded.spec_dir / p).resolve())
+    else:
+        out["output"] = str(default_output(loaded))
+    return out

@@ -1,0 +1,97 @@
+"""One conversation: the user opens, the assistant answers, until the marker or ``max_turns``.
+
+With scoring, each assistant turn samples several candidates, scores each by simulated futures
+(:mod:`cruijff_kit._simulate.scoring`) and continues the conversation with the best one; every
+candidate, its futures and its metric values are kept in the conversation's row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from cruijff_kit._simulate.config import ScoringConfig
+from cruijff_kit._simulate.metrics import Metric, final_answer
+from cruijff_kit._simulate.retry import Caller
+from cruijff_kit._simulate.tasks import Task
+from cruijff_kit._simulate.user import UserReply, UserSimulator
+
+
+def derive_seed(*parts: Any) -> int:
+    """A stable 31-bit seed from any parts (same parts, same seed, on every machine)."""
+    digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()
+    return int(digest[:8], 16) % (2**31 - 1)
+
+
+def user_message(reply: UserReply) -> dict[str, Any]:
+    """The user's turn as stored: the message plus the simulator's private fields."""
+    return {"role": "user", "content": reply.response, "thought": reply.thought,
+            "current_answer": reply.current_answer}
+
+
+@dataclass
+class Engine:
+    """Everything a conversation needs; shared by all conversations of a simulation."""
+
+    user: UserSimulator
+    assistant: Caller
+    max_turns: int
+    seed: int
+    system: str | None = None
+    scoring: ScoringConfig | None = None
+    metrics: list[Metric] = field(default_factory=list)
+    fingerprint: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def assistant_view(self, history: list[dict[str, Any]]) -> list[dict[str, str]]:
+        """What the assistant sees: the system prompt, then role/content of each turn."""
+        msgs = [{"role": "system", "content": self.system}] if self.system else []
+        return msgs + [{"role": m["role"], "content": m["content"]} for m in history]
+
+    async def respond(self, history: list[dict[str, Any]], **generation: Any) -> str:
+        """One assistant reply to the conversation so far."""
+        return await self.assistant(self.assistant_view(history), **generation)
+
+    async def run(self, conv_id: str, task: Task) -> dict[str, Any]:
+        """Simulate one conversation to its end; return its row for the JSONL file."""
+        from cruijff_kit._simulate.scoring import choose_response
+
+        start = time.monotonic()
+        history: list[dict[str, Any]] = []
+        turns: list[dict[str, Any]] = []
+        reply = await self.user.reply(task.prompt, history, seed=derive_seed(self.seed, conv_id, "user", 0))
+        history.append(user_message(reply))
+        ended_by = "marker" if self.user.ends(reply) else "max_turns"
+        turn = 0
+        while ended_by != "marker" and turn < self.max_turns:
+            if self.scoring is None:
+                text = await self.respond(history, seed=derive_seed(self.seed, conv_id, "assistant", turn))
+            else:
+                chosen, candidates = await choose_response(self, conv_id, task, history, turn)
+                text = candidates[chosen]["completion"]
+                turns.append({"turn_id": turn, "message_index": len(history), "chosen": chosen,
+                              "candidates": candidates})
+            history.append({"role": "assistant", "content": text, "turn_id": turn})
+            turn += 1
+            reply = await self.user.reply(task.prompt, history,
+                                          seed=derive_seed(self.seed, conv_id, "user", turn))
+            history.append(user_message(reply))
+            if self.user.ends(reply):
+                ended_by = "marker"
+        row: dict[str, Any] = {
+            "conv_id": conv_id,
+            "task": task.as_dict(),
+            "system": self.system,
+            "messages": history,
+            "num_turns": turn,
+            "ended_by": ended_by,
+            "final_answer": final_answer(history),
+            "fingerprint": self.fingerprint,
+            "participants": self.labels,
+            "seconds": round(time.monotonic() - start, 3),
+        }
+        if self.scoring is not None:
+            row["turns"] = turns
+        return row

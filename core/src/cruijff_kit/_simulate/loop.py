@@ -1,0 +1,194 @@
+"""The asyncio loop: many conversations at once, each appended to the JSONL file when it finishes.
+
+Resume: conversations already in the output file (by ``conv_id``) are never redone; a torn last
+line left by a killed process is cut off first (that conversation is simply redone). One process at
+a time writes an output file (a lock next to it). A conversation whose calls fail for good is recorded
+in ``<output>.errors.jsonl`` and left for the next run; a :class:`cruijff_kit.CkError` (a missing API
+key, a rejected model name) stops the whole simulation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cruijff_kit._base.errors import CkError
+from cruijff_kit._base.fileio import append_jsonl, atomic_write_json, read_jsonl
+from cruijff_kit._base.secrets import scrub
+from cruijff_kit._simulate.config import Simulation
+from cruijff_kit._simulate.conversation import Engine
+from cruijff_kit._simulate.metrics import Metric
+from cruijff_kit._simulate.progress import Progress
+from cruijff_kit._simulate.retry import Caller, CallFailed
+from cruijff_kit._simulate.tasks import Task, conversation_ids
+from cruijff_kit._simulate.user import UserSimulator
+
+
+@dataclass
+class Summary:
+    """What one ``ck simulate`` invocation did."""
+
+    output: Path
+    total: int
+    already_done: int
+    finished: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    calls: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        """True when every conversation of the spec is in the output file."""
+        return self.already_done + self.finished == self.total
+
+    @property
+    def per_minute(self) -> float:
+        """Conversations finished per minute in this invocation."""
+        return 60.0 * self.finished / self.seconds if self.seconds > 0 else 0.0
+
+
+def side_file(output: Path, suffix: str) -> Path:
+    """``conversations.jsonl`` -> ``conversations.<suffix>``."""
+    return output.with_name(f"{output.stem}.{suffix}")
+
+
+def repair_tail(path: Path) -> bool:
+    """Cut a torn last line (no final newline) off a JSONL file; True when something was cut."""
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    with open(path, "rb+") as fh:
+        fh.seek(-1, os.SEEK_END)
+        if fh.read(1) == b"\n":
+            return False
+        size = fh.seek(0, os.SEEK_END)
+        step = 1 << 16
+        pos = size
+        keep = 0
+        while pos > 0:
+            pos = max(0, pos - step)
+            fh.seek(pos)
+            chunk = fh.read(min(step, size - pos))
+            idx = chunk.rfind(b"\n")
+            if idx != -1:
+                keep = pos + idx + 1
+                break
+        fh.truncate(keep)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return True
+
+
+def finished_ids(path: Path) -> set[str]:
+    """Ids of the conversations already in the output file."""
+    return {str(r["conv_id"]) for r in read_jsonl(path) if isinstance(r, dict) and "conv_id" in r}
+
+
+def build_engine(sim: Simulation, limit: asyncio.Semaphore, rng: random.Random) -> tuple[Engine, dict[str, Caller]]:
+    """The shared conversation engine, with one retrying caller per participant."""
+    cfg = sim.config
+    callers: dict[int, Caller] = {}
+
+    def caller(p: Any) -> Caller:
+        if id(p) not in callers:
+            callers[id(p)] = Caller(p, cfg.retry, limit, random.Random(rng.random()))
+        return callers[id(p)]
+
+    user = UserSimulator(caller(sim.user), sim.user_prompt, cfg.termination_marker, cfg.json_retries)
+    metrics: list[Metric] = []
+    if cfg.scoring is not None:
+        for name, spec in cfg.scoring.metrics.items():
+            model = sim.metric_models.get(name)
+            metrics.append(Metric(name, spec, sim.base_dir, caller=caller(model) if model else None,
+                                  prompt=sim.metric_prompts.get(name), json_retries=cfg.json_retries))
+    engine = Engine(user=user, assistant=caller(sim.assistant), max_turns=cfg.max_turns, seed=sim.seed,
+                    system=sim.system_prompt, scoring=cfg.scoring, metrics=metrics,
+                    fingerprint=cfg.fingerprint(),
+                    labels={"user": sim.user.label(), "assistant": sim.assistant.label()})
+    named = {"user": callers[id(sim.user)], "assistant": callers[id(sim.assistant)]}
+    for name, model in sim.metric_models.items():
+        named[f"metric:{name}"] = callers[id(model)]
+    return engine, named
+
+
+async def run_simulation(sim: Simulation, tasks: list[Task], *, progress: bool = True) -> Summary:
+    """Simulate every conversation not yet in ``sim.output``; append each as it finishes."""
+    from filelock import FileLock, Timeout
+
+    cfg = sim.config
+    output = sim.output
+    output.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(output) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise CkError(f"another `ck simulate` is writing {output} (lock {output}.lock). Wait for it to "
+                      "finish, or give this simulation another simulate.output.") from None
+    try:
+        repair_tail(output)
+        done = finished_ids(output)
+        todo = [(cid, t) for t in tasks for cid in conversation_ids(t, cfg.conversations_per_task)]
+        total = len(todo)
+        pending = [(cid, t) for cid, t in todo if cid not in done]
+        summary = Summary(output, total, total - len(pending))
+        if not pending:
+            return summary
+        for p in sim.participants():
+            p.open()
+        try:
+            await _run(sim, pending, summary, progress)
+        finally:
+            for p in sim.participants():
+                await p.aclose()
+        return summary
+    finally:
+        lock.release()
+
+
+async def _run(sim: Simulation, pending: list[tuple[str, Task]], summary: Summary, show: bool) -> None:
+    cfg = sim.config
+    limit = asyncio.Semaphore(cfg.max_in_flight or 4 * cfg.concurrency)
+    engine, callers = build_engine(sim, limit, random.Random(sim.seed))
+    errors = side_file(sim.output, "errors.jsonl")
+    bar = Progress(summary.total, summary.already_done, enabled=show)
+    queue = iter(pending)
+    start, cpu = time.monotonic(), time.process_time()
+
+    async def worker() -> None:
+        for conv_id, task in queue:
+            try:
+                row = await engine.run(conv_id, task)
+            except CallFailed as exc:
+                summary.failed += 1
+                append_jsonl(errors, scrub({"conv_id": conv_id, "error": str(exc), "time": time.time()}))
+                bar.advance(failed=True)
+                continue
+            await asyncio.to_thread(append_jsonl, sim.output, scrub(row))  # fsync off the event loop
+            summary.finished += 1
+            bar.advance()
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(cfg.concurrency, len(pending))):
+                group.create_task(worker())
+    except* CkError as eg:
+        raise eg.exceptions[0] from None
+    finally:
+        bar.close()
+        summary.seconds = time.monotonic() - start
+        summary.cpu_seconds = time.process_time() - cpu
+        summary.calls = {name: {"calls": c.calls, "retries": c.retries, "errors": dict(c.errors),
+                                **c.plugin.stats()} for name, c in callers.items()}
+        summary.calls["user"]["malformed_json"] = engine.user.malformed
+        atomic_write_json(side_file(sim.output, "run.json"), scrub({
+            "spec": str(sim.spec_file), "fingerprint": cfg.fingerprint(),
+            "simulate": cfg.model_dump(mode="json"), "participants": engine.labels,
+            "total": summary.total, "already_done": summary.already_done, "finished": summary.finished,
+            "failed": summary.failed, "seconds": round(summary.seconds, 3),
+            "cpu_seconds": round(summary.cpu_seconds, 3), "calls": summary.calls,
+        }))

@@ -1,0 +1,62 @@
+"""Calls to a participant with bounded concurrency and retries with exponential backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from cruijff_kit._base.errors import CkError
+from cruijff_kit._api.kinds import Simulator
+from cruijff_kit._simulate.config import RetryPolicy
+
+
+class CallFailed(Exception):
+    """A call failed for good (not retryable, or out of tries); fails one conversation, not the run."""
+
+
+def backoff_delay(policy: RetryPolicy, attempt: int, rng: random.Random, hint: float | None = None) -> float:
+    """Seconds to wait before try ``attempt + 1`` (``attempt`` counts from 1)."""
+    delay = min(policy.max_delay, policy.initial_delay * policy.multiplier ** (attempt - 1))
+    delay *= 1.0 + policy.jitter * rng.random()
+    if hint is not None:
+        delay = max(delay, min(hint, policy.max_delay))
+    return delay
+
+
+@dataclass
+class Caller:
+    """Wraps one participant: a shared request limit, retries, and counters of what happened."""
+
+    plugin: Simulator
+    policy: RetryPolicy
+    limit: asyncio.Semaphore
+    rng: random.Random = field(default_factory=random.Random)
+    retries: int = 0
+    calls: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+    async def __call__(self, messages: list[dict[str, str]], **generation: Any) -> str:
+        """The participant's reply; transient errors retried with backoff, others raise CallFailed."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with self.limit:
+                    self.calls += 1
+                    return await self.plugin.complete(messages, **generation)
+            except CkError:
+                raise
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                kind = type(exc).__name__
+                self.errors[kind] = self.errors.get(kind, 0) + 1
+                if not self.plugin.is_retryable(exc):
+                    raise CallFailed(f"{self.plugin.label()}: {kind}: {exc}") from exc
+                if attempt >= self.policy.attempts:
+                    raise CallFailed(f"{self.plugin.label()}: gave up after {attempt} tries; last error "
+                                     f"{kind}: {exc}") from exc
+                self.retries += 1
+                await asyncio.sleep(backoff_delay(self.policy, attempt, self.rng, self.plugin.retry_after(exc)))

@@ -1,0 +1,40 @@
+"""Reading the texts of ``ck embed`` and ``ck score-options`` from a file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from cruijff_kit._base.errors import DataError
+
+
+def read_texts(path: str | Path, field: str = "input", id_field: str = "id") -> tuple[list[Any], list[str]]:
+    """(ids, texts) from a ``.txt`` file (one text a line), a ``.jsonl`` file or a ``.json`` list of rows.
+
+    Rows are objects with the text under ``field`` and an optional id under ``id_field`` (default: the
+    row number). A ``.json`` object with a ``test`` list (our json-instruct form) uses that split.
+    """
+    p = Path(path)
+    if p.suffix == ".txt":
+        texts = [line for line in p.read_text().splitlines() if line.strip()]
+        return list(range(len(texts))), texts
+    try:
+        if p.suffix == ".jsonl":
+            rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        else:
+            data = json.loads(p.read_text())
+            rows = data.get("test", []) if isinstance(data, dict) else data
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{p}: not valid JSON ({exc}). Use .txt (one text a line), .jsonl or .json rows.") from None
+    ids, texts = [], []
+    for i, row in enumerate(rows):
+        if isinstance(row, str):
+            ids.append(i)
+            texts.append(row)
+            continue
+        if not isinstance(row, dict) or not isinstance(row.get(field), str):
+            raise DataError(f"{p}: row {i} has no text field {field!r}. Name the field with --field.")
+        ids.append(row.get(id_field, i))
+        texts.append(row[field])
+    return ids, texts
