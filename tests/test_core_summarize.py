@@ -92,8 +92,8 @@ def test_archive_copies_without_weights_verifies_and_removes_on_request(tmp_path
 
 def test_risk_plots_from_results_entries(tmp_path):
     from cruijff_kit._summaries.plots import risk_plots
-    from cruijff_kit.scoring import calibration_bins, roc_curve
     from cruijff_kit._summaries.summarize import Summary
+    from cruijff_kit.scoring import calibration_bins, roc_curve
 
     risks, outcomes = [0.1, 0.4, 0.35, 0.8, 0.9, 0.2], [0, 0, 1, 1, 1, 0]
     bins = [b.__dict__ for b in calibration_bins(risks, outcomes, 5)]

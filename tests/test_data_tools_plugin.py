@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from data_tools_fixtures import CENSUS
 
-from cruijff_kit.data import _provenance as provenance
 from cruijff_kit._base.errors import SpecError
 from cruijff_kit._engine.planner import make_plan
 from cruijff_kit._engine.spec import load_spec
+from cruijff_kit.data import _provenance as provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "tabular-classifier.yaml"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from cruijff_kit.data import _provenance as provenance
+from cruijff_kit._base.errors import DataError
 from cruijff_kit._datatools.synthetic import (
     ALPHABETS,
     RULES,
@@ -19,7 +19,7 @@ from cruijff_kit._datatools.synthetic import (
     settings_from,
     write_synthetic,
 )
-from cruijff_kit._base.errors import DataError
+from cruijff_kit.data import _provenance as provenance
 
 
 def settings(**options: Any) -> Any:

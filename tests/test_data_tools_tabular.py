@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from data_tools_fixtures import CENSUS, CSV, DTA, PARQUET, SCHEMA, TEMPLATE, build, options, splits_of
 
-from cruijff_kit.data import _provenance as provenance
 from cruijff_kit._base.errors import DataError
+from cruijff_kit.data import _provenance as provenance
 
 
 def sha(path: Path) -> str:

@@ -55,10 +55,10 @@ def test_find_cached_reads_the_layout(cache: Path) -> None:
 
 def test_spec_with_hub_id_resolves_offline_and_is_listed(cache: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from cruijff_kit.inference._loading import resolve_target
     from cruijff_kit._engine.planner import make_plan
     from cruijff_kit._engine.runner import write_experiment
     from cruijff_kit._engine.spec import load_spec
+    from cruijff_kit.inference._loading import resolve_target
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("CK_PROFILE", raising=False)

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from cruijff_kit._base.errors import DataError, SpecError
 from cruijff_kit._api.kinds import Prompt
 from cruijff_kit._api.registry import plugin_class
+from cruijff_kit._base.errors import DataError, SpecError
 
 
 def make(base: Path, **options: Any) -> Any:

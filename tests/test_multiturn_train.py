@@ -28,9 +28,9 @@ def ck(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def test_simulate_train_sft_and_dpo_then_simulate_with_the_adapter(
         tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from cruijff_kit._simulate.command import simulate
     from cruijff_kit._engine.spec import load_spec
     from cruijff_kit._engine.stage import run_stage
+    from cruijff_kit._simulate.command import simulate
 
     monkeypatch.setenv(KEY_VAR, KEY)
     train = {"plugin": "trl", "epochs": 1, "max_steps": 2, "batch_size": 2, "max_seq_length": 512,

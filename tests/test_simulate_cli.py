@@ -85,8 +85,8 @@ def test_conversations_end_on_marker_or_max_turns_and_faults_are_retried(tmp_pat
 
 
 def test_timeouts_and_malformed_user_json_are_retried(tmp_path: Path, fake_server: FakeOpenAI, api_key: str) -> None:
-    from cruijff_kit._simulate.command import simulate
     from cruijff_kit._engine.spec import load_spec
+    from cruijff_kit._simulate.command import simulate
 
     fake_server.faults = ("timeout",)
     fake_server.fault_percent = 30
@@ -101,8 +101,8 @@ def test_timeouts_and_malformed_user_json_are_retried(tmp_path: Path, fake_serve
 
 
 def test_a_run_killed_half_way_resumes_without_losing_or_repeating(tmp_path: Path, api_key: str) -> None:
-    from cruijff_kit._simulate.command import simulate
     from cruijff_kit._engine.spec import load_spec
+    from cruijff_kit._simulate.command import simulate
 
     n = 12
     with FakeOpenAI(latency=0.05, api_key=KEY) as server:
@@ -135,8 +135,8 @@ def test_a_run_killed_half_way_resumes_without_losing_or_repeating(tmp_path: Pat
 
 def test_a_torn_last_line_is_tolerated_and_redone(tmp_path: Path, fake_server: FakeOpenAI, api_key: str) -> None:
     from cruijff_kit._base.fileio import append_jsonl, read_jsonl
-    from cruijff_kit._simulate.command import simulate
     from cruijff_kit._engine.spec import load_spec
+    from cruijff_kit._simulate.command import simulate
 
     spec = write_sim_spec(tmp_path, fake_server.url, stops=[1, 2, 1, 2])
     simulate(load_spec(spec), progress=False)

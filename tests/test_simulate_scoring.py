@@ -23,8 +23,8 @@ api_key = pytest.fixture(key_in_environment, name="api_key")
 
 
 def run_sim(spec: Path) -> Any:
-    from cruijff_kit._simulate.command import simulate
     from cruijff_kit._engine.spec import load_spec
+    from cruijff_kit._simulate.command import simulate
 
     return simulate(load_spec(spec), progress=False)
 
@@ -124,8 +124,7 @@ def test_user_reply_protocol() -> None:
 
 def test_retries_back_off_and_give_up() -> None:
     from cruijff_kit._api.kinds import Simulator
-    from cruijff_kit._simulate.config import RetryPolicy
-    from cruijff_kit._simulate.retry import Caller, CallFailed, backoff_delay
+    from cruijff_kit._api.retry import Caller, CallFailed, RetryPolicy, backoff_delay
 
     policy = RetryPolicy(attempts=3, initial_delay=0.001, max_delay=0.004, multiplier=2, jitter=0)
     assert [backoff_delay(policy, a, random.Random(0)) for a in (1, 2, 3, 4)] == [0.001, 0.002, 0.004, 0.004]

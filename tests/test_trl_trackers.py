@@ -15,8 +15,8 @@ import pytest
 from trl_fixtures import plan_spec, prepare_run, read_rows, write_trl_spec
 
 from cruijff_kit import hookimpl, status
-from cruijff_kit._base.errors import SpecError
 from cruijff_kit._api.registry import registry
+from cruijff_kit._base.errors import SpecError
 from cruijff_kit._engine.stage import run_stage
 
 TRAIN = {"epochs": 1, "learning_rate": 1e-2, "batch_size": 8, "logging_steps": 1, "validation": True,

@@ -16,6 +16,12 @@ from cruijff_kit._base.secrets import scrub
 PENDING, SUBMITTED, RUNNING, DONE, FAILED, INTERRUPTED, CANCELLED = (
     "pending", "submitted", "running", "done", "failed", "interrupted", "cancelled",
 )
+
+__all__ = [
+    "ACTIVE_STATES", "CANCELLED", "DONE", "FAILED", "FINISHED_STATES", "INTERRUPTED", "PENDING", "RUNNING",
+    "STATES", "SUBMITTED", "ensure_stages", "now", "overrides", "read", "record_override", "stage_state", "tail",
+    "update_stage",
+]
 FINISHED_STATES = {DONE}
 ACTIVE_STATES = {SUBMITTED, RUNNING}
 STATES = (PENDING, SUBMITTED, RUNNING, DONE, FAILED, INTERRUPTED, CANCELLED)

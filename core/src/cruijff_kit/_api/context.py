@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cruijff_kit._api.kinds import PluginConfig, Prompt, Resources
+from cruijff_kit._api.records import PlannedRun, StageDef
 from cruijff_kit._base.errors import StageError
 from cruijff_kit._base.fileio import append_jsonl
-from cruijff_kit._api.kinds import PluginConfig, Prompt, Resources
 from cruijff_kit._base.layout import RunLayout
-from cruijff_kit._engine.planner import PlannedRun, StageDef
 
 
 @dataclass

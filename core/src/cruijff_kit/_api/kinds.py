@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 if TYPE_CHECKING:  # pragma: no cover
     from cruijff_kit._api.context import StageContext
-    from cruijff_kit._engine.planner import PlannedRun, StageJob
+    from cruijff_kit._api.records import PlannedRun, StageJob
 
 
 class PluginConfig(BaseModel):

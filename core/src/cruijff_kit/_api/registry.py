@@ -1,22 +1,36 @@
-"""The one plugin manager: loads every ``cruijff_kit`` entry point once and keeps the registry.
+"""The one plugin manager: loads the default plugins and every ``cruijff_kit`` entry point once, and
+keeps the registry.
 
-A plugin that fails to import is recorded (name and error) and reported by ``ck plugins``; the
-others still load.
+The core's features are default plugins named by string in :data:`DEFAULT_PLUGINS` (so nothing below
+them imports them); backends come from entry points. A plugin that fails to import is recorded (name
+and error) and reported by ``ck plugins``; the others still load.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata as md
 from dataclasses import dataclass, field
 from functools import cache
+from typing import TYPE_CHECKING
 
 import pluggy
 
 from cruijff_kit._api import hookspecs
-from cruijff_kit._base.errors import PluginError, did_you_mean
 from cruijff_kit._api.kinds import KINDS, Plugin
+from cruijff_kit._base.errors import PluginError, did_you_mean
+from cruijff_kit._base.version import __version__
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from cruijff_kit._api.sections import SpecSection
 
 ENTRY_POINT_GROUP = "cruijff_kit"
+
+#: The core's features, registered like plugins (each module implements ``register_commands`` and
+#: maybe other hooks); named by string so that the engine never imports a feature.
+DEFAULT_PLUGINS = (
+    "cruijff_kit._simulate.plugin",
+)
 
 
 @dataclass
@@ -36,6 +50,8 @@ class Registry:
     pm: pluggy.PluginManager
     plugins: dict[str, dict[str, Registered]] = field(default_factory=lambda: {k: {} for k in KINDS})
     failures: dict[str, str] = field(default_factory=dict)
+    #: Top-level spec sections owned by features and plugins, by key.
+    spec_sections: dict[str, SpecSection] = field(default_factory=dict)
 
     def get(self, kind: str, name: str, *, where: str | None = None) -> type[Plugin]:
         """The class registered as ``name`` for ``kind``, or a PluginError that suggests a fix."""
@@ -82,6 +98,13 @@ def build_registry(extra_plugins: list[object] | None = None) -> Registry:
     pm.add_hookspecs(hookspecs)
     registry = Registry(pm=pm)
     owners: dict[str, tuple[str, str]] = {}
+    for name in DEFAULT_PLUGINS:
+        try:
+            pm.register(importlib.import_module(name), name=name)
+        except Exception as exc:  # pragma: no cover - a broken install
+            registry.failures[name] = f"{type(exc).__name__}: {exc}"
+            continue
+        owners[name] = ("cruijff-kit", __version__)
     for ep in md.entry_points(group=ENTRY_POINT_GROUP):
         dist = ep.dist.name if ep.dist else "?"
         version = ep.dist.version if ep.dist else "?"
@@ -103,6 +126,11 @@ def build_registry(extra_plugins: list[object] | None = None) -> Registry:
                 impl.function(register=_register_into(registry, kind, dist, version))
             except Exception as exc:
                 registry.failures[impl.plugin_name] = f"{type(exc).__name__}: {exc}"
+    for impl in pm.hook.register_spec_sections.get_hookimpls():
+        try:
+            impl.function(register=lambda section: registry.spec_sections.__setitem__(section.key, section))
+        except Exception as exc:
+            registry.failures[impl.plugin_name] = f"{type(exc).__name__}: {exc}"
     return registry
 
 

@@ -350,7 +350,8 @@ def models_smollm2(cache_dir: str | None) -> None:
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Cache folder (default: profile models_cache).")
 def models_download(hub_id: str, revision: str | None, cache_dir: str | None) -> None:
     """Download HUB_ID into the models cache (resumable, verified; token from HF_TOKEN)."""
-    from cruijff_kit._models.hub import download, models_cache
+    from cruijff_kit._engine.hubcache import models_cache
+    from cruijff_kit._models.hub import download
 
     cache = Path(cache_dir) if cache_dir else models_cache(Path.cwd())
     snap = download(hub_id, revision, cache)
@@ -365,7 +366,8 @@ def models_download(hub_id: str, revision: str | None, cache_dir: str | None) ->
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable rows.")
 def models_list(cache_dir: str | None, roots: tuple[str, ...], as_json: bool) -> None:
     """Cached hub models with size, revision and the experiments that use them."""
-    from cruijff_kit._models.hub import human_size, list_cached, models_cache
+    from cruijff_kit._engine.hubcache import models_cache
+    from cruijff_kit._models.hub import human_size, list_cached
 
     cache = Path(cache_dir) if cache_dir else models_cache(Path.cwd())
     rows = list_cached(cache, [Path(r) for r in roots] or [Path.cwd()])
@@ -592,8 +594,8 @@ def data_synthetic(dst: str, **options: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def data_inspect(path: str, tokenizer: str | None, examples: int, system: str | None, as_json: bool) -> None:
     """Split sizes, answer balance, lengths and example rows of a dataset file or folder."""
-    from cruijff_kit._datatools.inspect_file import format_report, inspect_dataset
     from cruijff_kit._api.kinds import Prompt
+    from cruijff_kit._datatools.inspect_file import format_report, inspect_dataset
 
     report = inspect_dataset(Path(path), tokenizer=tokenizer, examples=examples, prompt=Prompt(system=system))
     click.echo(json.dumps(report, indent=2, ensure_ascii=False) if as_json else format_report(report))

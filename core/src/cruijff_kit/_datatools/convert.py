@@ -13,9 +13,9 @@ import re
 import shutil
 from pathlib import Path
 
+from cruijff_kit._base.errors import DataError
 from cruijff_kit.data._canonical import paused_gc, shown, uniform
 from cruijff_kit.data._readers import ArrowDir, ChatFolder, InstructFile, ParquetFolder, Source, open_source
-from cruijff_kit._base.errors import DataError
 
 _SAFE_SPLIT = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]*$")
 

@@ -14,10 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cruijff_kit._api.kinds import Prompt
+from cruijff_kit._base.errors import DataError
 from cruijff_kit.data import _provenance as provenance
 from cruijff_kit.data._canonical import INSTRUCT, canonical_row, shown, split_target
-from cruijff_kit._base.errors import DataError
-from cruijff_kit._api.kinds import Prompt
 
 #: More distinct answers than this: the answers are free text, not classes.
 MAX_CLASSES = 20

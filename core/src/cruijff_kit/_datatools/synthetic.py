@@ -31,9 +31,9 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from cruijff_kit.data import _provenance as provenance
-from cruijff_kit._base.errors import DataError
 from cruijff_kit._api.kinds import PluginConfig
+from cruijff_kit._base.errors import DataError
+from cruijff_kit.data import _provenance as provenance
 
 #: Bumped when the same settings would give different rows.
 GENERATOR_VERSION = 1

@@ -9,122 +9,29 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cruijff_kit._base.errors import SpecError
 from cruijff_kit._api.kinds import (
-    Dataset,
     Estimate,
     EvalConfig,
-    Evaluator,
     Plugin,
     Prompt,
     Resources,
-    Scheduler,
     TrainConfig,
-    Trainer,
 )
-from cruijff_kit._base.layout import ExperimentLayout, RunLayout
+from cruijff_kit._api.records import PlannedRun, StageDef, StageJob
+from cruijff_kit._api.registry import registry
+from cruijff_kit._api.sections import dump_section, validate_section
+from cruijff_kit._base.errors import SpecError
+from cruijff_kit._base.layout import ExperimentLayout
 from cruijff_kit._base.naming import run_name, spec_hash
-from cruijff_kit._engine.spec import LoadedSpec, apply_overrides, dump_section, validate_section, validate_top
+from cruijff_kit._engine.spec import LoadedSpec, apply_overrides, validate_top
 
 FINETUNE, CONTROL, EVAL_ONLY = "finetune", "control", "eval-only"
 #: Keys of the resolved spec that do not change what a run computes, so not in its name's hash.
 NOT_HASHED = ("run", "scheduler", "output_dir", "description", "simulate")
-
-
-@dataclass
-class StageDef:
-    """One stage of a run: ``train`` or ``eval.<task>.<target>``."""
-
-    name: str
-    kind: str  # "train" | "eval"
-    depends_on: list[str] = field(default_factory=list)
-    eval_index: int | None = None
-    task: str | None = None
-    target: str | None = None
-
-
-@dataclass
-class StageJob:
-    """What a scheduler receives: run one stage, after ``depends_on`` (stage names of the same run)."""
-
-    experiment: str
-    run_name: str
-    run_dir: Path
-    stage: str
-    depends_on: list[str]
-    resources: Resources
-    kind: str
-
-    @property
-    def key(self) -> str:
-        """Unique id of the job within an experiment."""
-        return f"{self.run_name}/{self.stage}"
-
-    @property
-    def job_name(self) -> str:
-        """Human-readable job name for queues."""
-        return f"ck.{self.experiment}.{self.run_name}.{self.stage}"
-
-    def command(self, python: str | None = None) -> list[str]:
-        """The one entry point for work: ``python -m cruijff_kit stage RUN_DIR STAGE``."""
-        return [python or sys.executable, "-m", "cruijff_kit", "stage", str(self.run_dir), self.stage]
-
-
-@dataclass
-class PlannedRun:
-    """A run with its resolved spec, its plugins' validated configs and its stages."""
-
-    name: str
-    type: str
-    spec: dict[str, Any]
-    sweep_values: dict[str, Any]
-    stages: list[StageDef]
-    layout: RunLayout
-    base_dir: Path
-    estimate: Estimate | None = None
-    #: Extra plan.md cells from the scheduler (``Scheduler.plan_columns``), filled by :func:`estimate_plan`.
-    plan_columns: dict[str, str] = field(default_factory=dict)
-
-    # -- plugin objects, built from the resolved spec
-    def dataset(self) -> Dataset:
-        return instantiate("dataset", self.spec["dataset"], self.base_dir)  # type: ignore[return-value]
-
-    def trainer(self) -> Trainer | None:
-        t = self.spec.get("train")
-        return instantiate("trainer", t, self.base_dir) if t else None  # type: ignore[return-value]
-
-    def evaluator(self, index: int) -> Evaluator:
-        return instantiate("evaluator", self.spec["eval"][index], self.base_dir)  # type: ignore[return-value]
-
-    def scheduler(self) -> Scheduler:
-        return instantiate("scheduler", self.spec["scheduler"], self.base_dir)  # type: ignore[return-value]
-
-    def stage(self, name: str) -> StageDef:
-        for s in self.stages:
-            if s.name == name:
-                return s
-        from cruijff_kit._base.errors import StageError
-
-        raise StageError(f"Run {self.name} has no stage `{name}`. Its stages: "
-                         + ", ".join(s.name for s in self.stages) + ".")
-
-
-_INSTANCES: dict[str, Plugin] = {}
-
-
-def instantiate(kind: str, section: dict[str, Any], base_dir: Path) -> Plugin:
-    """The plugin object for a resolved section (one object per distinct section and folder)."""
-    key = json.dumps([kind, section, str(base_dir)], sort_keys=True, default=str)
-    obj = _INSTANCES.get(key)
-    if obj is None:
-        cls, config = validate_section(kind, section, path=kind, file=None)
-        obj = _INSTANCES[key] = cls(config, base_dir=base_dir)
-    return obj
 
 
 @dataclass
@@ -178,7 +85,7 @@ def combinations(loaded: LoadedSpec) -> list[dict[str, Any]]:
 
 def _cached_hub_model(model: dict[str, Any], base_dir: Path | None = None) -> str | None:
     """The cached snapshot of a model named by hub id (reads the cache layout only), else None."""
-    from cruijff_kit._models.hub import find_cached, looks_like_hub_id, models_cache
+    from cruijff_kit._engine.hubcache import find_cached, looks_like_hub_id, models_cache
 
     if not looks_like_hub_id(str(model["path"])):
         return None
@@ -289,10 +196,9 @@ def resolve_run(loaded: LoadedSpec, combo: dict[str, Any], layout: ExperimentLay
     hashed = {k: v for k, v in resolved.items() if k not in NOT_HASHED}
     name = run_name(hashed)
     resolved["model"] = _resolve_model(resolved["model"], base_dir)
-    if top.simulate is not None:  # not hashed; lets a dataset plugin find the simulation's output
-        from cruijff_kit._simulate.config import resolved_section
-
-        resolved["simulate"] = resolved_section(top.simulate, loaded)
+    for key, owner in registry().spec_sections.items():  # not hashed (e.g. a simulation's output path)
+        if getattr(top, key, None) is not None:
+            resolved[key] = owner.resolve(getattr(top, key), loaded)
     resolved["run"] = {
         "name": name,
         "type": run_type,
@@ -329,10 +235,9 @@ def _plugin_key(section: dict[str, Any] | None, extra: Any = None) -> str:
 def check_plan(plan: Plan) -> None:
     """Run each distinct plugin configuration's plan-time ``check`` once (errors name the spec)."""
     seen: set[str] = set()
-    if plan.loaded.model.simulate is not None:
-        from cruijff_kit._simulate.config import check_simulate
-
-        check_simulate(plan.loaded)
+    for key, owner in registry().spec_sections.items():
+        if getattr(plan.loaded.model, key, None) is not None:
+            owner.check(plan.loaded)
     for run in plan.runs:
         objs: list[tuple[str, Plugin]] = [("dataset", run.dataset()), ("scheduler", run.scheduler())]
         tr = run.trainer()

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from cruijff_kit._base.errors import SpecError
-from cruijff_kit._engine.spec import read_yaml, spec_error_from
+from cruijff_kit._base.yamlfile import read_yaml, spec_error_from
 
 PROFILE_NAME = "ck.profile.yaml"
 

@@ -45,7 +45,7 @@ def run_init(scheduler: str | None, path: Path | None, sets: tuple[str, ...], *,
         try:
             model.model_validate(section)
         except ValidationError as exc:
-            from cruijff_kit._engine.spec import spec_error_from
+            from cruijff_kit._base.yamlfile import spec_error_from
 
             raise spec_error_from(exc, model, file=str(target), prefix=scheduler) from None
     if not data:

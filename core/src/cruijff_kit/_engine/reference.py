@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from cruijff_kit._api.kinds import EvalConfig, LoraOptions, Prompt, Resources, SchedulerConfig, TrainConfig
+from cruijff_kit._api.registry import registry
 from cruijff_kit._engine.spec import ModelSpec, SpecModel
 
 
@@ -52,18 +53,6 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
 ]
 
 
-def _simulate_sections() -> list[tuple[str, type[BaseModel], str]]:
-    from cruijff_kit._simulate.config import MetricSpec, RetryPolicy, ScoringConfig, SimulateConfig, TaskSource
-
-    return [
-        ("`simulate`", SimulateConfig, "Settings for `ck simulate` (see docs/simulation.md)."),
-        ("`simulate.tasks`", TaskSource, "Where the conversation openers come from."),
-        ("`simulate.scoring`", ScoringConfig, "Multi-turn-aware scoring of candidate responses."),
-        ("`simulate.scoring.metrics[i]`", MetricSpec, "One weighted metric."),
-        ("`simulate.retry`", RetryPolicy, "Retries on rate limits, server errors and timeouts."),
-    ]
-
-
 def spec_reference() -> str:
     """The whole reference page."""
     out = [
@@ -79,6 +68,7 @@ def spec_reference() -> str:
         "Precedence: the file < sweep and variant values < `--set` on the command line.",
         "",
     ]
-    for title, model, text in SECTIONS + _simulate_sections():
+    owned = [table for owner in registry().spec_sections.values() for table in owner.reference()]
+    for title, model, text in SECTIONS + owned:
         out += [f"## {title}", "", text, "", model_table(model), ""]
     return "\n".join(out)

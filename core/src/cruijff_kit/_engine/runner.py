@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from cruijff_kit import status
+from cruijff_kit._api.kinds import Scheduler
+from cruijff_kit._api.records import StageJob
 from cruijff_kit._base.errors import CkError
 from cruijff_kit._base.fileio import atomic_write_text, atomic_write_yaml, load_yaml
-from cruijff_kit._api.kinds import Scheduler
 from cruijff_kit._base.layout import ExperimentLayout
-from cruijff_kit._engine.planner import Plan, StageJob
-from cruijff_kit._engine.report import plan_markdown
 from cruijff_kit._base.secrets import scrub
+from cruijff_kit._engine.planner import Plan
+from cruijff_kit._engine.report import plan_markdown
 
 
 def write_experiment(plan: Plan) -> None:

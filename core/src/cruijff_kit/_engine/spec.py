@@ -18,8 +18,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cruijff_kit._base.errors import PluginError, SpecError, closest, did_you_mean
-from cruijff_kit._api.kinds import PluginConfig, Prompt
+from cruijff_kit._api.kinds import Prompt
+from cruijff_kit._base.errors import SpecError, closest, did_you_mean
+from cruijff_kit._base.yamlfile import read_yaml, spec_error_from
 
 SLUG = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -65,100 +66,7 @@ class SpecModel(BaseModel):
 SECTION_KINDS = {"dataset": "dataset", "train": "trainer", "eval": "evaluator", "scheduler": "scheduler"}
 
 
-# --------------------------------------------------------------------------- errors
-def _loc_to_path(loc: tuple[Any, ...], prefix: str = "") -> str:
-    parts: list[str] = [prefix] if prefix else []
-    for item in loc:
-        if isinstance(item, int):
-            if parts:
-                parts[-1] = f"{parts[-1]}[{item}]"
-            else:
-                parts.append(f"[{item}]")
-        elif item in ("function-after", "function-before") or str(item).startswith(("literal[", "list[", "int", "str")):
-            continue
-        else:
-            parts.append(str(item))
-    return ".".join(parts)
-
-
-def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Field names valid at the parent of ``loc`` (for did-you-mean on unknown keys)."""
-    current: Any = model
-    for item in loc[:-1]:
-        if isinstance(item, int):
-            continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return []
-        info = current.model_fields.get(str(item))
-        if info is None:
-            return []
-        ann = info.annotation
-        current = _model_in(ann)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
-
-
-def _model_in(ann: Any) -> Any:
-    if isinstance(ann, type) and issubclass(ann, BaseModel):
-        return ann
-    for arg in getattr(ann, "__args__", ()) or ():
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def spec_error_from(exc: ValidationError, model: type[BaseModel], *, file: str | None,
-                    prefix: str = "", note: str = "") -> SpecError:
-    """Turn a pydantic ValidationError into one SpecError naming the YAML path and the fix."""
-    errors = exc.errors()
-    first = errors[0]
-    loc = tuple(first["loc"])
-    path = _loc_to_path(loc, prefix)
-    if first["type"] == "extra_forbidden":
-        key = str(loc[-1])
-        valid = _fields_at(model, loc)
-        msg = f"unknown key `{key}`."
-        hint = did_you_mean(key, valid) if valid else None
-    elif first["type"] == "missing":
-        msg = f"required key `{loc[-1]}` is missing."
-        hint = None
-    else:
-        got = first.get("input")
-        shown = repr(got) if not isinstance(got, dict) else "a mapping"
-        msg = f"{first['msg']} (got {shown})."
-        hint = None
-    if len(errors) > 1:
-        msg += f" ({len(errors) - 1} more problem{'s' if len(errors) > 2 else ''} after this one.)"
-    if note:
-        msg += f" {note}"
-    return SpecError(msg, file=file, path=path, hint=hint)
-
-
 # --------------------------------------------------------------------------- YAML and overrides
-def read_yaml(path: Path, what: str = "spec") -> dict[str, Any]:
-    """Read a YAML mapping with ``safe_load``; errors name the file and the line."""
-    if not path.exists():
-        raise SpecError(f"the {what} file does not exist.", file=str(path),
-                        hint="Check the path (relative paths are relative to the current folder).")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" near line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(f"is not valid YAML{line}: {problem}.", file=str(path),
-                        hint="Fix the indentation or quoting there.") from None
-    except UnicodeDecodeError:
-        raise SpecError("is not UTF-8 text.", file=str(path)) from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise SpecError(f"must be a YAML mapping (key: value), got {type(data).__name__}.", file=str(path))
-    return data
-
-
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
@@ -243,34 +151,6 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any], origin: str
     for key, value in overrides.items():
         set_path(out, key, copy.deepcopy(value), origin=origin, file=file)
     return out
-
-
-# --------------------------------------------------------------------------- plugin sections
-def validate_section(kind: str, section: dict[str, Any], *, path: str, file: str | None,
-                     note: str = "") -> tuple[type, PluginConfig]:
-    """Validate one plugin section with its plugin's Config; return (plugin class, config)."""
-    from cruijff_kit._api.registry import plugin_class  # local: keeps spec importable without entry points
-
-    if not isinstance(section, dict) or "plugin" not in section:
-        raise SpecError("needs a `plugin:` key naming the backend.", file=file, path=path,
-                        hint="See `ck plugins` for what is installed.")
-    name = section["plugin"]
-    try:
-        cls = plugin_class(kind, str(name))
-    except PluginError as exc:
-        raise SpecError(str(exc), file=file, path=f"{path}.plugin") from None
-    options = {k: v for k, v in section.items() if k != "plugin"}
-    try:
-        config = cls.Config.model_validate(options)
-    except ValidationError as exc:
-        raise spec_error_from(exc, cls.Config, file=file, prefix=path,
-                              note=f"(options of the `{name}` {kind} plugin{note})") from None
-    return cls, config
-
-
-def dump_section(name: str, config: PluginConfig) -> dict[str, Any]:
-    """A resolved section: plugin name plus every option with defaults filled."""
-    return {"plugin": name, **config.model_dump(mode="json")}
 
 
 # --------------------------------------------------------------------------- the loaded spec

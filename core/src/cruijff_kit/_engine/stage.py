@@ -15,10 +15,10 @@ from typing import Any
 
 from cruijff_kit import status
 from cruijff_kit._api.context import RunInfo, StageContext
+from cruijff_kit._api.records import PlannedRun, StageDef
 from cruijff_kit._base.errors import CkError, StageError
 from cruijff_kit._base.fileio import atomic_write_json, load_yaml, locked, read_json
 from cruijff_kit._base.layout import RunLayout
-from cruijff_kit._engine.planner import PlannedRun, StageDef
 
 
 class Interrupted(BaseException):
@@ -94,8 +94,8 @@ def _check_train_outputs(run: PlannedRun) -> None:
 
 def run_stage(run_dir: str | Path, stage_name: str, *, extra_plugins: list[object] | None = None) -> dict[str, Any]:
     """Execute one stage in this process; returns the eval results (empty for train)."""
-    from cruijff_kit._engine import envinfo
     from cruijff_kit._api.registry import registry
+    from cruijff_kit._engine import envinfo
 
     run = load_run(run_dir)
     stage = run.stage(stage_name)

@@ -71,8 +71,7 @@ from typing import Any
 
 from pydantic import Field
 
-from cruijff_kit._base.errors import DataError
-from cruijff_kit._api.kinds import Dataset, DatasetConfig
+from cruijff_kit import DataError, Dataset, DatasetConfig
 
 
 class __CLASS__Config(DatasetConfig):
@@ -110,7 +109,7 @@ class __CLASS__(Dataset):
 
     def load(self, prompt: Any) -> Any:
         """The canonical DatasetDict."""
-        from cruijff_kit.data._canonical import INSTRUCT, canonical_rows, check_rows, to_dataset_dict
+        from cruijff_kit.data import INSTRUCT, canonical_rows, check_rows, to_dataset_dict
 
         file = self.path(self.config.path)
         splits = {split: canonical_rows(check_rows(rows, INSTRUCT, file=file, split=split), INSTRUCT, prompt)
@@ -135,7 +134,7 @@ from typing import Any
 
 from pydantic import Field
 
-from cruijff_kit._api.kinds import EvalConfig, Evaluator
+from cruijff_kit import EvalConfig, Evaluator
 
 
 class __CLASS__Config(EvalConfig):
@@ -161,9 +160,8 @@ class __CLASS__(Evaluator):
 
     def evaluate(self, ctx: Any) -> dict[str, Any]:
         """Answer every row of the split; write answers.jsonl; return accuracy."""
-        from cruijff_kit.data._canonical import split_target
-        from cruijff_kit.inference._loading import load_model
-        from cruijff_kit.inference._model import InferenceModel
+        from cruijff_kit.data import split_target
+        from cruijff_kit.inference import InferenceModel, load_model
         from cruijff_kit.scoring import mean_stderr
 
         cfg = self.config
@@ -200,7 +198,7 @@ from typing import Any
 
 from pydantic import Field
 
-from cruijff_kit._api.kinds import Estimate, TrainConfig, Trainer
+from cruijff_kit import Estimate, TrainConfig, Trainer
 
 
 class __CLASS__Config(TrainConfig):

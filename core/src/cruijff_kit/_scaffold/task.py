@@ -40,9 +40,8 @@ from cruijff_kit_inspect.tasks import rows_to_samples
 
 def read_samples(data: str, split: str = "test", system: str | None = None) -> list[Any]:
     """inspect Samples of one split of a json-instruct file or json-chat folder."""
-    from cruijff_kit.data._canonical import canonical_rows
-    from cruijff_kit.data._readers import ChatFolder, InstructFile
-    from cruijff_kit._api.kinds import Prompt
+    from cruijff_kit import Prompt
+    from cruijff_kit.data import ChatFolder, InstructFile, canonical_rows
 
     path = Path(data)
     source = ChatFolder(path) if path.is_dir() else InstructFile(path)

@@ -16,8 +16,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cruijff_kit._base.errors import SpecError
 from cruijff_kit._api.kinds import Simulator
+from cruijff_kit._api.retry import RetryPolicy
+from cruijff_kit._base.errors import SpecError
 from cruijff_kit._simulate import prompts
 
 #: The built-in local assistant's plugin name (a local HF model plus an optional adapter).
@@ -33,16 +34,6 @@ class ParticipantSection(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     plugin: str = Field(..., description="Simulator plugin (`openai`, or `local` for the assistant).")
-
-
-class RetryPolicy(_Model):
-    """Backoff for transient failures (HTTP 429, 5xx, timeouts, dropped connections)."""
-
-    attempts: int = Field(6, gt=0, description="Tries per call, the first included.")
-    initial_delay: float = Field(0.5, ge=0.0, description="Seconds before the first retry.")
-    max_delay: float = Field(30.0, ge=0.0, description="Longest wait between tries.")
-    multiplier: float = Field(2.0, ge=1.0, description="Each wait is this times the previous one.")
-    jitter: float = Field(0.25, ge=0.0, le=1.0, description="Random extra wait, as a fraction of the wait.")
 
 
 class TaskSource(_Model):
@@ -159,7 +150,7 @@ def simulator_class(name: str, *, file: str | None, path: str) -> type[Simulator
 def build_participant(section: ParticipantSection, *, file: str | None, path: str, base_dir: Path,
                       defaults: dict[str, Any] | None = None) -> Simulator:
     """Validate a participant section with its plugin's Config and build the plugin object."""
-    from cruijff_kit._engine.spec import spec_error_from
+    from cruijff_kit._base.yamlfile import spec_error_from
 
     cls = simulator_class(section.plugin, file=file, path=path)
     options = {k: v for k, v in (section.model_extra or {}).items()}
@@ -223,7 +214,7 @@ def default_output(loaded: Any) -> Path:
 
 def parse_config(data: dict[str, Any], *, file: str | None) -> SimulateConfig:
     """Validate a ``simulate`` mapping (errors name ``simulate.<path>``)."""
-    from cruijff_kit._engine.spec import spec_error_from
+    from cruijff_kit._base.yamlfile import spec_error_from
 
     try:
         return SimulateConfig.model_validate(data)

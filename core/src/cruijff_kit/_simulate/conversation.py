@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from cruijff_kit._api.retry import Caller
 from cruijff_kit._simulate.config import ScoringConfig
 from cruijff_kit._simulate.metrics import Metric, final_answer
-from cruijff_kit._simulate.retry import Caller
 from cruijff_kit._simulate.tasks import Task
 from cruijff_kit._simulate.user import UserReply, UserSimulator
 

@@ -19,8 +19,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from cruijff_kit._base.errors import CkError, StageError
 from cruijff_kit._api.kinds import Simulator, SimulatorConfig
+from cruijff_kit._base.errors import CkError, StageError
 
 
 class LocalConfig(SimulatorConfig):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cruijff_kit._api.retry import Caller, CallFailed
 from cruijff_kit._base.errors import CkError
 from cruijff_kit._base.fileio import append_jsonl, atomic_write_json, read_jsonl
 from cruijff_kit._base.secrets import scrub
@@ -24,7 +25,6 @@ from cruijff_kit._simulate.config import Simulation
 from cruijff_kit._simulate.conversation import Engine
 from cruijff_kit._simulate.metrics import Metric
 from cruijff_kit._simulate.progress import Progress
-from cruijff_kit._simulate.retry import Caller, CallFailed
 from cruijff_kit._simulate.tasks import Task, conversation_ids
 from cruijff_kit._simulate.user import UserSimulator
 

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cruijff_kit._api.retry import Caller, CallFailed
 from cruijff_kit._base.errors import DataError, SpecError
 from cruijff_kit._simulate import prompts
 from cruijff_kit._simulate.config import MetricSpec
-from cruijff_kit._simulate.retry import Caller, CallFailed
 from cruijff_kit._simulate.tasks import Task
 from cruijff_kit._simulate.user import MalformedReply, parse_json_object
 

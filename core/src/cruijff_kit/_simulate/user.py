@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from cruijff_kit._api.retry import Caller, CallFailed
 from cruijff_kit._simulate import prompts
-from cruijff_kit._simulate.retry import Caller, CallFailed
 
 
 class UserReply(BaseModel):

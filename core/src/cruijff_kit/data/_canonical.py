@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cruijff_kit._base.errors import DataError, closest
 from cruijff_kit._api.kinds import Prompt
+from cruijff_kit._base.errors import DataError, closest
 
 INSTRUCT, CHAT = "instruct", "chat"
 #: Roles a message may have.

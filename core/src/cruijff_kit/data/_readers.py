@@ -26,6 +26,8 @@ from typing import Any
 
 from pydantic import Field, PositiveInt
 
+from cruijff_kit._api.kinds import Dataset, DatasetConfig
+from cruijff_kit._base.errors import DataError
 from cruijff_kit.data._canonical import (
     CHAT,
     INSTRUCT,
@@ -46,8 +48,6 @@ from cruijff_kit.data._canonical import (
     stats_of_rows,
     to_dataset_dict,
 )
-from cruijff_kit._base.errors import DataError
-from cruijff_kit._api.kinds import Dataset, DatasetConfig
 
 #: Split names first in this order, then the others alphabetically.
 SPLIT_ORDER = ("train", "validation", "test")

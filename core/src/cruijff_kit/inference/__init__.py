@@ -15,12 +15,25 @@ from typing import TYPE_CHECKING
 from cruijff_kit._base.lazy import lazy_exports
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from cruijff_kit.inference._loading import load_model, resolve_target
+    from cruijff_kit.inference._loading import (
+        TOKENIZER_FILES,
+        load_model,
+        resolve_device,
+        resolve_dtype,
+        resolve_target,
+        tokenizer_dir,
+    )
     from cruijff_kit.inference._model import InferenceModel, load
 
-__all__ = ["InferenceModel", "load", "load_model", "resolve_target"]
+_WHERE = {
+    **dict.fromkeys(["InferenceModel", "load"], "cruijff_kit.inference._model"),
+    **dict.fromkeys(["TOKENIZER_FILES", "load_model", "resolve_device", "resolve_dtype", "resolve_target",
+                     "tokenizer_dir"], "cruijff_kit.inference._loading"),
+}
 
-_WHERE = {"InferenceModel": "cruijff_kit.inference._model", "load": "cruijff_kit.inference._model",
-          "load_model": "cruijff_kit.inference._loading", "resolve_target": "cruijff_kit.inference._loading"}
+__all__ = [
+    "InferenceModel", "TOKENIZER_FILES", "load", "load_model", "resolve_device", "resolve_dtype",
+    "resolve_target", "tokenizer_dir",
+]
 
 __getattr__, __dir__ = lazy_exports(__name__, _WHERE)

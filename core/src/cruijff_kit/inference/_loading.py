@@ -84,7 +84,7 @@ def resolve_target(path: str | Path, adapter: str | Path | None = None,
     if adapter is not None:
         return str(p) if p.exists() else str(path), Path(adapter).expanduser().resolve()
     if (p / "spec.yaml").is_file():
-        from cruijff_kit._engine.spec import read_yaml
+        from cruijff_kit._base.yamlfile import read_yaml
 
         spec = read_yaml(p / "spec.yaml", what="run spec")
         model = spec.get("model", {}) or {}

@@ -1,1 +1,42 @@
-"""Trainer helpers."""
+"""Helpers for trainer plugins: precision and device, adapter folders and their export, metrics rows,
+plan-time checks and estimates, and the relaunch of a stage on several processes (torchrun).
+
+Nothing here imports torch at import time; the functions that need it import it when called.
+"""
+
+from cruijff_kit.training._adapters import (
+    ADAPTER_FILES,
+    MetricsRow,
+    adapter_info,
+    chat_template_text,
+    export_adapter,
+    peak_memory_mb,
+    plan_device,
+    read_metrics,
+    require_saved_epochs,
+    resolve_precision,
+    run_device,
+    save_adapter,
+    save_adapter_weights,
+    torch_dtype,
+    truncate_metrics,
+    write_adapter_dir,
+)
+from cruijff_kit.training._distributed import is_worker, needs_launch, relaunch, world_size
+from cruijff_kit.training._estimate import (
+    ModelShape,
+    check_targets,
+    check_validation_split,
+    estimate_run,
+    find_config,
+    model_ref,
+    model_shape,
+)
+
+__all__ = [
+    "ADAPTER_FILES", "MetricsRow", "ModelShape", "adapter_info", "chat_template_text", "check_targets",
+    "check_validation_split", "estimate_run", "export_adapter", "find_config", "is_worker", "model_ref",
+    "model_shape", "needs_launch", "peak_memory_mb", "plan_device", "read_metrics", "relaunch",
+    "require_saved_epochs", "resolve_precision", "run_device", "save_adapter", "save_adapter_weights",
+    "torch_dtype", "truncate_metrics", "world_size", "write_adapter_dir",
+]

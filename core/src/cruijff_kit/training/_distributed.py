@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from cruijff_kit._base.errors import StageError
 from cruijff_kit._api.kinds import Resources
+from cruijff_kit._base.errors import StageError
 
 Launcher = Literal["torchrun", "accelerate"]
 CHILD_ENV = "CK_STAGE_CHILD"

@@ -19,11 +19,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cruijff_kit._base.errors import SpecError, did_you_mean
 from cruijff_kit._api.kinds import Estimate, Resources, TrainConfig
+from cruijff_kit._base.errors import SpecError, did_you_mean
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cruijff_kit._engine.planner import PlannedRun
+    from cruijff_kit._api.records import PlannedRun
 
 #: ``model_type`` values whose layout the arithmetic here knows exactly.
 KNOWN_TYPES = ("llama", "mistral", "qwen2", "qwen3")

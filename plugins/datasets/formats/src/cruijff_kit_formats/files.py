@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from cruijff_kit.data._readers import ChatFolder, FileDatasetConfig, InstructFile, ParquetFolder, SourceDataset
+from cruijff_kit.data import ChatFolder, FileDatasetConfig, InstructFile, ParquetFolder, SourceDataset
 
 
 class JsonInstruct(SourceDataset):

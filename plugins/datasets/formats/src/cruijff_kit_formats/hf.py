@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import Field
 
-from cruijff_kit.data._canonical import shown
-from cruijff_kit.data._readers import (
+from cruijff_kit import DataError
+from cruijff_kit.data import (
     ArrowDir,
     Columns,
     FileDatasetConfig,
@@ -18,8 +18,8 @@ from cruijff_kit.data._readers import (
     TableSource,
     file_identity,
     order_splits,
+    shown,
 )
-from cruijff_kit._base.errors import DataError
 
 #: Builders shipped inside ``datasets`` that read local files named by ``data_files``.
 BUILDERS = ("json", "csv", "parquet", "arrow", "text", "pandas")

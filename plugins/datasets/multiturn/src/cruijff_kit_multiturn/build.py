@@ -20,7 +20,7 @@ import random
 from collections import defaultdict
 from typing import Any
 
-from cruijff_kit._base.errors import DataError, did_you_mean
+from cruijff_kit import DataError, did_you_mean
 from cruijff_kit_multiturn.rows import get_path, paths_in
 
 

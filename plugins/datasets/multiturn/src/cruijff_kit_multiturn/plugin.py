@@ -9,9 +9,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from cruijff_kit.data._canonical import as_prompt, check_run_splits, shown, to_dataset_dict
-from cruijff_kit._base.errors import DataError
-from cruijff_kit._api.kinds import Dataset, DatasetConfig
+from cruijff_kit import DataError, Dataset, DatasetConfig
+from cruijff_kit.data import as_prompt, check_run_splits, shown, to_dataset_dict
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 

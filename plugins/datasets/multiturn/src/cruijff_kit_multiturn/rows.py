@@ -19,10 +19,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cruijff_kit.data._canonical import shown
-from cruijff_kit.data._readers import ArrowDir, ParquetFolder, parse_json, parse_jsonl, read_text
-from cruijff_kit._base.errors import DataError
-from cruijff_kit._base.fileio import read_jsonl
+from cruijff_kit import DataError
+from cruijff_kit.data import ArrowDir, ParquetFolder, parse_json, parse_jsonl, read_text, shown
+from cruijff_kit.files import read_jsonl
 
 #: Fields every CollabLLM-form row must have.
 REQUIRED = ("prompt", "completion", "conv_id", "turn_id")

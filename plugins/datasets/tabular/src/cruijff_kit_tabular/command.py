@@ -20,8 +20,8 @@ def tabular_command(config: str, dst: str, force: bool) -> None:
     """
     from pydantic import ValidationError
 
-    from cruijff_kit._base.errors import DataError
-    from cruijff_kit._engine.spec import read_yaml, spec_error_from
+    from cruijff_kit import DataError, spec_error_from
+    from cruijff_kit.files import read_yaml
     from cruijff_kit_tabular.generate import build
     from cruijff_kit_tabular.options import TabularOptions
 

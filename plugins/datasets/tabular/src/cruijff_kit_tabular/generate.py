@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cruijff_kit.data import _provenance as provenance
-from cruijff_kit.data._canonical import shown, suggest
-from cruijff_kit._base.errors import DataError
+from cruijff_kit import DataError
+from cruijff_kit import data as provenance
+from cruijff_kit.data import shown, suggest
 from cruijff_kit_tabular.options import TabularOptions
 from cruijff_kit_tabular.read import cell_text, detect_format, read_table
 from cruijff_kit_tabular.render import Renderer, to_number
@@ -345,7 +345,7 @@ class Built:
 
 def build(options: TabularOptions, base_dir: Path, dst: Path, *, force: bool = False) -> Built:
     """Generate the dataset into ``dst`` (a folder, or a ``.json`` file), or reuse an identical one."""
-    from cruijff_kit._base.fileio import locked
+    from cruijff_kit.files import locked
 
     p = prepare(options, base_dir)
     key = p.key()

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from cruijff_kit._api.kinds import DatasetConfig, PluginConfig
+from cruijff_kit import DatasetConfig, PluginConfig
 
 FORMATS = ("csv", "tsv", "parquet", "stata", "sas", "excel")
 

@@ -7,14 +7,8 @@ from typing import Any
 
 from pydantic import Field
 
-from cruijff_kit.data._canonical import (
-    as_prompt,
-    canonical_rows,
-    check_run_splits,
-    check_template,
-    to_dataset_dict,
-)
-from cruijff_kit._api.kinds import Dataset, Prompt
+from cruijff_kit import Dataset, Prompt
+from cruijff_kit.data import as_prompt, canonical_rows, check_run_splits, check_template, to_dataset_dict
 from cruijff_kit_tabular.options import TabularOptions
 
 #: The cache folder beside the spec when ``cache_dir`` is not set.
@@ -63,7 +57,7 @@ class TabularDataset(Dataset):
 
     def load(self, prompt: Any = None) -> Any:
         """The canonical DatasetDict (``messages``, ``input``, ``output``, ``row``)."""
-        from cruijff_kit.data._readers import InstructFile
+        from cruijff_kit.data import InstructFile
 
         source = InstructFile(self.generated())
         p = self.prompt_for(prompt)
@@ -72,7 +66,7 @@ class TabularDataset(Dataset):
 
     def describe(self, prompt: Any = None) -> dict[str, Any]:
         """Rows per split from the sidecar when the dataset was generated already, else nothing."""
-        from cruijff_kit.data import _provenance as provenance
+        from cruijff_kit import data as provenance
         from cruijff_kit_tabular.generate import PREFIX, prepare
 
         try:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cruijff_kit.data._canonical import shown
-from cruijff_kit._base.errors import DataError
+from cruijff_kit import DataError
+from cruijff_kit.data import shown
 
 EXTENSIONS = {
     ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".txt": "tsv", ".parquet": "parquet", ".pq": "parquet",

@@ -10,14 +10,14 @@ import asyncio
 import random
 from typing import Any
 
-from cruijff_kit._base.errors import CkError, DataError
+from cruijff_kit import CkError, DataError
 from cruijff_kit_tabular.options import Rewrite
 
 
 def _simulator(rewrite: Rewrite) -> Any:
     from pydantic import ValidationError
 
-    from cruijff_kit._api.registry import plugin_class
+    from cruijff_kit import plugin_class
 
     section = dict(rewrite.simulator)
     name = str(section.pop("plugin"))
@@ -36,8 +36,7 @@ def rewrite_rows(splits: dict[str, list[dict[str, Any]]], rewrite: Rewrite, seed
     """Replace every row's ``input`` (the rendered features) with the LLM's rewrite; returns counts."""
     if not rewrite.send_rows:  # prepare() refuses earlier; never send without the opt-in
         raise DataError("template.rewrite needs send_rows: true to send row text off this machine.")
-    from cruijff_kit._simulate.config import RetryPolicy
-    from cruijff_kit._simulate.retry import Caller, CallFailed
+    from cruijff_kit import Caller, CallFailed, RetryPolicy
 
     sim = _simulator(rewrite)
     rows = [row for part in splits.values() for row in part]

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cruijff_kit.data._canonical import shown, suggest
-from cruijff_kit._base.errors import DataError
+from cruijff_kit import DataError
+from cruijff_kit.data import shown, suggest
 from cruijff_kit_tabular.options import Perturb, TabularOptions
 from cruijff_kit_tabular.schema import Column, Schema, code_text
 

@@ -17,8 +17,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 
-from cruijff_kit._base.errors import DataError
-from cruijff_kit._api.kinds import PluginConfig
+from cruijff_kit import DataError, PluginConfig
 
 Code = str | int | float | bool
 
@@ -83,7 +82,8 @@ class Schema(PluginConfig):
 
 def load_schema(path: Path) -> Schema:
     """Read and validate a schema YAML; errors name the file and the key."""
-    from cruijff_kit._engine.spec import read_yaml, spec_error_from
+    from cruijff_kit import spec_error_from
+    from cruijff_kit.files import read_yaml
 
     try:
         data = read_yaml(path, what="schema")
@@ -97,7 +97,7 @@ def load_schema(path: Path) -> Schema:
         first = exc.errors()[0]
         loc = tuple(first["loc"])
         if first["type"] == "extra_forbidden" and len(loc) == 3 and loc[0] == "columns":
-            from cruijff_kit._base.errors import did_you_mean
+            from cruijff_kit import did_you_mean
 
             raise DataError(f"{path} at `columns.{loc[1]}.{loc[2]}`: unknown key `{loc[2]}`. "
                             f"{did_you_mean(str(loc[2]), Column.model_fields)}") from None

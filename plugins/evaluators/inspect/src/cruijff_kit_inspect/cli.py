@@ -29,7 +29,7 @@ def build_spec(model: str, *, adapter: str | None, task: str, dataset: str | Non
                include_base: bool, options: dict[str, Any], output: Path, seed: int,
                system: str | None, template: str | None) -> dict[str, Any]:
     """The run spec of a one-off evaluation (absolute paths; the eval-only or control run type)."""
-    from cruijff_kit._engine.spec import set_path
+    from cruijff_kit.engine import set_path
 
     local = Path(model).expanduser()
     model_string = _is_model_string(model)
@@ -95,11 +95,8 @@ def eval_command(model: str, adapter: str | None, task: str, dataset: str | None
                  sets: tuple[str, ...], output: str) -> None:
     """Evaluate MODEL (a local folder, hub id, or inspect model string like openai/gpt-4o-mini), or
     MODEL plus --adapter, on one task; prints the metrics and where the logs are."""
-    from cruijff_kit._base.fileio import atomic_write_yaml, read_json
-    from cruijff_kit._engine.planner import make_plan
-    from cruijff_kit._engine.runner import write_experiment
-    from cruijff_kit._engine.spec import load_spec, parse_overrides
-    from cruijff_kit._engine.stage import run_stage
+    from cruijff_kit.engine import load_spec, make_plan, parse_overrides, run_stage, write_experiment
+    from cruijff_kit.files import atomic_write_yaml, read_json
 
     out = Path(output)
     spec = build_spec(model, adapter=adapter, task=task, dataset=dataset, dataset_plugin=dataset_plugin,

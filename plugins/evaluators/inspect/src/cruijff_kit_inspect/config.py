@@ -6,8 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from cruijff_kit._api.kinds import EvalConfig, PluginConfig
-from cruijff_kit._base.secrets import is_secret_name
+from cruijff_kit import EvalConfig, PluginConfig
+from cruijff_kit.files import is_secret_name
 
 BUILTIN_TASKS = ("exact-match", "includes", "choice", "model-graded")
 """Tasks that read the run's dataset split (the final assistant turn is the target)."""
@@ -161,7 +161,7 @@ class InspectConfig(EvalConfig):
             for item in v:
                 if isinstance(item, str):
                     if item not in SCORER_NAMES:
-                        from cruijff_kit._base.errors import did_you_mean
+                        from cruijff_kit import did_you_mean
 
                         raise ValueError(f"unknown scorer {item!r}. {did_you_mean(item, SCORER_NAMES)}")
                     item = {"name": item}
@@ -178,7 +178,7 @@ class InspectConfig(EvalConfig):
             file, _, name = v.rpartition("@")
             if file.endswith(".py") and name.isidentifier():
                 return v
-        from cruijff_kit._base.errors import did_you_mean
+        from cruijff_kit import did_you_mean
 
         raise ValueError(f"unknown task {v!r}: use a built-in task ({', '.join(BUILTIN_TASKS)}) or "
                          f"path/to/file.py@task_name. {did_you_mean(v, BUILTIN_TASKS)}")

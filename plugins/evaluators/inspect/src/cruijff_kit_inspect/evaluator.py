@@ -6,14 +6,12 @@ import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from cruijff_kit._base.errors import CkError, StageError
-from cruijff_kit._api.kinds import Evaluator
-from cruijff_kit._base.secrets import scrub
+from cruijff_kit import CkError, Evaluator, StageError
+from cruijff_kit.files import scrub
 from cruijff_kit_inspect.config import InspectConfig
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cruijff_kit._api.context import StageContext
-    from cruijff_kit._engine.planner import PlannedRun
+    from cruijff_kit import PlannedRun, StageContext
 
 
 def model_for(cfg: InspectConfig, model_path: str, adapter: Path | None,
@@ -100,14 +98,14 @@ class InspectEvaluator(Evaluator):
             except SyntaxError as exc:
                 raise CkError(f"task file {path} is not valid Python (line {exc.lineno}: {exc.msg}).") from None
             if fn not in names:
-                from cruijff_kit._base.errors import did_you_mean
+                from cruijff_kit import did_you_mean
 
                 raise CkError(f"task file {path} has no function `{fn}` (task: {cfg.task}). "
                               f"{did_you_mean(fn, names)}")
         else:
             splits = run.dataset().splits()
             if splits is not None and cfg.split not in splits:
-                from cruijff_kit._base.errors import did_you_mean
+                from cruijff_kit import did_you_mean
 
                 raise CkError(f"split `{cfg.split}` does not exist in the dataset (its splits: "
                               f"{', '.join(splits)}); set `split:`. {did_you_mean(cfg.split, splits)}")

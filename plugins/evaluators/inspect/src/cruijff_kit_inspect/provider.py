@@ -23,7 +23,7 @@ from inspect_ai.model import ChatMessage, GenerateConfig, ModelOutput
 from inspect_ai.model._providers.hf import HuggingFaceAPI
 from inspect_ai.tool import ToolChoice, ToolInfo
 
-from cruijff_kit.inference._loading import TOKENIZER_FILES, resolve_device, resolve_dtype, tokenizer_dir
+from cruijff_kit.inference import TOKENIZER_FILES, resolve_device, resolve_dtype, tokenizer_dir
 
 __all__ = ["TOKENIZER_FILES", "CkModelAPI", "resolve_device", "resolve_dtype", "tokenizer_dir"]
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cruijff_kit._base.errors import DataError, StageError
+from cruijff_kit import DataError, StageError
 from cruijff_kit_inspect.config import (
     ChoiceScorer,
     ClassificationScorer,

@@ -13,10 +13,7 @@ from typing import Any
 
 from pydantic import Field
 
-from cruijff_kit import status
-from cruijff_kit._api.kinds import PluginConfig, Scheduler, SchedulerConfig
-from cruijff_kit._base.layout import RunLayout
-from cruijff_kit._engine.planner import StageJob
+from cruijff_kit import PluginConfig, RunLayout, Scheduler, SchedulerConfig, StageJob, status
 
 
 class LocalConfig(SchedulerConfig):

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from cruijff_kit._base.errors import CkError
+from cruijff_kit import CkError
 
 DEFAULT_BASE_URL = "https://api.runpod.io"
 NO_CAPACITY_MARKERS = ("no longer any instances", "not enough free gpus", "no instances available")
@@ -160,7 +160,7 @@ class RunPodApi:
         found = data.get("gpuTypes") or []
         if not found:
             known = self.gpu_ids()
-            from cruijff_kit._base.errors import did_you_mean
+            from cruijff_kit import did_you_mean
 
             raise RunPodError(f"RunPod has no GPU type `{gpu_type}`. {did_you_mean(gpu_type, known)} "
                               "Set `gpu_type` (profile or spec) to one of RunPod's GPU type ids.")

@@ -23,10 +23,8 @@ from typing import Any
 
 import yaml
 
-from cruijff_kit import status
-from cruijff_kit._base.errors import CkError
-from cruijff_kit._base.fileio import atomic_write_json, locked, read_json
-from cruijff_kit._base.layout import RunLayout
+from cruijff_kit import CkError, RunLayout, status
+from cruijff_kit.files import atomic_write_json, locked, read_json
 from cruijff_kit_runpod.agent import safe_extract
 
 #: The command every pod runs: unpack the agent from its environment and start it. No inner quotes,

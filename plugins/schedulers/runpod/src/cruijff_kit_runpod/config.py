@@ -11,8 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from cruijff_kit._base.errors import SpecError
-from cruijff_kit._api.kinds import PluginConfig, SchedulerConfig
+from cruijff_kit import PluginConfig, SchedulerConfig, SpecError
 
 CloudType = Literal["SECURE", "COMMUNITY", "ALL"]
 DEFAULT_IMAGE = "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04"
@@ -134,7 +133,7 @@ class RunpodProfile(PluginConfig):
     @field_validator("env")
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
-        from cruijff_kit._base.secrets import is_secret_name
+        from cruijff_kit.files import is_secret_name
 
         for k in v:
             if not _ENV_NAME.match(k):

@@ -17,10 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cruijff_kit import status
-from cruijff_kit._base.errors import CkError
-from cruijff_kit._base.fileio import read_json, update_json
-from cruijff_kit._base.layout import RunLayout
+from cruijff_kit import CkError, RunLayout, status
+from cruijff_kit.files import read_json, update_json
 from cruijff_kit_runpod.api import AmbiguousError, PodRequest, RunPodApi, RunPodError
 from cruijff_kit_runpod.bundle import (
     POD_COMMAND,
@@ -201,7 +199,7 @@ def install_list(settings: PodSettings, spec: dict[str, Any]) -> list[str]:
         return list(settings.install)
     from importlib import metadata
 
-    from cruijff_kit._api.registry import registry
+    from cruijff_kit import registry
 
     reg = registry()
     wanted: dict[str, str] = {}
@@ -258,7 +256,7 @@ def missing_secrets(settings: PodSettings) -> list[str]:
 def launch(group: Group, settings: PodSettings, api: RunPodApi, price: float | None,
            echo: Any = None) -> dict[str, Any]:
     """Upload the group's bundle, create its pod, and record it. Returns the pod record."""
-    from cruijff_kit._engine.stage import load_run
+    from cruijff_kit.engine import load_run
 
     if settings.store is None:
         raise CkError("the runpod scheduler needs `store` (a bucket) under `runpod:` in your profile.")

@@ -8,11 +8,8 @@ from typing import Any
 
 import click
 
-from cruijff_kit import status
-from cruijff_kit._base.errors import CkError
-from cruijff_kit._base.fileio import atomic_write_json, locked
-from cruijff_kit._api.kinds import PluginConfig, Scheduler
-from cruijff_kit._engine.planner import PlannedRun, StageJob
+from cruijff_kit import CkError, PlannedRun, PluginConfig, Scheduler, StageJob, status
+from cruijff_kit.files import atomic_write_json, locked
 from cruijff_kit_runpod.api import RunPodApi, api_key_from_env
 from cruijff_kit_runpod.config import RunpodConfig, RunpodProfile, format_hms, require_store
 from cruijff_kit_runpod.store import MAX_PRESIGN_SECONDS
@@ -47,7 +44,7 @@ class RunpodScheduler(Scheduler):
 
     # ------------------------------------------------------------------ settings
     def _profile(self) -> tuple[RunpodProfile, str]:
-        from cruijff_kit._engine.profile import find_profile, scheduler_profile
+        from cruijff_kit.engine import find_profile, scheduler_profile
 
         where = find_profile(self.base_dir)
         return scheduler_profile(type(self), self.base_dir), str(where or "(no profile file)")
@@ -313,8 +310,8 @@ class RunpodScheduler(Scheduler):
     # ------------------------------------------------------------------ dry run
     def dry_run(self, jobs: list[StageJob], experiment_dir: Any, profile: PluginConfig | None) -> None:
         """Write what each pod would be created with to ``logs/runpod-dry-run.json``; start nothing."""
-        from cruijff_kit._base.layout import RunLayout
-        from cruijff_kit._engine.stage import load_run
+        from cruijff_kit import RunLayout
+        from cruijff_kit.engine import load_run
         from cruijff_kit_runpod.bundle import POD_COMMAND, find_inputs
         from cruijff_kit_runpod.pods import group_jobs, install_list, price_per_gpu_hour, secret_ref
 

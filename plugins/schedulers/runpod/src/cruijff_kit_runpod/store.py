@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cruijff_kit._base.errors import CkError
+from cruijff_kit import CkError
 
 #: The longest validity S3 accepts for a pre-signed (SigV4) URL.
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from cruijff_kit._api.kinds import PluginConfig, Resources, SchedulerConfig
+from cruijff_kit import PluginConfig, Resources, SchedulerConfig
 
 _MEM = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
 _ASSIGN = re.compile(r"(?:^|[\s;&|(])(?:export\s+|setenv\s+)?([A-Za-z_][A-Za-z0-9_]*)(?:=|\s+)(\S*)")
@@ -118,7 +118,7 @@ class SlurmProfile(PluginConfig):
 
 def secret_assignment(line: str) -> str | None:
     """The secret variable a shell line assigns a literal value to (``export HF_TOKEN=hf_...``), if any."""
-    from cruijff_kit._base.secrets import is_secret_name
+    from cruijff_kit.files import is_secret_name
 
     for m in _ASSIGN.finditer(line):
         name, value = m.group(1), m.group(2).strip("'\"")

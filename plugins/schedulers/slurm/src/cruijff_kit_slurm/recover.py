@@ -16,9 +16,8 @@ from typing import Any
 
 import yaml
 
-from cruijff_kit import status
-from cruijff_kit._base.fileio import atomic_write_yaml, locked
-from cruijff_kit._base.layout import RunLayout
+from cruijff_kit import RunLayout, status
+from cruijff_kit.files import atomic_write_yaml, locked
 
 #: Text that marks an out-of-memory failure in a stage's log (CUDA, ROCm, MPS, and the host's OOM killer).
 OOM_PATTERNS = (

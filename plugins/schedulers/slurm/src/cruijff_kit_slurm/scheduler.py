@@ -9,11 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cruijff_kit import status
-from cruijff_kit._base.fileio import atomic_write_json, atomic_write_text
-from cruijff_kit._api.kinds import PluginConfig, Resources, Scheduler
-from cruijff_kit._base.layout import ExperimentLayout, RunLayout
-from cruijff_kit._engine.planner import StageJob
+from cruijff_kit import ExperimentLayout, PluginConfig, Resources, RunLayout, Scheduler, StageJob, status
+from cruijff_kit.files import atomic_write_json, atomic_write_text
 from cruijff_kit_slurm import slurmcli
 from cruijff_kit_slurm.config import SlurmConfig, SlurmProfile
 from cruijff_kit_slurm.script import StageScript, array_script, stage_script
@@ -125,8 +122,8 @@ class SlurmScheduler(Scheduler):
 
     def _prepare_data(self, jobs: list[StageJob]) -> None:
         """Load each distinct dataset once here, so the jobs find its caches ready."""
-        from cruijff_kit._api.kinds import Prompt
-        from cruijff_kit._engine.stage import load_run
+        from cruijff_kit import Prompt
+        from cruijff_kit.engine import load_run
 
         seen: set[str] = set()
         for run_dir in dict.fromkeys(j.run_dir for j in jobs):

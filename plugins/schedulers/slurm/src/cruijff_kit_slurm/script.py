@@ -13,8 +13,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from cruijff_kit._api.kinds import Resources
-from cruijff_kit._base.secrets import scrub
+from cruijff_kit import Resources
+from cruijff_kit.files import scrub
 from cruijff_kit_slurm.config import SlurmConfig, SlurmProfile, memory_mb, time_minutes
 
 #: Columns of ``logs/<stage>.gpu.csv``.

@@ -9,8 +9,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 
-from cruijff_kit import status
-from cruijff_kit._base.errors import CkError
+from cruijff_kit import CkError, status
 
 #: SLURM job states -> stage states (see :func:`stage_state`).
 QUEUED = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED", "PREEMPTED",

@@ -13,8 +13,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from cruijff_kit._base.errors import CkError
-from cruijff_kit._api.kinds import Simulator, SimulatorConfig
+from cruijff_kit import CkError, Simulator, SimulatorConfig
 
 
 class OpenAIConfig(SimulatorConfig):

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cruijff_kit._base.errors import DataError
+from cruijff_kit import DataError
 
 _ROWS: dict[tuple[str, str], list[list[dict[str, Any]]]] = {}
 
@@ -37,8 +37,8 @@ def conversations_of(dataset: Any) -> list[list[dict[str, Any]]]:
 def _load_rows(run_dir: str | Path, split: str) -> list[list[dict[str, Any]]]:
     key = _key(run_dir, split)
     if key not in _ROWS:
-        from cruijff_kit._api.kinds import Prompt
-        from cruijff_kit._engine.stage import load_run
+        from cruijff_kit import Prompt
+        from cruijff_kit.engine import load_run
 
         run = load_run(run_dir)
         data = run.dataset().load(Prompt.model_validate(run.spec["prompt"]))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cruijff_kit._base.errors import SpecError, did_you_mean
+from cruijff_kit import SpecError, did_you_mean
 
 #: Hugging Face LoRA target names -> torchtune attention module names.
 ATTN_TARGETS = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "output_proj"}

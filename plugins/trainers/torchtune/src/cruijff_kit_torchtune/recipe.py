@@ -37,7 +37,7 @@ from torchtune.data import padded_collate_sft  # noqa: E402
 from torchtune.modules.peft import get_adapter_params  # noqa: E402
 from torchtune.training.metric_logging import StdoutLogger  # noqa: E402
 
-from cruijff_kit.training._adapters import MetricsRow, peak_memory_mb  # noqa: E402
+from cruijff_kit.training import MetricsRow, peak_memory_mb  # noqa: E402
 
 STATE_FILE = "torchtune_state.pt"
 #: Name parts added by activation checkpointing and torch.compile wrappers (not in state dicts).
@@ -183,7 +183,7 @@ class CkRecipeMixin:
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)  # type: ignore[misc]
         if self._steps_per_epoch == 0:
-            from cruijff_kit._base.errors import StageError
+            from cruijff_kit import StageError
 
             per_step = int(cfg.batch_size) * self._ck_world * int(cfg.gradient_accumulation_steps)
             raise StageError(f"the train split has {len(self._dataloader.dataset)} usable rows, fewer than one "

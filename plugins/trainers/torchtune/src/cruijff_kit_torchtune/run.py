@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cruijff_kit._base.errors import StageError
-from cruijff_kit._base.fileio import atomic_write_yaml
+from cruijff_kit import StageError
+from cruijff_kit.files import atomic_write_yaml
 from cruijff_kit_torchtune.families import ModelFamily, detect_family, map_targets
 
 CONFIG_FILE = "torchtune.yaml"
@@ -20,7 +20,7 @@ CONFIG_FILE = "torchtune.yaml"
 
 def local_model_dir(model_path: str) -> Path:
     """The local folder of the base model: the path itself, or a hub id's snapshot in the local cache."""
-    from cruijff_kit.training._estimate import find_config
+    from cruijff_kit.training import find_config
 
     found = find_config(model_path)
     if found is None:
@@ -54,7 +54,7 @@ def _init_distributed(device: str) -> tuple[int, int]:
 
 def run_training(trainer: Any, ctx: Any) -> None:
     """Train the run with our torchtune recipe (this process is one worker, or the only one)."""
-    from cruijff_kit.training._adapters import chat_template_text, resolve_precision, run_device
+    from cruijff_kit.training import chat_template_text, resolve_precision, run_device
     from cruijff_kit_torchtune.data import conversations_of, provide_rows
     from cruijff_kit_torchtune.tuneconfig import build_config
 
@@ -107,7 +107,7 @@ def run_recipe(tune_cfg: dict[str, Any], *, ctx: Any, family: ModelFamily, world
     finally:
         recipe.cleanup()
     if recipe.ck_stopped_at is not None and rank == 0:
-        from cruijff_kit.training._adapters import require_saved_epochs
+        from cruijff_kit.training import require_saved_epochs
 
         step, epoch = recipe.ck_stopped_at
         require_saved_epochs(ctx, list(conf.cruijff_kit.save_epochs), step=step, epoch=epoch,
@@ -123,7 +123,7 @@ def torch_backend() -> str | None:
 
 def make_hooks(ctx: Any, conf: Any, family: ModelFamily) -> Any:
     """Connect the recipe to the run: metrics rows, PEFT adapters per epoch, resume state."""
-    from cruijff_kit.training._adapters import save_adapter_weights, truncate_metrics
+    from cruijff_kit.training import save_adapter_weights, truncate_metrics
     from cruijff_kit_torchtune.peft_export import peft_config, to_peft_weights
     from cruijff_kit_torchtune.recipe import RecipeHooks
 

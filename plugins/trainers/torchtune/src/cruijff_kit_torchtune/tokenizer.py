@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from cruijff_kit._base.errors import DataError, StageError
+from cruijff_kit import DataError, StageError
 
 #: Label value the loss ignores (torchtune's CROSS_ENTROPY_IGNORE_IDX).
 IGNORE_INDEX = -100

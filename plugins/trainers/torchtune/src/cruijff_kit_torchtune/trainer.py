@@ -11,12 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from cruijff_kit._base.errors import SpecError
-from cruijff_kit._api.kinds import Estimate, TrainConfig, Trainer
+from cruijff_kit import Estimate, SpecError, TrainConfig, Trainer
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cruijff_kit._api.context import StageContext
-    from cruijff_kit._engine.planner import PlannedRun
+    from cruijff_kit import PlannedRun, StageContext
 
 
 class TorchtuneConfig(TrainConfig):
@@ -44,7 +42,7 @@ class TorchtuneTrainer(Trainer):
 
     def check(self, run: PlannedRun) -> None:
         """Plan-time errors: unsupported model family, LoRA targets, precision, QLoRA block sizes."""
-        from cruijff_kit.training._estimate import check_validation_split, find_config, model_ref
+        from cruijff_kit.training import check_validation_split, find_config, model_ref
         from cruijff_kit_torchtune.families import check_qlora, detect_family, map_targets
 
         cfg: TorchtuneConfig = self.config  # type: ignore[assignment]
@@ -67,17 +65,17 @@ class TorchtuneTrainer(Trainer):
 
     def estimate(self, run: PlannedRun) -> Estimate:
         """The shared plan-time estimate (config.json and the dataset's description)."""
-        from cruijff_kit.training._estimate import estimate_run
+        from cruijff_kit.training import estimate_run
 
         return estimate_run(run, self.config)  # type: ignore[arg-type]
 
     def train(self, ctx: StageContext) -> None:
         """Run the train stage; relaunch under torchrun first when the run asks for several processes."""
-        from cruijff_kit.training import _distributed as distributed
+        from cruijff_kit import training
 
         resources = ctx.resources
-        if distributed.needs_launch(resources):
-            distributed.relaunch(Path(ctx.run_dir), ctx.stage.name, resources, launcher="torchrun")
+        if training.needs_launch(resources):
+            training.relaunch(Path(ctx.run_dir), ctx.stage.name, resources, launcher="torchrun")
             return
         from cruijff_kit_torchtune.run import run_training
 

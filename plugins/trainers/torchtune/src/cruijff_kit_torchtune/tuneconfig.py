@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cruijff_kit._base.errors import SpecError, StageError
+from cruijff_kit import SpecError, StageError
 from cruijff_kit_torchtune.families import LoraTargets, ModelFamily
 
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")

@@ -12,7 +12,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from cruijff_kit.training import _adapters as training
+from cruijff_kit import training
 from cruijff_kit_trl.config import TrlConfig
 
 

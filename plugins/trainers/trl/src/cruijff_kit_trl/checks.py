@@ -6,12 +6,11 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cruijff_kit._base.errors import SpecError
-from cruijff_kit._api.kinds import Resources
+from cruijff_kit import Resources, SpecError
 from cruijff_kit_trl.config import TRACKER_MODULES, TrlConfig
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cruijff_kit._engine.planner import PlannedRun
+    from cruijff_kit import PlannedRun
 
 
 def _spec_file(run: PlannedRun) -> str | None:
@@ -48,7 +47,7 @@ def quantization_problem(device: str) -> str | None:
 
 def check_run(run: PlannedRun, config: TrlConfig) -> None:
     """Everything ``ck plan`` can check about a ``trl`` run without importing torch."""
-    from cruijff_kit.training._estimate import check_targets, check_validation_split
+    from cruijff_kit.training import check_targets, check_validation_split
 
     check_targets(run, config)
     file = _spec_file(run)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from cruijff_kit._api.kinds import PluginConfig, TrainConfig
+from cruijff_kit import PluginConfig, TrainConfig
 
 #: Experiment trackers the Hugging Face Trainer can report to (installed as extras of this plugin).
 Tracker = Literal["wandb", "mlflow", "tensorboard"]

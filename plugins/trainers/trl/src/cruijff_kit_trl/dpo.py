@@ -13,8 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from cruijff_kit.training import _adapters as training
-from cruijff_kit._base.errors import DataError
+from cruijff_kit import DataError, training
 from cruijff_kit_trl.config import TrlConfig
 from cruijff_kit_trl.sft import (
     SCHEDULERS,
@@ -74,9 +73,8 @@ def dpo_args(ctx: Any, config: TrlConfig, precision: str, device: str, has_eval:
 def run_dpo(ctx: Any, config: TrlConfig, chat_template: str | None) -> None:
     """Run DPO for the stage ``ctx``: adapters per saved epoch, metrics rows, resumable state."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from cruijff_kit.training import _distributed as distributed
 
-    world = distributed.world_size(ctx.resources)
+    world = training.world_size(ctx.resources)
     device = training.run_device() if (ctx.resources.gpus > 0 or world == 1) else "cpu"  # as in run_sft
     if world > 1 and device == "cpu":
         os.environ["ACCELERATE_USE_CPU"] = "true"

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from cruijff_kit._api.kinds import Estimate, Trainer
+from cruijff_kit import Estimate, Trainer
 from cruijff_kit_trl.config import TrlConfig
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cruijff_kit._api.context import StageContext
-    from cruijff_kit._engine.planner import PlannedRun
+    from cruijff_kit import PlannedRun, StageContext
 
 
 class TrlTrainer(Trainer):
@@ -28,23 +27,23 @@ class TrlTrainer(Trainer):
 
     def estimate(self, run: PlannedRun) -> Estimate:
         """Parameters, trainable LoRA parameters, memory and tokens per epoch, from config.json alone."""
-        from cruijff_kit.training._estimate import estimate_run
+        from cruijff_kit.training import estimate_run
 
         return estimate_run(run, self.config)
 
     def chat_template(self) -> str | None:
         """The spec's chat template: inline Jinja, or the text of a ``.jinja``/``.j2`` file it names."""
-        from cruijff_kit.training._adapters import chat_template_text
+        from cruijff_kit.training import chat_template_text
 
         return chat_template_text(self.config.chat_template, self.path)
 
     def train(self, ctx: StageContext) -> None:
         """Train; with more than one process, relaunch this stage under ``accelerate launch`` first."""
-        from cruijff_kit.training import _distributed as distributed
+        from cruijff_kit import training
 
         resources = ctx.resources
-        if distributed.needs_launch(resources):
-            distributed.relaunch(ctx.run_dir, ctx.stage.name, resources, launcher="accelerate")
+        if training.needs_launch(resources):
+            training.relaunch(ctx.run_dir, ctx.stage.name, resources, launcher="accelerate")
             return
         if self.config.objective == "dpo":
             from cruijff_kit_trl.dpo import run_dpo

@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cruijff_kit.training import _adapters as training
-from cruijff_kit._base.errors import DataError, StageError
+from cruijff_kit import DataError, StageError, training
 from cruijff_kit_trl.config import TrlConfig
 
 
@@ -241,9 +240,8 @@ def checkpoint_step(checkpoint: Path) -> int:
 def run_sft(ctx: Any, config: TrlConfig, chat_template: str | None) -> None:
     """Run SFT for the stage ``ctx``: adapters per saved epoch, metrics rows, resumable state."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from cruijff_kit.training import _distributed as distributed
 
-    world = distributed.world_size(ctx.resources)
+    world = training.world_size(ctx.resources)
     # One process trains wherever torch finds a GPU; several processes without GPUs are CPU ranks (gloo).
     device = training.run_device() if (ctx.resources.gpus > 0 or world == 1) else "cpu"
     if world > 1 and device == "cpu":

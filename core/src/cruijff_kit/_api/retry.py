@@ -1,4 +1,5 @@
-"""Calls to a participant with bounded concurrency and retries with exponential backoff."""
+"""Calls to a simulator (or any model behind a :class:`Simulator`) with bounded concurrency and retries
+with exponential backoff: ``ck simulate`` and dataset plugins that rewrite rows with a model use it."""
 
 from __future__ import annotations
 
@@ -7,9 +8,22 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from cruijff_kit._base.errors import CkError
+from pydantic import BaseModel, ConfigDict, Field
+
 from cruijff_kit._api.kinds import Simulator
-from cruijff_kit._simulate.config import RetryPolicy
+from cruijff_kit._base.errors import CkError
+
+
+class RetryPolicy(BaseModel):
+    """Backoff for transient failures (HTTP 429, 5xx, timeouts, dropped connections)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    attempts: int = Field(6, gt=0, description="Tries per call, the first included.")
+    initial_delay: float = Field(0.5, ge=0.0, description="Seconds before the first retry.")
+    max_delay: float = Field(30.0, ge=0.0, description="Longest wait between tries.")
+    multiplier: float = Field(2.0, ge=1.0, description="Each wait is this times the previous one.")
+    jitter: float = Field(0.25, ge=0.0, le=1.0, description="Random extra wait, as a fraction of the wait.")
 
 
 class CallFailed(Exception):

@@ -1,0 +1,43 @@
+"""The simulation feature as a default plugin: it owns the ``simulate`` section of a spec."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from cruijff_kit._api.hookspecs import hookimpl
+from cruijff_kit._api.sections import ReferenceTable, SpecSection
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from cruijff_kit._engine.spec import LoadedSpec
+
+
+def _check(loaded: LoadedSpec) -> None:
+    from cruijff_kit._simulate.config import check_simulate
+
+    check_simulate(loaded)
+
+
+def _resolve(section: Any, loaded: LoadedSpec) -> Any:
+    from cruijff_kit._simulate.config import resolved_section
+
+    return resolved_section(section, loaded)
+
+
+def _reference() -> list[ReferenceTable]:
+    from cruijff_kit._api.retry import RetryPolicy
+    from cruijff_kit._simulate.config import MetricSpec, ScoringConfig, SimulateConfig, TaskSource
+
+    return [
+        ("`simulate`", SimulateConfig, "Settings for `ck simulate` (see docs/simulation.md)."),
+        ("`simulate.tasks`", TaskSource, "Where the conversation openers come from."),
+        ("`simulate.scoring`", ScoringConfig, "Multi-turn-aware scoring of candidate responses."),
+        ("`simulate.scoring.metrics[i]`", MetricSpec, "One weighted metric."),
+        ("`simulate.retry`", RetryPolicy, "Retries on rate limits, server errors and timeouts."),
+    ]
+
+
+@hookimpl
+def register_spec_sections(register: Callable[[SpecSection], None]) -> None:
+    """The ``simulate`` section: checked at plan time, copied into each run's spec with ``output`` absolute."""
+    register(SpecSection(key="simulate", check=_check, resolve=_resolve, reference=_reference))

@@ -1,0 +1,25 @@
+"""Safe file helpers for plugins: atomic writes, locked read-modify-write, JSON lines, YAML files that
+fail with a message naming the file, and scrubbing of secrets from anything about to be written.
+
+Every write is atomic (a temporary file, then a rename), so a killed process never leaves half a file.
+"""
+
+from cruijff_kit._base.fileio import (
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_text,
+    atomic_write_yaml,
+    dump_yaml,
+    load_yaml,
+    locked,
+    read_json,
+    read_jsonl,
+    update_json,
+)
+from cruijff_kit._base.secrets import is_secret_name, scrub, secret_values
+from cruijff_kit._base.yamlfile import read_yaml
+
+__all__ = [
+    "append_jsonl", "atomic_write_json", "atomic_write_text", "atomic_write_yaml", "dump_yaml", "is_secret_name",
+    "load_yaml", "locked", "read_json", "read_jsonl", "read_yaml", "scrub", "secret_values", "update_json",
+]
