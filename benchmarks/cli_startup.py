@@ -1,8 +1,14 @@
 """CLI start-up: `ck --help`, `ck plan` of a 1,000-run sweep, and `ck status` over 1,000 runs,
-against `python -c "import torch"`. Run by hand: `python benchmarks/cli_startup.py`."""
+against `python -c "import torch"`. Run by hand: `python benchmarks/cli_startup.py`.
+
+`--compare REF` also times `ck --help` of the checkout at git revision REF (core and plugins put first
+on PYTHONPATH, so the installed entry points load that revision's code), alternating the two
+commands, and prints the ratio now / REF."""
 
 from __future__ import annotations
 
+import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -34,7 +40,45 @@ def timed(cmd: list[str], cwd: Path, repeat: int = 3) -> float:
     return statistics.median(times)
 
 
+def tree_env(root: Path) -> dict[str, str]:
+    """The environment that makes ``python -m cruijff_kit`` run the core and plugins of ``root``."""
+    paths = [root / "core" / "src", *sorted(root.glob("plugins/*/*/src"))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in paths)}
+
+
+def compare_help(ref: str, repeat: int = 15) -> None:
+    """Median `ck --help` of this checkout and of revision ``ref``, runs alternated, and the ratio."""
+    repo = Path(__file__).resolve().parents[1]
+    py = sys.executable
+    cmd = [py, "-m", "cruijff_kit", "--help"]
+    with tempfile.TemporaryDirectory() as tmp:
+        old = Path(tmp) / "ref"
+        subprocess.run(["git", "worktree", "add", "--detach", str(old), ref], cwd=repo, check=True,
+                       capture_output=True)
+        try:
+            now_env, old_env = tree_env(repo), tree_env(old)
+            for env in (now_env, old_env):  # warm the file cache and check both run
+                subprocess.run(cmd, cwd=tmp, env=env, check=True, capture_output=True)
+            now_t, old_t = [], []
+            for _ in range(repeat):
+                for env, out in ((now_env, now_t), (old_env, old_t)):
+                    t = time.perf_counter()
+                    subprocess.run(cmd, cwd=tmp, env=env, check=True, capture_output=True)
+                    out.append(time.perf_counter() - t)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=repo, check=False)
+    now_m, old_m = statistics.median(now_t), statistics.median(old_t)
+    print(f"| `ck --help` | {ref} | this checkout | ratio |\n|---|---|---|---|\n"
+          f"| median of {repeat} (s) | {old_m:.3f} | {now_m:.3f} | {now_m / old_m:.3f} |")
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--compare", metavar="REF", help="Also time `ck --help` of git revision REF.")
+    args = parser.parse_args()
+    if args.compare:
+        compare_help(args.compare)
+        return
     py = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)

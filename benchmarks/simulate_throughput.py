@@ -61,8 +61,8 @@ def write_spec(folder: Path, url: str, conversations: int, turns: int, concurren
 def measure(url: str, folder: Path, concurrency: int, conversations: int, turns: int,
             latency: float) -> dict[str, Any]:
     """Simulate once at one concurrency; conversations per minute and the share of the ideal."""
-    from cruijff_kit._simulate.command import simulate
     from cruijff_kit._engine.spec import load_spec
+    from cruijff_kit._simulate.command import simulate
 
     summary = simulate(load_spec(write_spec(folder, url, conversations, turns, concurrency)), progress=False)
     cpu = summary.cpu_seconds  # the loop's process time, from the first call to the last

@@ -12,8 +12,8 @@ import pytest
 from cruijff_kit._api.kinds import Prompt
 from cruijff_kit._base.errors import DataError
 from cruijff_kit._datatools.inspect_file import format_report, inspect_dataset, length_stats
-from cruijff_kit._datatools.synthetic import settings_from, write_synthetic
 from cruijff_kit.data._readers import clear_cache
+from cruijff_kit.data._synthetic import settings_from, write_synthetic
 
 CHAT = Path(__file__).parent / "data" / "chat"
 

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from cruijff_kit._base.errors import DataError
-from cruijff_kit._datatools.synthetic import (
+from cruijff_kit.data import _provenance as provenance
+from cruijff_kit.data._synthetic import (
     ALPHABETS,
     RULES,
     SEPARATORS,
@@ -19,7 +20,6 @@ from cruijff_kit._datatools.synthetic import (
     settings_from,
     write_synthetic,
 )
-from cruijff_kit.data import _provenance as provenance
 
 
 def settings(**options: Any) -> Any:

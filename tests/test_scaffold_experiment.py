@@ -43,8 +43,9 @@ def test_options_give_a_valid_spec(tmp_path: Path, tiny_llama: Path) -> None:
 def test_prompts_give_a_control_run(tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
-    from cruijff_kit._cli import cli
+    from cruijff_kit._cli import _add_plugin_commands, cli
 
+    _add_plugin_commands()  # `ck new` is a default plugin's command
     write_dataset(tmp_path)
     monkeypatch.chdir(tmp_path)
     answers = ["ctrl", str(tiny_llama), "data.json", "none", "local", "inspect", "eval[0].split=test,validation"]

@@ -284,6 +284,10 @@ class Simulator(Plugin):
 
     kind = "simulator"
     Config = SimulatorConfig
+    #: Name of an option of :attr:`Config` that defaults to the spec's ``model.path`` when the
+    #: simulator is the assistant and its section does not set it (the ``local`` simulator: ``"model"``).
+    #: None (the default): the spec's model is never filled in.
+    spec_model_option: ClassVar[str | None] = None
 
     async def complete(self, messages: list[dict[str, str]], **generation: Any) -> str:  # pragma: no cover
         """Return the next message's text given the conversation so far.

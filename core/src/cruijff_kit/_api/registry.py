@@ -30,6 +30,11 @@ ENTRY_POINT_GROUP = "cruijff_kit"
 #: maybe other hooks); named by string so that the engine never imports a feature.
 DEFAULT_PLUGINS = (
     "cruijff_kit._simulate.plugin",
+    "cruijff_kit._models.plugin",
+    "cruijff_kit._datatools.plugin",
+    "cruijff_kit._scaffold.commands",
+    "cruijff_kit._summaries.plugin",
+    "cruijff_kit.inference._plugin",
 )
 
 

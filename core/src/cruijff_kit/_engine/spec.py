@@ -23,6 +23,8 @@ from cruijff_kit._base.errors import SpecError, closest, did_you_mean
 from cruijff_kit._base.yamlfile import read_yaml, spec_error_from
 
 SLUG = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+#: Help text of every command's ``--set`` option.
+SET_HELP = "Override a spec value: dotted.path=value (beats the file and the sweep). Repeatable."
 
 
 class ModelSpec(BaseModel):

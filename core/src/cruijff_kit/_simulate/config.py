@@ -21,9 +21,6 @@ from cruijff_kit._api.retry import RetryPolicy
 from cruijff_kit._base.errors import SpecError
 from cruijff_kit._simulate import prompts
 
-#: The built-in local assistant's plugin name (a local HF model plus an optional adapter).
-LOCAL = "local"
-
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -134,11 +131,7 @@ class SimulateConfig(_Model):
 
 # --------------------------------------------------------------------------- participants
 def simulator_class(name: str, *, file: str | None, path: str) -> type[Simulator]:
-    """The simulator class for ``plugin: name`` (``local`` is built in; others come from plugins)."""
-    if name == LOCAL:
-        from cruijff_kit._simulate.local import LocalAssistant
-
-        return LocalAssistant
+    """The simulator class registered as ``plugin: name``."""
     from cruijff_kit._api.registry import plugin_class
 
     try:
@@ -148,15 +141,19 @@ def simulator_class(name: str, *, file: str | None, path: str) -> type[Simulator
 
 
 def build_participant(section: ParticipantSection, *, file: str | None, path: str, base_dir: Path,
-                      defaults: dict[str, Any] | None = None) -> Simulator:
-    """Validate a participant section with its plugin's Config and build the plugin object."""
+                      spec_model: str | None = None) -> Simulator:
+    """Validate a participant section with its plugin's Config and build the plugin object.
+
+    ``spec_model`` (the spec's ``model.path``, given for the assistant only) is the default of the
+    option the plugin names in :attr:`Simulator.spec_model_option`, when the section does not set it.
+    """
     from cruijff_kit._base.yamlfile import spec_error_from
 
     cls = simulator_class(section.plugin, file=file, path=path)
     options = {k: v for k, v in (section.model_extra or {}).items()}
-    for key, value in (defaults or {}).items():
-        if key in cls.Config.model_fields:
-            options.setdefault(key, value)
+    option = cls.spec_model_option
+    if spec_model is not None and option and option in cls.Config.model_fields:
+        options.setdefault(option, spec_model)
     try:
         config = cls.Config.model_validate(options)
     except ValidationError as exc:
@@ -252,7 +249,7 @@ def load_simulation(loaded: Any) -> Simulation:
 
     user = build_participant(cfg.user, file=file, path="simulate.user", base_dir=base_dir)
     assistant = build_participant(cfg.assistant, file=file, path="simulate.assistant", base_dir=base_dir,
-                                  defaults={"model": spec_model_path} if cfg.assistant.plugin == LOCAL else None)
+                                  spec_model=spec_model_path)
     metric_models: dict[str, Simulator] = {}
     metric_prompts: dict[str, str] = {}
     if cfg.scoring is not None:
@@ -271,7 +268,7 @@ def load_simulation(loaded: Any) -> Simulation:
                 metric_prompts[name] = (_text_or_file(m.prompt, base_dir, file=file, path=f"{where}.prompt")
                                         if m.prompt else default)
             if m.type == "python":
-                from cruijff_kit._simulate.metrics import load_function
+                from cruijff_kit._simulate.functions import load_function
 
                 load_function(str(m.function), base_dir, file=file, path=f"{where}.function")
             if m.type in ("exact_match", "contains", "grader") and cfg.tasks.answer_field is None:

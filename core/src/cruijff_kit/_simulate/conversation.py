@@ -7,7 +7,6 @@ candidate, its futures and its metric values are kept in the conversation's row.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,20 +14,10 @@ from typing import Any
 from cruijff_kit._api.retry import Caller
 from cruijff_kit._simulate.config import ScoringConfig
 from cruijff_kit._simulate.metrics import Metric, final_answer
+from cruijff_kit._simulate.scoring import choose_response
 from cruijff_kit._simulate.tasks import Task
-from cruijff_kit._simulate.user import UserReply, UserSimulator
-
-
-def derive_seed(*parts: Any) -> int:
-    """A stable 31-bit seed from any parts (same parts, same seed, on every machine)."""
-    digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()
-    return int(digest[:8], 16) % (2**31 - 1)
-
-
-def user_message(reply: UserReply) -> dict[str, Any]:
-    """The user's turn as stored: the message plus the simulator's private fields."""
-    return {"role": "user", "content": reply.response, "thought": reply.thought,
-            "current_answer": reply.current_answer}
+from cruijff_kit._simulate.turns import derive_seed, user_message
+from cruijff_kit._simulate.user import UserSimulator
 
 
 @dataclass
@@ -56,8 +45,6 @@ class Engine:
 
     async def run(self, conv_id: str, task: Task) -> dict[str, Any]:
         """Simulate one conversation to its end; return its row for the JSONL file."""
-        from cruijff_kit._simulate.scoring import choose_response
-
         start = time.monotonic()
         history: list[dict[str, Any]] = []
         turns: list[dict[str, Any]] = []

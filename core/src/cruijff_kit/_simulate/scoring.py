@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from cruijff_kit._simulate.metrics import Outcome, final_answer
 from cruijff_kit._simulate.tasks import Task
+from cruijff_kit._simulate.turns import derive_seed, user_message
 
 if TYPE_CHECKING:  # pragma: no cover
     from cruijff_kit._simulate.conversation import Engine
@@ -23,8 +24,6 @@ if TYPE_CHECKING:  # pragma: no cover
 async def simulate_future(engine: Engine, conv_id: str, task: Task, history: list[dict[str, Any]],
                           turn: int, k: int, j: int) -> dict[str, Any]:
     """Future ``j`` of candidate ``k`` (the candidate is the last message of ``history``)."""
-    from cruijff_kit._simulate.conversation import derive_seed, user_message
-
     assert engine.scoring is not None
     conv = list(history)
     start = len(conv) - 1
@@ -66,8 +65,6 @@ async def score_candidate(engine: Engine, conv_id: str, task: Task, history: lis
 async def choose_response(engine: Engine, conv_id: str, task: Task, history: list[dict[str, Any]],
                           turn: int) -> tuple[int, list[dict[str, Any]]]:
     """Sample, score and rank the candidates of one turn; return (index of the best, candidates)."""
-    from cruijff_kit._simulate.conversation import derive_seed
-
     assert engine.scoring is not None
     cfg = engine.scoring
     gen: dict[str, Any] = {}

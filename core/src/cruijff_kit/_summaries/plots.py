@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cruijff_kit._summaries.summarize import Summary, lower_is_better
+from cruijff_kit._summaries.metrics import lower_is_better
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from cruijff_kit._summaries.summarize import Summary
 
 
 def _plt() -> Any:

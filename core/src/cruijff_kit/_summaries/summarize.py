@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,36 +16,7 @@ from cruijff_kit import status
 from cruijff_kit._base.fileio import atomic_write_text, load_yaml, read_json, read_jsonl
 from cruijff_kit._base.layout import ExperimentLayout, RunLayout
 from cruijff_kit._engine.report import fmt, markdown_table
-
-#: Metric names where lower is better (matched as substrings of the metric name).
-LOWER_IS_BETTER = ("loss", "mae", "rmse", "ece", "brier", "error", "rce", "perplexity")
-SKIP_KEYS = {"confusion_matrix", "calibration", "roc"}
-
-
-def flatten_metrics(results: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """The metrics of a results entry: every ``{"value": number, ...}`` mapping, nested names dotted.
-
-    ``{"match/accuracy": {"value": 0.5, "stderr": 0.1}, "risk": {"auc": {"value": 0.7}}, "samples": 30}``
-    -> ``{"match/accuracy": 0.5, "risk.auc": 0.7}``. Plain numbers are metadata (sample counts,
-    epochs), not metrics.
-    """
-    out: dict[str, float] = {}
-    for key, value in results.items():
-        if key in SKIP_KEYS or not isinstance(value, dict):
-            continue
-        name = f"{prefix}{key}"
-        if "value" in value:
-            v = value["value"]
-            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v)):
-                out[name] = float(v)
-        else:
-            out.update(flatten_metrics(value, prefix=f"{name}."))
-    return out
-
-
-def lower_is_better(metric: str) -> bool:
-    """True for losses and errors."""
-    return any(k in metric.lower() for k in LOWER_IS_BETTER)
+from cruijff_kit._summaries.metrics import LOWER_IS_BETTER, SKIP_KEYS, flatten_metrics, lower_is_better  # noqa: F401
 
 
 @dataclass

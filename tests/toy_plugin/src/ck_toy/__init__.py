@@ -13,8 +13,7 @@ from typing import Any
 
 from pydantic import Field
 
-from cruijff_kit import hookimpl
-from cruijff_kit._api.kinds import Dataset, DatasetConfig, EvalConfig, Evaluator, TrainConfig, Trainer
+from cruijff_kit import Dataset, DatasetConfig, EvalConfig, Evaluator, TrainConfig, Trainer, hookimpl
 
 
 class ToyTrainConfig(TrainConfig):

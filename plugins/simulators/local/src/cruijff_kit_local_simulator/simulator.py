@@ -1,4 +1,4 @@
-"""The built-in ``local`` assistant: a Hugging Face model (plus an optional PEFT adapter) in-process.
+"""The ``local`` assistant: a Hugging Face model (plus an optional PEFT adapter) in-process.
 
 Calls from every conversation in flight are gathered into batches and generated together (left
 padding, one ``generate`` per batch in a worker thread), so a GPU serves many conversations at once.
@@ -19,8 +19,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from cruijff_kit._api.kinds import Simulator, SimulatorConfig
-from cruijff_kit._base.errors import CkError, StageError
+from cruijff_kit import CkError, Simulator, SimulatorConfig, StageError
 
 
 class LocalConfig(SimulatorConfig):
@@ -81,6 +80,8 @@ class LocalAssistant(Simulator):
     name = "local"
     description = "A local Hugging Face model plus an optional PEFT adapter, batched across conversations."
     Config = LocalConfig
+    #: ``model`` defaults to the spec's ``model.path`` when the section does not set it.
+    spec_model_option = "model"
 
     def __init__(self, config: LocalConfig, base_dir: Path | None = None) -> None:  # type: ignore[override]
         super().__init__(config, base_dir)

@@ -1,0 +1,70 @@
+"""The composition root of ``ck``: the click group, the engine's areas, the plugins' commands, ``main``.
+
+The engine's commands come from :mod:`.runs` and :mod:`.admin`; every other command (the core's
+features and third-party plugins alike) is added by a ``register_commands`` hook when :func:`main`
+runs. Imports only light modules; heavy work is imported inside commands.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from cruijff_kit._base.errors import CkError
+from cruijff_kit._base.version import __version__
+from cruijff_kit._cli import admin, runs
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cruijff-kit")
+def cli() -> None:
+    """cruijff-kit: fine-tune, evaluate and compare LLMs from one YAML run spec.
+
+    \b
+    Typical flow:
+      ck validate spec.yaml     check the spec and every plugin's options
+      ck plan spec.yaml         expand the sweep, estimate each run, write plan.md
+      ck run spec.yaml          run every stage (skips finished ones, resumes others)
+      ck status spec.yaml       runs x stages with their states
+      ck summarize spec.yaml    one table and plots across runs
+    """
+
+
+runs.add_commands(cli)
+admin.add_commands(cli)
+
+
+def _add_plugin_commands() -> None:
+    """Let every plugin add its commands: the core's features (default plugins) first, then entry points."""
+    from cruijff_kit._api.registry import registry
+
+    registry().pm.hook.register_commands(cli=cli)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning user errors into one-paragraph messages."""
+    try:
+        _add_plugin_commands()
+    except CkError as exc:
+        click.echo(f"Error: {exc}", err=True)
+    try:
+        cli.main(args=argv, prog_name="ck", standalone_mode=False)
+    except CkError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        click.echo(f"Error: cannot use {exc.filename}: {exc.strerror or exc}. Check that the path exists, "
+                   "is writable, and that the disk is not full.", err=True)
+        sys.exit(2)

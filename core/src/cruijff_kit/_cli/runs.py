@@ -1,0 +1,193 @@
+"""The engine's run commands: ``ck validate``, ``plan``, ``run``, ``status``, ``logs``, ``cancel``, ``stage``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cruijff_kit._base.errors import CkError
+from cruijff_kit._cli.common import SET_HELP, console, load
+
+
+@click.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--set", "sets", multiple=True, help=SET_HELP)
+def validate(spec: str, sets: tuple[str, ...]) -> None:
+    """Check SPEC: its keys, every plugin's options, and plan-time checks."""
+    from cruijff_kit._engine.planner import make_plan
+
+    plan = make_plan(load(spec, sets))
+    click.echo(f"{spec}: valid. {len(plan.runs)} run(s), {sum(len(r.stages) for r in plan.runs)} stage(s).")
+
+
+@click.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--set", "sets", multiple=True, help=SET_HELP)
+@click.option("--no-write", is_flag=True, help="Print the plan without writing plan.md.")
+def plan(spec: str, sets: tuple[str, ...], no_write: bool) -> None:
+    """Expand the sweep into runs, estimate each, write and print plan.md."""
+    from rich.markdown import Markdown
+
+    from cruijff_kit._base.fileio import atomic_write_text
+    from cruijff_kit._engine.planner import make_plan
+    from cruijff_kit._engine.report import plan_markdown
+
+    p = make_plan(load(spec, sets), estimate=True)
+    text = plan_markdown(p)
+    if not no_write:
+        atomic_write_text(p.layout.plan, text)
+    # a terminal table of a thousand rows helps nobody: the file has them all
+    console().print(Markdown(text if len(p.runs) <= 50 or no_write else plan_markdown(p, max_rows=20)))
+    if not no_write:
+        click.echo(f"Wrote {p.layout.plan}")
+
+
+@click.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--set", "sets", multiple=True, help=SET_HELP)
+@click.option("--scheduler", help="Use this scheduler plugin instead of the spec's (local, slurm, runpod...).")
+@click.option("--force", is_flag=True, help="Redo stages that already finished.")
+@click.option("--dry-run", is_flag=True, help="Write run folders (and job scripts) without starting anything.")
+@click.option("--retry-failed", is_flag=True, default=None,
+              help="Submit failed (and timed-out) stages again; cluster schedulers only do so when asked.")
+def run(spec: str, sets: tuple[str, ...], scheduler: str | None, force: bool, dry_run: bool,
+        retry_failed: bool | None) -> None:
+    """Run every stage of SPEC's runs; finished stages are skipped, interrupted ones resume."""
+    from cruijff_kit._engine.planner import make_plan
+    from cruijff_kit._engine.runner import run_plan
+
+    p = make_plan(load(spec, sets, scheduler))
+    sel = run_plan(p, force=force, dry_run=dry_run, retry_failed=retry_failed or None)
+    msg = (f"{p.experiment}: {len(p.runs)} run(s); {len(sel.jobs)} stage(s) "
+           f"{'planned (dry run)' if dry_run else 'submitted'}, {sel.skipped_done} already done, "
+           f"{sel.skipped_active} still running.")
+    click.echo(msg)
+    if getattr(sel, "skipped_failed", 0):
+        click.echo(f"{sel.skipped_failed} failed stage(s) not submitted again: see `ck status`, then "
+                   "`ck run --retry-failed` to retry them.")
+    if sel.skipped_waiting:
+        click.echo(f"{sel.skipped_waiting} stage(s) wait for stages still running from an earlier `ck run`; "
+                   "run the same command again when those are done.")
+    click.echo(f"Output: {p.layout.root}")
+    blocking = bool(p.runs) and p.runs[0].scheduler().blocking
+    bad = _unfinished_rows(p.layout) if blocking and not dry_run else []
+    if bad:
+        for row in bad:
+            click.echo(f"{row['state'].upper()} {row['run']} {row['stage']}: {row.get('error') or ''}", err=True)
+        click.echo("Fix the cause and run the same command again: finished stages are kept.", err=True)
+        sys.exit(1)
+
+
+def _unfinished_rows(layout: Any) -> list[dict[str, Any]]:
+    from cruijff_kit._engine.runner import experiment_status
+
+    return [r for r in experiment_status(layout, refresh=False) if r.get("state") in ("failed", "interrupted")]
+
+
+@click.command()
+@click.argument("target", default=".", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable rows.")
+def status(target: str, as_json: bool) -> None:
+    """Runs x stages with their states. TARGET: a spec file or an experiment folder."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from cruijff_kit._engine.runner import experiment_status, find_experiment
+
+    exp = find_experiment(target)
+    rows = experiment_status(exp)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    stages = []
+    for r in rows:
+        if r["stage"] not in stages:
+            stages.append(r["stage"])
+    table = Table(title=f"{exp.root.name} ({exp.root})")
+    table.add_column("run")
+    for s in stages:
+        table.add_column(s)
+    colors = {"done": "green", "failed": "red", "running": "yellow", "interrupted": "magenta",
+              "cancelled": "dim", "submitted": "cyan"}
+    by_run: dict[str, dict[str, str]] = {}
+    for r in rows:
+        by_run.setdefault(r["run"], {})[r["stage"]] = r.get("state", "pending")
+    for run_name, states in by_run.items():
+        cells = [f"[{colors.get(states.get(s, ''), 'white')}]{states.get(s, '-')}[/]" for s in stages]
+        table.add_row(run_name, *cells)
+    out = console()
+    out.print(table)
+    live = list(dict.fromkeys(r["live"] for r in rows if r.get("live")))
+    if live:
+        out.print(f"[bold yellow]Still running and billed ({len(live)}); `ck cancel {target}` stops them:[/]")
+        for line in live:
+            out.print(f"  [yellow]{escape(line)}[/]")
+    for r in rows:
+        if r.get("state") == "failed":
+            out.print(f"[red]{r['run']} {r['stage']}[/]: {r.get('error', '')}")
+            if r.get("error_tail"):
+                out.print(r["error_tail"], markup=False)
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("stage", required=False)
+@click.option("-n", "--lines", default=40, show_default=True, help="How many lines of each log.")
+def logs(run_dir: str, stage: str | None, lines: int) -> None:
+    """Show the logs of a run's stage (all stages when STAGE is omitted)."""
+    from cruijff_kit._base.layout import RunLayout
+    from cruijff_kit.status import tail
+
+    layout = RunLayout(Path(run_dir).resolve())
+    if not layout.logs_dir.is_dir():
+        raise CkError(f"{run_dir} has no logs/ folder yet: nothing of this run has started.")
+    names = sorted({p.name.rsplit(".", 1)[0] for p in layout.logs_dir.iterdir() if p.suffix in (".out", ".err")})
+    if stage:
+        if stage not in names:
+            from cruijff_kit._base.errors import did_you_mean
+
+            raise CkError(f"No logs for stage `{stage}` in {run_dir}. {did_you_mean(stage, names)}")
+        names = [stage]
+    for name in names:
+        for stream in ("out", "err"):
+            text = tail(layout.log(name, stream), lines)
+            if text:
+                click.echo(f"==> {layout.log(name, stream)} <==")
+                click.echo(text)
+
+
+@click.command()
+@click.argument("target", type=click.Path())
+def cancel(target: str) -> None:
+    """Cancel every active stage of an experiment (spec file or experiment folder)."""
+    from cruijff_kit._engine.runner import cancel_experiment, find_experiment
+
+    n = cancel_experiment(find_experiment(target))
+    click.echo(f"Cancelled {n} stage(s).")
+
+
+@click.command(hidden=False)
+@click.argument("run_dir", type=click.Path())
+@click.argument("stage")
+def stage(run_dir: str, stage: str) -> None:
+    """Execute one STAGE of the run in RUN_DIR (what every scheduler runs)."""
+    from cruijff_kit._engine.stage import Interrupted, run_stage
+
+    try:
+        run_stage(run_dir, stage)
+    except Interrupted as exc:
+        click.echo(f"Stage {stage} interrupted ({exc}); `ck run` resumes it.", err=True)
+        sys.exit(130)
+
+
+COMMANDS = (validate, plan, run, status, logs, cancel, stage)
+
+
+def add_commands(cli: click.Group) -> None:
+    """Add this area's commands to ``cli``."""
+    for command in COMMANDS:
+        cli.add_command(command)

@@ -1,0 +1,31 @@
+"""The summaries feature as a default plugin: ``ck summarize``."""
+
+from __future__ import annotations
+
+import click
+
+from cruijff_kit._api.hookspecs import hookimpl
+
+
+@click.command()
+@click.argument("target", default=".", type=click.Path())
+@click.option("--no-plots", is_flag=True, help="Only the tables.")
+def summarize(target: str, no_plots: bool) -> None:
+    """One table of runs x targets x metrics (summary.md, summary.csv) and plots under plots/."""
+    from rich.markdown import Markdown
+
+    from cruijff_kit._base.console import console
+    from cruijff_kit._engine.runner import find_experiment
+    from cruijff_kit._summaries.summarize import to_markdown, write_summary
+
+    summary, files = write_summary(find_experiment(target), plots=not no_plots)
+    out = console()
+    out.print(Markdown(to_markdown(summary)))
+    for f in files:
+        click.echo(f"Wrote {f}")
+
+
+@hookimpl(tryfirst=True)
+def register_commands(cli: click.Group) -> None:
+    """Add ``ck summarize``."""
+    cli.add_command(summarize)
