@@ -20,7 +20,7 @@ from cruijff_kit._api.kinds import Prompt
 from cruijff_kit._api.registry import plugin_class
 from cruijff_kit._base.errors import DataError
 from cruijff_kit._datatools.convert import convert_to_parquet
-from cruijff_kit.data import readers
+from cruijff_kit.data import _readers as readers
 from cruijff_kit.data._canonical import split_target
 
 DATA = Path(__file__).parent / "data"

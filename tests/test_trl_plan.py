@@ -14,9 +14,9 @@ from trl_fixtures import plan_spec, write_trl_spec
 
 from cruijff_kit._api.kinds import Resources
 from cruijff_kit._base.errors import SpecError, StageError
-from cruijff_kit.training._adapters import _adapters as training
-from cruijff_kit.training._adapters import _distributed as distributed
-from cruijff_kit.training._adapters import _estimate as estimate
+from cruijff_kit.training import _adapters as training
+from cruijff_kit.training import _distributed as distributed
+from cruijff_kit.training import _estimate as estimate
 
 LLAMA3_8B = {"model_type": "llama", "vocab_size": 128256, "hidden_size": 4096, "num_hidden_layers": 32,
              "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 14336,

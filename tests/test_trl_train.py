@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 from trl_fixtures import learnable_tiny_model, prepare_run, read_rows, write_trl_spec
 
-from cruijff_kit import status, training
+from cruijff_kit import status
 from cruijff_kit._engine.stage import run_stage
+from cruijff_kit.training import _adapters as training
 
 pytestmark = pytest.mark.integration
 
