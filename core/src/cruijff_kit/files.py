@@ -1,6 +1,10 @@
 """Safe file helpers for plugins: atomic writes, locked read-modify-write, JSON lines, YAML files that
 fail with a message naming the file, and scrubbing of secrets from anything about to be written.
 
+What a user wrote is read within bounds: a key twice in one mapping or object, nesting deeper than 100
+levels and YAML alias bombs are errors naming the file (:func:`read_yaml`, :func:`read_json`,
+:func:`read_jsonl`, :func:`parse_json_text`), never a RecursionError or the last key silently winning.
+
 Every write is atomic (a temporary file, then a rename), so a killed process never leaves half a file.
 """
 
@@ -16,10 +20,12 @@ from cruijff_kit._base.fileio import (
     read_jsonl,
     update_json,
 )
+from cruijff_kit._base.parsing import parse_json_text
 from cruijff_kit._base.secrets import is_secret_name, scrub, secret_values
 from cruijff_kit._base.yamlfile import read_yaml
 
 __all__ = [
     "append_jsonl", "atomic_write_json", "atomic_write_text", "atomic_write_yaml", "dump_yaml", "is_secret_name",
-    "load_yaml", "locked", "read_json", "read_jsonl", "read_yaml", "scrub", "secret_values", "update_json",
+    "load_yaml", "locked", "parse_json_text", "read_json", "read_jsonl", "read_yaml", "scrub", "secret_values",
+    "update_json",
 ]

@@ -259,11 +259,15 @@ _NUMBER = re.compile(r"[-+]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:[eE
 
 
 def parse_number(text: str | None) -> float | None:
-    """The first number in ``text`` (``-1.5``, ``1,234``, ``3e-2``, ``.5``), or None."""
+    """The first number in ``text`` (``-1.5``, ``1,234``, ``3e-2``, ``.5``), or None (also when it is past
+    the floats, as ``1e999``)."""
     if not text:
         return None
     m = _NUMBER.search(text)
-    return float(m.group(0).replace(",", "")) if m else None
+    if m is None:
+        return None
+    value = float(m.group(0).replace(",", ""))
+    return value if math.isfinite(value) else None
 
 
 _PERCENT = re.compile(r"^\s*%")
@@ -278,6 +282,8 @@ def parse_probability(text: str | None) -> float | None:
     if m is None:
         return None
     value = float(m.group(0).replace(",", ""))
+    if not math.isfinite(value):
+        return None
     if _PERCENT.match(text[m.end():]):
         value /= 100.0
     return value if 0.0 <= value <= 1.0 else None

@@ -8,6 +8,7 @@ backend of a kind accepts them the same way.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -19,10 +20,38 @@ if TYPE_CHECKING:  # pragma: no cover
     from cruijff_kit._api.records import PlannedRun, StageJob
 
 
-class PluginConfig(BaseModel):
-    """Base of every plugin's options: unknown keys are errors, never silently ignored."""
+def nonfinite_at(value: Any, path: str = "") -> tuple[str, float] | None:
+    """``(dotted path, value)`` of the first nan or inf inside nested dicts and lists, else None."""
+    stack: list[tuple[str, Any]] = [(path, value)]
+    while stack:  # iterative: a deeply nested value cannot exhaust the recursion limit
+        where, item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return where, item
+        if isinstance(item, dict):
+            children = [(f"{where}.{k}" if where else str(k), v) for k, v in item.items()]
+        elif isinstance(item, list | tuple):
+            children = [(f"{where}[{i}]", v) for i, v in enumerate(item)]
+        else:
+            continue
+        stack.extend(reversed(children))
+    return None
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+class PluginConfig(BaseModel):
+    """Base of every plugin's options: unknown keys are errors, never silently ignored; every number
+    must be finite (``.inf``, ``.nan`` and ``1e999`` are refused, in free-form mappings too)."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _ck_finite_inside(cls, v: Any) -> Any:
+        # float fields refuse inf/nan themselves (allow_inf_nan); this covers values typed Any
+        if isinstance(v, dict | list | tuple):
+            found = nonfinite_at(v)
+            if found is not None:
+                raise ValueError(f"every number in it must be a finite number, but `{found[0]}` is {found[1]}")
+        return v
 
 
 # --------------------------------------------------------------------------- shared option models
@@ -45,11 +74,16 @@ class LoraOptions(PluginConfig):
         return self
 
 
+#: Epochs a run trains without ``--allow-many-epochs`` (``TrainConfig.epochs`` refuses more than 100,000).
+EPOCHS_WITHOUT_CONFIRMATION = 1000
+
+
 class TrainConfig(PluginConfig):
     """Options every trainer accepts. Trainer plugins subclass this and add their own."""
 
     method: Literal["lora", "qlora"] = Field("lora", description="lora, or qlora (4-bit NF4 base).")
-    epochs: int = Field(1, gt=0, description="Passes over the training split.")
+    epochs: int = Field(1, gt=0, le=100_000, description="Passes over the training split (more than 1000 "
+                        "needs `--allow-many-epochs`).")
     learning_rate: float = Field(2e-4, gt=0)
     lr_scheduler: Literal["linear", "cosine", "constant"] = "cosine"
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)

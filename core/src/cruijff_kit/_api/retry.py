@@ -4,6 +4,7 @@ with exponential backoff: ``ck simulate`` and dataset plugins that rewrite rows 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,7 @@ from cruijff_kit._base.errors import CkError
 class RetryPolicy(BaseModel):
     """Backoff for transient failures (HTTP 429, 5xx, timeouts, dropped connections)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     attempts: int = Field(6, gt=0, description="Tries per call, the first included.")
     initial_delay: float = Field(0.5, ge=0.0, description="Seconds before the first retry.")
@@ -32,9 +33,12 @@ class CallFailed(Exception):
 
 def backoff_delay(policy: RetryPolicy, attempt: int, rng: random.Random, hint: float | None = None) -> float:
     """Seconds to wait before try ``attempt + 1`` (``attempt`` counts from 1)."""
-    delay = min(policy.max_delay, policy.initial_delay * policy.multiplier ** (attempt - 1))
+    try:
+        delay = min(policy.max_delay, policy.initial_delay * policy.multiplier ** (attempt - 1))
+    except OverflowError:  # multiplier ** attempt past the floats: the cap applies
+        delay = policy.max_delay
     delay *= 1.0 + policy.jitter * rng.random()
-    if hint is not None:
+    if hint is not None and math.isfinite(hint):  # a server's Retry-After of nan or inf is ignored
         delay = max(delay, min(hint, policy.max_delay))
     return delay
 

@@ -8,7 +8,12 @@ shows a traceback for these.
 from __future__ import annotations
 
 import difflib
+import reprlib
 from collections.abc import Iterable
+from typing import Any
+
+#: Most characters of a user's input quoted in one message (:func:`clip`, :func:`short_repr`).
+EXCERPT_CHARS = 200
 
 
 class CkError(Exception):
@@ -28,9 +33,9 @@ class SpecError(CkError):
         self.problem = message
         where = []
         if file:
-            where.append(str(file))
+            where.append(clip(file, 2 * EXCERPT_CHARS))
         if path:
-            where.append(f"at `{path}`")
+            where.append(f"at `{clip(path, EXCERPT_CHARS)}`")
         text = (": ".join([" ".join(where), message]) if where else message)
         if hint:
             text = f"{text} {hint}"
@@ -60,8 +65,30 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     choices = sorted({str(c) for c in choices})
     best = closest(word, choices)
     if best:
-        return f"Did you mean `{best}`?"
+        return f"Did you mean `{clip(best, 80)}`?"
     if not choices:
         return "There are no valid choices here."
-    shown = ", ".join(f"`{c}`" for c in choices[:20])
+    shown = clip(", ".join(f"`{c}`" for c in choices[:20]), 2 * EXCERPT_CHARS)
     return f"Valid choices: {shown}."
+
+
+def clip(text: Any, limit: int = EXCERPT_CHARS) -> str:
+    """``text`` as a string of at most ``limit`` characters and a note of the cut and the full length."""
+    s = text if isinstance(text, str) else str(text)
+    if len(s) <= limit:
+        return s
+    return f"{s[:limit]}… ({len(s):,} characters)"
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 3
+_REPR.maxstring = _REPR.maxother = EXCERPT_CHARS
+_REPR.maxlong = 60
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = _REPR.maxfrozenset = _REPR.maxdeque = 8
+
+
+def short_repr(value: Any, limit: int = EXCERPT_CHARS) -> str:
+    """``repr(value)`` of at most ``limit`` characters, never built whole: a list of a million rows, or a
+    value expanded from YAML aliases, is cut after a few items and levels."""
+    shown = _REPR.repr(value)
+    return shown if len(shown) <= limit else f"{shown[:limit]}…"

@@ -12,6 +12,9 @@ from typing import Any
 
 import yaml
 
+from cruijff_kit._base.errors import DataError
+from cruijff_kit._base.parsing import parse_json_text
+
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temp file in the same folder and a rename (never half-written)."""
@@ -44,7 +47,11 @@ _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 def load_yaml(text: str) -> Any:
-    """``yaml.safe_load`` with the C loader when available (10x faster on large run specs)."""
+    """``yaml.safe_load`` with the C loader when available (10x faster on large run specs).
+
+    For YAML cruijff-kit wrote itself (each run's resolved ``spec.yaml``); read a user's file with
+    :func:`cruijff_kit._base.yamlfile.read_yaml`, which refuses duplicate keys, deep nesting and alias bombs.
+    """
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader
 
 
@@ -78,11 +85,22 @@ def update_json(path: Path, change: Callable[[dict[str, Any]], None]) -> dict[st
 
 
 def read_json(path: Path, default: Any = None) -> Any:
-    """Read JSON, or ``default`` when the file does not exist."""
+    """Read JSON, or ``default`` when the file does not exist.
+
+    A file that is not JSON, repeats a key in an object or nests deeper than 100 levels raises a
+    :class:`DataError` naming it.
+    """
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return default
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text, so not JSON. Fix or replace the file.") from None
+    try:
+        return parse_json_text(text, file=str(path))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}. Fix or "
+                        "replace the file (`python -m json.tool FILE` shows the spot).") from None
 
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
@@ -98,16 +116,24 @@ def append_jsonl(path: Path, row: dict[str, Any]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Read a JSON-lines file, skipping a torn last line left by a crash."""
+    """Read a JSON-lines file, skipping a torn last line left by a crash.
+
+    A line that repeats a key in an object or nests deeper than 100 levels raises a :class:`DataError`
+    naming the file and the line.
+    """
     if not path.exists():
         return []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text, so not JSON lines. Fix or replace the file.") from None
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for n, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line:
             continue
         try:
-            rows.append(json.loads(line))
+            rows.append(parse_json_text(line, file=str(path), line=n))
         except json.JSONDecodeError:
             continue
     return rows

@@ -11,7 +11,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from cruijff_kit._base.errors import SpecError, did_you_mean
+from cruijff_kit._base.errors import SpecError, clip, did_you_mean, short_repr
+from cruijff_kit._base.parsing import parse_yaml_text, yaml_problem
 
 
 def _loc_to_path(loc: tuple[Any, ...], prefix: str = "") -> str:
@@ -67,14 +68,14 @@ def spec_error_from(exc: ValidationError, model: type[BaseModel], *, file: str |
     if first["type"] == "extra_forbidden":
         key = str(loc[-1])
         valid = _fields_at(model, loc)
-        msg = f"unknown key `{key}`."
+        msg = f"unknown key `{clip(key, 80)}`."
         hint = did_you_mean(key, valid) if valid else None
     elif first["type"] == "missing":
         msg = f"required key `{loc[-1]}` is missing."
         hint = None
     else:
         got = first.get("input")
-        shown = repr(got) if not isinstance(got, dict) else "a mapping"
+        shown = short_repr(got) if not isinstance(got, dict) else "a mapping"
         msg = f"{first['msg']} (got {shown})."
         hint = None
     if len(errors) > 1:
@@ -86,17 +87,18 @@ def spec_error_from(exc: ValidationError, model: type[BaseModel], *, file: str |
 
 
 def read_yaml(path: Path, what: str = "spec") -> dict[str, Any]:
-    """Read a YAML mapping with ``safe_load``; errors name the file and the line."""
+    """Read a YAML mapping as ``safe_load`` does; errors name the file and the line.
+
+    A key twice in one mapping, nesting deeper than 100 levels and an alias bomb are errors too
+    (:func:`cruijff_kit._base.parsing.parse_yaml_text`).
+    """
     if not path.exists():
         raise SpecError(f"the {what} file does not exist.", file=str(path),
                         hint="Check the path (relative paths are relative to the current folder).")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = parse_yaml_text(path.read_text(encoding="utf-8"), file=str(path))
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" near line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(f"is not valid YAML{line}: {problem}.", file=str(path),
+        raise SpecError(f"is not valid YAML{yaml_problem(exc)}.", file=str(path),
                         hint="Fix the indentation or quoting there.") from None
     except UnicodeDecodeError:
         raise SpecError("is not UTF-8 text.", file=str(path)) from None

@@ -5,7 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from cruijff_kit._base.console import console  # noqa: F401 - shared by the area modules
-from cruijff_kit._engine.spec import SET_HELP  # noqa: F401 - shared by the area modules
+from cruijff_kit._engine.spec import (  # noqa: F401 - shared by the area modules
+    ALLOW_LARGE_SWEEP_HELP,
+    ALLOW_MANY_EPOCHS_HELP,
+    SET_HELP,
+)
 
 
 def load(spec: str, sets: tuple[str, ...], scheduler: str | None = None) -> Any:

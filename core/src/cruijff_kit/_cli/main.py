@@ -42,16 +42,30 @@ def _add_plugin_commands() -> None:
     registry().pm.hook.register_commands(cli=cli)
 
 
+#: Longest error message printed whole; a longer one (a message that quotes too much of the input) is
+#: cut in the middle, keeping what is wrong (its start) and the fix (its end).
+MAX_MESSAGE = 4000
+
+
+def shown_error(exc: CkError) -> str:
+    """The error's message, at most about :data:`MAX_MESSAGE` characters."""
+    text = str(exc)
+    if len(text) <= MAX_MESSAGE:
+        return text
+    head, tail = MAX_MESSAGE - 500, 400
+    return f"{text[:head]} […{len(text) - head - tail:,} characters cut…] {text[-tail:]}"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning user errors into one-paragraph messages."""
     try:
         _add_plugin_commands()
     except CkError as exc:
-        click.echo(f"Error: {exc}", err=True)
+        click.echo(f"Error: {shown_error(exc)}", err=True)
     try:
         cli.main(args=argv, prog_name="ck", standalone_mode=False)
     except CkError as exc:
-        click.echo(f"Error: {exc}", err=True)
+        click.echo(f"Error: {shown_error(exc)}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)

@@ -10,17 +10,24 @@ from typing import Any
 import click
 
 from cruijff_kit._base.errors import CkError
-from cruijff_kit._cli.common import SET_HELP, console, load
+from cruijff_kit._cli.common import ALLOW_LARGE_SWEEP_HELP, ALLOW_MANY_EPOCHS_HELP, SET_HELP, console, load
+
+
+def confirmations(command: Any) -> Any:
+    """The flags that confirm a plan past the sane limits (a huge sweep, very many epochs)."""
+    command = click.option("--allow-many-epochs", is_flag=True, help=ALLOW_MANY_EPOCHS_HELP)(command)
+    return click.option("--allow-large-sweep", is_flag=True, help=ALLOW_LARGE_SWEEP_HELP)(command)
 
 
 @click.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--set", "sets", multiple=True, help=SET_HELP)
-def validate(spec: str, sets: tuple[str, ...]) -> None:
+@confirmations
+def validate(spec: str, sets: tuple[str, ...], allow_large_sweep: bool, allow_many_epochs: bool) -> None:
     """Check SPEC: its keys, every plugin's options, and plan-time checks."""
     from cruijff_kit._engine.planner import make_plan
 
-    plan = make_plan(load(spec, sets))
+    plan = make_plan(load(spec, sets), allow_large_sweep=allow_large_sweep, allow_many_epochs=allow_many_epochs)
     click.echo(f"{spec}: valid. {len(plan.runs)} run(s), {sum(len(r.stages) for r in plan.runs)} stage(s).")
 
 
@@ -28,7 +35,8 @@ def validate(spec: str, sets: tuple[str, ...]) -> None:
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--set", "sets", multiple=True, help=SET_HELP)
 @click.option("--no-write", is_flag=True, help="Print the plan without writing plan.md.")
-def plan(spec: str, sets: tuple[str, ...], no_write: bool) -> None:
+@confirmations
+def plan(spec: str, sets: tuple[str, ...], no_write: bool, allow_large_sweep: bool, allow_many_epochs: bool) -> None:
     """Expand the sweep into runs, estimate each, write and print plan.md."""
     from rich.markdown import Markdown
 
@@ -36,7 +44,8 @@ def plan(spec: str, sets: tuple[str, ...], no_write: bool) -> None:
     from cruijff_kit._engine.planner import make_plan
     from cruijff_kit._engine.report import plan_markdown
 
-    p = make_plan(load(spec, sets), estimate=True)
+    p = make_plan(load(spec, sets), estimate=True, allow_large_sweep=allow_large_sweep,
+                  allow_many_epochs=allow_many_epochs)
     text = plan_markdown(p)
     if not no_write:
         atomic_write_text(p.layout.plan, text)
@@ -54,13 +63,15 @@ def plan(spec: str, sets: tuple[str, ...], no_write: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Write run folders (and job scripts) without starting anything.")
 @click.option("--retry-failed", is_flag=True, default=None,
               help="Submit failed (and timed-out) stages again; cluster schedulers only do so when asked.")
+@confirmations
 def run(spec: str, sets: tuple[str, ...], scheduler: str | None, force: bool, dry_run: bool,
-        retry_failed: bool | None) -> None:
+        retry_failed: bool | None, allow_large_sweep: bool, allow_many_epochs: bool) -> None:
     """Run every stage of SPEC's runs; finished stages are skipped, interrupted ones resume."""
     from cruijff_kit._engine.planner import make_plan
     from cruijff_kit._engine.runner import run_plan
 
-    p = make_plan(load(spec, sets, scheduler))
+    p = make_plan(load(spec, sets, scheduler), allow_large_sweep=allow_large_sweep,
+                  allow_many_epochs=allow_many_epochs)
     sel = run_plan(p, force=force, dry_run=dry_run, retry_failed=retry_failed or None)
     msg = (f"{p.experiment}: {len(p.runs)} run(s); {len(sel.jobs)} stage(s) "
            f"{'planned (dry run)' if dry_run else 'submitted'}, {sel.skipped_done} already done, "

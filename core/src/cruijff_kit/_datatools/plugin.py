@@ -40,7 +40,7 @@ def data_convert(src: str, dst: str) -> None:
 @click.option("--train", "n_train", default=120, show_default=True)
 @click.option("--validation", "n_validation", default=20, show_default=True)
 @click.option("--test", "n_test", default=30, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 def data_capitalize(dst: str, chat: bool, n_train: int, n_validation: int, n_test: int, seed: int) -> None:
     """Write the word-capitalization sanity task (apple -> APPLE) from the shipped word list."""
     from cruijff_kit._datatools.capitalize import write_capitalize
@@ -74,7 +74,7 @@ def data_capitalize(dst: str, chat: bool, n_train: int, n_validation: int, n_tes
 @click.option("--ood", "n_ood", default=50, show_default=True, help="Rows per validation_ood_<i> split.")
 @click.option("--format", "fmt", default="spaced", show_default=True, help="spaced, dense, comma, tab, pipe.")
 @click.option("--instruction", help="Text put on a line before every sequence.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Generate again even when an identical file exists.")
 def data_synthetic(dst: str, **options: Any) -> None:
     """Write a synthetic rule-learning task (a "model organism"); DST is a folder or a .json file."""

@@ -9,11 +9,14 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cruijff_kit._api.kinds import (
+    EPOCHS_WITHOUT_CONFIRMATION,
     Estimate,
     EvalConfig,
     Plugin,
@@ -27,7 +30,13 @@ from cruijff_kit._api.sections import dump_section, validate_section
 from cruijff_kit._base.errors import SpecError
 from cruijff_kit._base.layout import ExperimentLayout
 from cruijff_kit._base.naming import run_name, spec_hash
-from cruijff_kit._engine.spec import LoadedSpec, apply_overrides, validate_top
+from cruijff_kit._engine.spec import (
+    MAX_RUNS,
+    RUNS_WITHOUT_CONFIRMATION,
+    LoadedSpec,
+    apply_overrides,
+    validate_top,
+)
 
 FINETUNE, CONTROL, EVAL_ONLY = "finetune", "control", "eval-only"
 #: Keys of the resolved spec that do not change what a run computes, so not in its name's hash.
@@ -70,17 +79,53 @@ class Plan:
 
 
 # --------------------------------------------------------------------------- expansion
-def combinations(loaded: LoadedSpec) -> list[dict[str, Any]]:
-    """Cartesian product of the sweep, crossed with the explicit variants (each a dotted-path dict)."""
+def sweep_size(loaded: LoadedSpec) -> int:
+    """How many runs the sweep expands to (the product of the axes' lengths times the variants),
+    counted without expanding anything (``--set`` may still collapse some into one run)."""
+    return math.prod(len(values) for values in loaded.model.sweep.values()) * max(len(loaded.model.variants), 1)
+
+
+def check_sweep_size(loaded: LoadedSpec, *, allow_large_sweep: bool = False) -> int:
+    """The sweep's run count; SpecError past :data:`RUNS_WITHOUT_CONFIRMATION` unless confirmed, and
+    always past :data:`MAX_RUNS`. Runs before any expansion, so planning never builds more than it lists."""
+    count = sweep_size(loaded)
+    if count <= RUNS_WITHOUT_CONFIRMATION:
+        return count
+    axes = " x ".join(str(len(v)) for v in loaded.model.sweep.values()) or "1"
+    shape = f"{axes}{f' x {len(loaded.model.variants)} variants' if loaded.model.variants else ''}"
+    if count > MAX_RUNS:
+        raise SpecError(f"the sweep expands to {count:,} runs ({shape}), more than the {MAX_RUNS:,} one plan can "
+                        "hold.", file=str(loaded.file), path="sweep",
+                        hint="Sweep fewer values, or split the experiment into several specs.")
+    if not allow_large_sweep:
+        raise SpecError(f"the sweep expands to {count:,} runs ({shape}), more than {RUNS_WITHOUT_CONFIRMATION:,}.",
+                        file=str(loaded.file), path="sweep",
+                        hint="If you mean it, pass --allow-large-sweep (to ck validate, plan and run); "
+                             "else sweep fewer values.")
+    return count
+
+
+def combinations(loaded: LoadedSpec) -> Iterator[dict[str, Any]]:
+    """Cartesian product of the sweep, crossed with the explicit variants (each a dotted-path dict).
+
+    A generator: one combination at a time, so a plan holds its resolved runs and nothing more.
+    """
     sweep = loaded.model.sweep
     keys = list(sweep)
-    grid = [dict(zip(keys, values, strict=True)) for values in itertools.product(*(sweep[k] for k in keys))]
     variants = loaded.model.variants or [{}]
-    out = []
-    for combo in grid:
+    for values in itertools.product(*(sweep[k] for k in keys)):
+        combo = dict(zip(keys, values, strict=True))
         for variant in variants:
-            out.append({**combo, **variant})
-    return out
+            yield {**combo, **variant}
+
+
+def check_epochs(train: TrainConfig, *, allow_many_epochs: bool, file: str, note: str = "") -> None:
+    """SpecError when ``train.epochs`` is past :data:`EPOCHS_WITHOUT_CONFIRMATION` and not confirmed."""
+    if train.epochs > EPOCHS_WITHOUT_CONFIRMATION and not allow_many_epochs:
+        raise SpecError(f"{train.epochs:,} epochs is more than {EPOCHS_WITHOUT_CONFIRMATION:,}{note}.", file=file,
+                        path="train.epochs",
+                        hint="If you mean it, pass --allow-many-epochs (to ck validate, plan and run); else "
+                             "lower train.epochs (train.max_steps stops by steps instead).")
 
 
 def _cached_hub_model(model: dict[str, Any], base_dir: Path | None = None) -> str | None:
@@ -134,7 +179,7 @@ def _eval_targets(i: int, cfg: EvalConfig, run_type: str, train: TrainConfig | N
 
 
 def resolve_run(loaded: LoadedSpec, combo: dict[str, Any], layout: ExperimentLayout,
-                cache: dict[str, Any] | None = None) -> PlannedRun:
+                cache: dict[str, Any] | None = None, *, allow_many_epochs: bool = False) -> PlannedRun:
     """Resolve one combination of sweep values into a planned run."""
     cache = {} if cache is None else cache
     file = str(loaded.file)
@@ -164,6 +209,7 @@ def resolve_run(loaded: LoadedSpec, combo: dict[str, Any], layout: ExperimentLay
     train_cfg: TrainConfig | None = None
     if top.train is not None:
         _, train_cfg = section("trainer", top.train.model_dump(), "train")
+        check_epochs(train_cfg, allow_many_epochs=allow_many_epochs, file=file, note=note)
         resolved["train"] = dump_section(top.train.plugin, train_cfg)
     run_type = FINETUNE if top.train is not None else (EVAL_ONLY if top.model.adapter else CONTROL)
     if run_type == EVAL_ONLY and top.train is not None:
@@ -212,13 +258,20 @@ def resolve_run(loaded: LoadedSpec, combo: dict[str, Any], layout: ExperimentLay
     return PlannedRun(name, run_type, resolved, dict(combo), stages, layout.run(name), base_dir)
 
 
-def make_plan(loaded: LoadedSpec, *, estimate: bool = False, check: bool = True) -> Plan:
-    """Expand and resolve every run; optionally run plugins' plan-time checks and estimates."""
+def make_plan(loaded: LoadedSpec, *, estimate: bool = False, check: bool = True, allow_large_sweep: bool = False,
+              allow_many_epochs: bool = False) -> Plan:
+    """Expand and resolve every run; optionally run plugins' plan-time checks and estimates.
+
+    The sweep's size is checked first, from the axes' lengths (:func:`check_sweep_size`), and each
+    run's epochs as it is resolved: past the limits without ``allow_large_sweep`` or
+    ``allow_many_epochs`` (the ``ck`` flags of the same names) it raises SpecError before any work.
+    """
+    check_sweep_size(loaded, allow_large_sweep=allow_large_sweep)
     layout = ExperimentLayout(loaded.experiment_dir)
     cache: dict[str, Any] = {}
     runs: dict[str, PlannedRun] = {}
     for combo in combinations(loaded):
-        run = resolve_run(loaded, combo, layout, cache)
+        run = resolve_run(loaded, combo, layout, cache, allow_many_epochs=allow_many_epochs)
         runs.setdefault(run.name, run)  # --set may collapse sweep points into one run
     plan = Plan(loaded, list(runs.values()))
     if check:

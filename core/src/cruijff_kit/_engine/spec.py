@@ -19,7 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cruijff_kit._api.kinds import Prompt
-from cruijff_kit._base.errors import SpecError, closest, did_you_mean
+from cruijff_kit._base.errors import SpecError, clip, closest, did_you_mean
+from cruijff_kit._base.parsing import parse_yaml_text
 from cruijff_kit._base.yamlfile import read_yaml, spec_error_from
 
 SLUG = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -30,7 +31,7 @@ SET_HELP = "Override a spec value: dotted.path=value (beats the file and the swe
 class ModelSpec(BaseModel):
     """The base model (local folder or hub id), and for eval-only runs an existing adapter."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     path: str = Field(..., description="Local model folder (relative to the spec) or a hub id.")
     adapter: str | None = Field(None, description="Eval-only runs: a PEFT adapter folder to evaluate.")
     revision: str | None = Field(None, description="Hub revision when `path` is a hub id.")
@@ -39,18 +40,18 @@ class ModelSpec(BaseModel):
 class Section(BaseModel):
     """A plugin section: ``plugin`` picks the backend, every other key is that backend's option."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     plugin: str = Field(..., description="Name of the plugin (see `ck plugins`).")
 
 
 class SpecModel(BaseModel):
     """The top level of a run spec."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     experiment: str = Field(..., pattern=SLUG, description="Experiment name; also its folder name.")
     description: str | None = None
     output_dir: str = Field("runs", description="Where experiments are written (relative to the spec).")
-    seed: int = 42
+    seed: int = Field(42, ge=0, lt=2**32, description="Random seed of the run: 0 <= seed < 2**32.")
     model: ModelSpec
     dataset: Section
     prompt: Prompt = Field(default_factory=Prompt)
@@ -58,11 +59,21 @@ class SpecModel(BaseModel):
     eval: list[Section] = Field(default_factory=list)
     scheduler: Section = Field(default_factory=lambda: Section(plugin="local"))
     simulate: dict[str, Any] | None = Field(None, description="Settings for `ck simulate`.")
-    sweep: dict[str, list[Any]] = Field(default_factory=dict, description="dotted.path: [values]; cartesian.")
+    sweep: dict[str, list[Any]] = Field(default_factory=dict, description="dotted.path: [values]; cartesian "
+                                        "(more than 10,000 runs needs `--allow-large-sweep`).")
     variants: list[dict[str, Any]] = Field(
         default_factory=list, description="Explicit list of overrides (dotted.path: value), crossed with sweep."
     )
 
+
+#: Runs a spec may expand to (sweep x variants) without ``--allow-large-sweep``.
+RUNS_WITHOUT_CONFIRMATION = 10_000
+#: Runs no spec may expand to, confirmed or not: a plan resolves every run in memory (about 10 KB and
+#: 3 ms each) and lists each in plan.md, so this bounds a plan to about 1 GB and minutes, not hours.
+MAX_RUNS = 100_000
+#: Help of the confirmation flags of ``ck validate``, ``plan`` and ``run``.
+ALLOW_LARGE_SWEEP_HELP = f"Confirm a sweep of more than {RUNS_WITHOUT_CONFIRMATION:,} runs (at most {MAX_RUNS:,})."
+ALLOW_MANY_EPOCHS_HELP = "Confirm train.epochs above 1,000 (at most 100,000)."
 
 #: Plugin sections: spec key -> plugin kind.
 SECTION_KINDS = {"dataset": "dataset", "train": "trainer", "eval": "evaluator", "scheduler": "scheduler"}
@@ -72,12 +83,19 @@ SECTION_KINDS = {"dataset": "dataset", "train": "trainer", "eval": "evaluator", 
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
-def parse_value(text: str) -> Any:
-    """Parse a ``--set`` value like YAML would, reading ``1e-4`` as a number."""
+def parse_value(text: str, origin: str = "`--set`") -> Any:
+    """Parse a ``--set`` value like YAML would, reading ``1e-4`` as a number.
+
+    Text that is not YAML stays text; a key twice in a mapping, deep nesting or an alias bomb is a
+    SpecError (the same checks as a spec file).
+    """
     if _NUMBER.match(text.strip()):
-        return int(text) if re.fullmatch(r"[+-]?\d+", text.strip()) else float(text)
+        try:
+            return int(text) if re.fullmatch(r"[+-]?\d+", text.strip()) else float(text)
+        except ValueError:  # more digits than Python converts
+            raise SpecError(f"the number `{clip(text.strip(), 40)}` has too many digits.", file=origin) from None
     try:
-        return yaml.safe_load(text)
+        return parse_yaml_text(text, file=origin)
     except yaml.YAMLError:
         return text
 
@@ -87,9 +105,9 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
-            raise SpecError(f"`--set {item}` needs the form dotted.path=value, e.g. train.learning_rate=1e-4.")
+            raise SpecError(f"`--set {clip(item, 80)}` needs the form dotted.path=value, e.g. train.learning_rate=1e-4.")
         key, value = item.split("=", 1)
-        out[key.strip()] = parse_value(value)
+        out[key.strip()] = parse_value(value, origin=f"`--set {clip(key.strip(), 80)}`")
     return out
 
 

@@ -19,6 +19,7 @@ from cruijff_kit._api.records import PlannedRun, StageDef
 from cruijff_kit._base.errors import CkError, StageError
 from cruijff_kit._base.fileio import atomic_write_json, load_yaml, locked, read_json
 from cruijff_kit._base.layout import RunLayout
+from cruijff_kit.training._distributed import CHILD_ENV, leave_worker_error
 
 
 class Interrupted(BaseException):
@@ -150,6 +151,8 @@ def run_stage(run_dir: str | Path, stage_name: str, *, extra_plugins: list[objec
             status.update_stage(layout.root, stage_name, state=status.FAILED, ended=status.now(),
                                 error=str(exc), exit_code=exc.exit_code)
             hook.stage_finished(run=info, stage=stage_name, state=status.FAILED, results=None)
+        elif os.environ.get(CHILD_ENV) == "1":  # a relaunched worker: the launching process reports it
+            leave_worker_error(layout.root, stage_name, str(exc))
         raise
     except Exception as exc:
         if primary:

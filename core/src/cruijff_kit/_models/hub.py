@@ -178,10 +178,10 @@ def download(hub_id: str, revision: str | None = None, cache: Path | None = None
 
 def record(cache: Path, hub_id: str, revision: str, commit: str) -> None:
     """Note a verified download in ``cache/cruijff_kit_models.json``."""
-    from cruijff_kit._base.fileio import atomic_write_text
+    from cruijff_kit._base.fileio import atomic_write_text, read_json
 
     path = Path(cache) / RECORD
-    data = json.loads(path.read_text()) if path.is_file() else {}
+    data = read_json(path, default={}) if path.is_file() else {}
     data.setdefault(hub_id, {})[revision] = {"commit": commit, "verified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                            time.gmtime())}
     atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
@@ -197,14 +197,14 @@ def _size(folder: Path) -> int:
 
 
 def _experiment_specs(roots: Iterable[Path]) -> list[tuple[str, dict[str, Any]]]:
-    import yaml
+    from cruijff_kit._base.fileio import load_yaml
 
     out = []
     for root in roots:
         for pattern in ("runs/*/spec.yaml", "*/runs/*/spec.yaml", "*/*/runs/*/spec.yaml"):
             for spec in Path(root).glob(pattern):
                 try:
-                    data = yaml.safe_load(spec.read_text()) or {}
+                    data = load_yaml(spec.read_text()) or {}  # a run's resolved spec, written by ck
                 except Exception:  # an unreadable spec is not ours to report here
                     continue
                 if isinstance(data, dict) and data.get("experiment"):

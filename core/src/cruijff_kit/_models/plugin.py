@@ -20,7 +20,7 @@ def models() -> None:
 @click.option("--family", type=click.Choice(["llama3", "qwen2"]), default="llama3", show_default=True)
 @click.option("--hidden-size", default=64, show_default=True)
 @click.option("--kv-heads", default=2, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 def models_tiny(out_dir: str, family: str, hidden_size: int, kv_heads: int, seed: int) -> None:
     """Build a tiny random-weight model with a locally trained tokenizer into OUT_DIR."""
     from cruijff_kit._models import build_tiny_model

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import string
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -26,7 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cruijff_kit._base.errors import CkError, did_you_mean
+from cruijff_kit._base.errors import CkError, DataError, did_you_mean
+from cruijff_kit._base.parsing import parse_json_text
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from tokenizers import Tokenizer
@@ -407,7 +407,7 @@ def read_marker(model_dir: str | Path) -> dict[str, Any] | None:
     """The ``cruijff_kit_model.json`` of a model folder, or None when it is missing or unreadable."""
     path = Path(model_dir) / MARKER_FILE
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = parse_json_text(path.read_text(encoding="utf-8"), file=str(path))
+    except (OSError, ValueError, DataError):
         return None
     return data if isinstance(data, dict) else None

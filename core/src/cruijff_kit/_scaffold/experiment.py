@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cruijff_kit._base.errors import SpecError
+from cruijff_kit._base.errors import SpecError, clip
 
 
 @dataclass
@@ -31,9 +31,11 @@ def parse_sweep(text: str) -> tuple[str, list[Any]]:
     """``train.learning_rate=1e-4,3e-4`` -> (key, [1e-4, 3e-4]) with YAML-typed values."""
     import yaml
 
+    from cruijff_kit._base.parsing import parse_yaml_text, yaml_problem
+
     key, sep, values = text.partition("=")
     if not sep or not key.strip() or not values.strip():
-        raise SpecError(f"sweep {text!r} is not KEY=V1,V2.", file="ck new experiment",
+        raise SpecError(f"sweep {clip(text, 80)!r} is not KEY=V1,V2.", file="ck new experiment",
                         hint="Example: --sweep train.learning_rate=1e-4,3e-4")
     def value(text: str) -> Any:
         for kind in (int, float):
@@ -41,7 +43,11 @@ def parse_sweep(text: str) -> tuple[str, list[Any]]:
                 return kind(text)
             except ValueError:
                 pass
-        return yaml.safe_load(text)
+        try:
+            return parse_yaml_text(text, file="ck new experiment")
+        except yaml.YAMLError as exc:
+            raise SpecError(f"sweep value {clip(text, 80)!r} is not YAML{yaml_problem(exc)}.", file="ck new experiment",
+                            hint="Example: --sweep train.learning_rate=1e-4,3e-4") from None
 
     return key.strip(), [value(v.strip()) for v in values.split(",") if v.strip()]
 

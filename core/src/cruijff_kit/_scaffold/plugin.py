@@ -66,7 +66,6 @@ canonical ``messages`` form by the core, like the built-in formats.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from pydantic import Field
@@ -94,16 +93,15 @@ class __CLASS__(Dataset):
                             "Point dataset.path at a JSON lines file relative to the spec.")
 
     def rows(self) -> dict[str, list[dict[str, Any]]]:
-        """The raw rows per split."""
+        """The raw rows per split (a line that is not JSON, repeats a key or nests too deep is a DataError)."""
+        from cruijff_kit.data import parse_jsonl, read_text
+
         file = self.path(self.config.path)
         splits: dict[str, list[dict[str, Any]]] = {}
-        for number, line in enumerate(file.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{file}: line {number} is not JSON ({exc}).") from None
+        values, numbers = parse_jsonl(file, read_text(file))
+        for row, number in zip(values, numbers, strict=True):
+            if not isinstance(row, dict):
+                raise DataError(f"{file}: line {number} is not a JSON object.")
             splits.setdefault(str(row.pop("split", "train")), []).append(row)
         return splits
 

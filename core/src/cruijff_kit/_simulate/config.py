@@ -23,13 +23,13 @@ from cruijff_kit._simulate import prompts
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ParticipantSection(BaseModel):
     """A simulator section: ``plugin`` picks the backend, every other key is that backend's option."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     plugin: str = Field(..., description="Simulator plugin (`openai`, or `local` for the assistant).")
 
 

@@ -16,6 +16,7 @@ and the final answer reached) to a number. Built in:
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import subprocess
 import sys
@@ -124,6 +125,8 @@ def _score_of(text: str) -> float:
         score = float(obj["score"])
     except (KeyError, TypeError, ValueError):
         raise MalformedReply(f"no numeric `score` in {text[:200]!r}") from None
+    if not math.isfinite(score):
+        raise MalformedReply(f"the `score` in {text[:200]!r} is {score}, not a finite number")
     return min(1.0, max(0.0, score))
 
 
@@ -158,10 +161,14 @@ class Metric:
             try:
                 value = await asyncio.to_thread(self._fn, final_answer=outcome.final_answer, task=task.as_dict(),
                                                 conversation=outcome.chat())
-                return float(value)
+                number = float(value)
             except Exception as exc:  # the user's code: fail this conversation, say where
                 raise CallFailed(f"metric `{self.name}` ({self.spec.function}) raised {type(exc).__name__}: "
                                  f"{exc}") from exc
+            if not math.isfinite(number):
+                raise CallFailed(f"metric `{self.name}` ({self.spec.function}) returned {number}; a metric "
+                                 "must return a finite number.")
+            return number
         return await self._judge(outcome)
 
     async def _judge(self, outcome: Outcome) -> float:

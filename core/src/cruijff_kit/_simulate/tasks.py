@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cruijff_kit._base.errors import DataError
+from cruijff_kit._base.errors import DataError, clip
+from cruijff_kit._base.parsing import parse_json_text
 from cruijff_kit._simulate.config import TaskSource
 
 
@@ -40,18 +41,18 @@ def _read_rows(path: Path, split: str | None) -> list[Any]:
         for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    rows.append(parse_json_text(line, file=str(path), line=n))
                 except json.JSONDecodeError as exc:
                     raise DataError(f"{path}: line {n} is not valid JSON ({exc.msg}).") from None
         return rows
     try:
-        data = json.loads(text)
+        data = parse_json_text(text, file=str(path))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg}).") from None
     if isinstance(data, dict):
         name = split or "train"
         if name not in data or not isinstance(data[name], list):
-            raise DataError(f"{path} holds the splits {sorted(data)}, not a list named `{name}`. Set "
+            raise DataError(f"{path} holds the splits {clip(sorted(data))}, not a list named `{name}`. Set "
                             "simulate.tasks.split to one of them.")
         return list(data[name])
     if isinstance(data, list):
@@ -72,7 +73,7 @@ def load_tasks(source: TaskSource, path: Path) -> list[Task]:
             raise DataError(f"{path}: task row {i} is a {type(row).__name__}, not a mapping.")
         if source.prompt_field not in row or row[source.prompt_field] in (None, ""):
             raise DataError(f"{path}: task row {i} has no `{source.prompt_field}` (simulate.tasks.prompt_field). "
-                            f"Its fields: {sorted(row)}.")
+                            f"Its fields: {clip(sorted(row))}.")
         prompt = row[source.prompt_field]
         prompt = prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False)
         if source.id_field and row.get(source.id_field) not in (None, ""):

@@ -46,13 +46,16 @@ class MalformedReply(ValueError):
 
 def parse_json_object(text: str) -> dict[str, Any]:
     """The first JSON object in ``text`` (code fences and text around it are tolerated)."""
+    decoder = json.JSONDecoder()
     start = text.find("{")
     while start != -1:
         try:
-            obj, _ = json.JSONDecoder().raw_decode(text[start:])
+            obj, _ = decoder.raw_decode(text, start)
         except json.JSONDecodeError:
             start = text.find("{", start + 1)
             continue
+        except RecursionError:  # thousands of nested brackets: a broken reply, retried like any other
+            raise MalformedReply(f"the JSON in the reply nests too deep to read: {text[:200]!r}") from None
         if isinstance(obj, dict):
             return obj
         start = text.find("{", start + 1)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cruijff_kit._api.kinds import Prompt
-from cruijff_kit._base.errors import DataError, closest
+from cruijff_kit._base.errors import DataError, clip, closest
 
 INSTRUCT, CHAT = "instruct", "chat"
 #: Roles a message may have.
@@ -66,7 +66,7 @@ def json_type(value: Any) -> str:
 def suggest(word: str, choices: Iterable[str]) -> str:
     """`` Did you mean `x`?`` when a choice is close to ``word``, else an empty string."""
     best = closest(word, choices)
-    return f" Did you mean `{best}`?" if best else ""
+    return f" Did you mean `{clip(best, 80)}`?" if best else ""
 
 
 def row_error(file: str | Path, split: str, index: int, problem: str, *, line: int | None = None) -> DataError:
@@ -101,7 +101,7 @@ def check_instruct_row(row: Any, *, file: str | Path, split: str, index: int,
         if key not in row:
             hint = (" This row has `messages`: chat rows need the json-chat plugin (or a parquet "
                     "file without input/output columns).") if "messages" in row else ""
-            raise bad(f"`{key}` is missing (keys: {', '.join(map(str, row)) or 'none'}).{hint}")
+            raise bad(f"`{key}` is missing (keys: {clip(', '.join(map(str, row))) or 'none'}).{hint}")
         if not isinstance(row[key], str):
             raise bad(f"`{key}` must be a string, got {json_type(row[key])}.")
     return dict(row)
@@ -118,7 +118,7 @@ def check_chat_row(row: Any, *, file: str | Path, split: str, index: int,
     if "messages" not in row:
         hint = (" This row has `input`/`output`: instruct rows need the json-instruct plugin.")\
             if "input" in row or "output" in row else ""
-        raise bad(f"`messages` is missing (keys: {', '.join(map(str, row)) or 'none'}).{hint}")
+        raise bad(f"`messages` is missing (keys: {clip(', '.join(map(str, row))) or 'none'}).{hint}")
     messages = row["messages"]
     if not isinstance(messages, list | tuple) or not messages:
         got = "an empty list" if isinstance(messages, list | tuple) else json_type(messages)
@@ -131,7 +131,7 @@ def check_chat_row(row: Any, *, file: str | Path, split: str, index: int,
         if role not in ROLES:
             if "role" not in msg or role is None:
                 raise bad(f"message {m} has no `role` (one of {', '.join(ROLES)}).")
-            raise bad(f"message {m} has unknown role `{role}`; roles are {', '.join(ROLES)}."
+            raise bad(f"message {m} has unknown role `{clip(role, 40)}`; roles are {', '.join(ROLES)}."
                       f"{suggest(str(role), ROLES)}")
         if "content" not in msg or msg["content"] is None:
             raise bad(f"message {m} ({role}) has no `content`.")
@@ -313,7 +313,7 @@ def map_splits(available: Iterable[str], mapping: Mapping[str, str] | None, *, s
     for ours, theirs in mapping.items():
         if theirs not in available:
             raise DataError(f"{shown(source)} has no split `{theirs}` (named in dataset.splits.{ours}). "
-                            f"Its splits: {', '.join(f'`{s}`' for s in available) or 'none'}."
+                            f"Its splits: {clip(', '.join(f'`{s}`' for s in available)) or 'none'}."
                             f"{suggest(theirs, available)}")
     out = dict(mapping)
     for name in available:
@@ -332,7 +332,7 @@ def limit_for(limit: int | Mapping[str, int] | None, split: str) -> int | None:
 def check_run_splits(run: Any, splits: Iterable[str], *, source: str | Path) -> None:
     """Plan-time check that the splits a run reads exist: ``train`` when it trains, each eval's split."""
     splits = list(splits)
-    listed = ", ".join(f"`{s}`" for s in splits) or "none"
+    listed = clip(", ".join(f"`{s}`" for s in splits)) or "none"
     spec = run.spec
     if spec.get("train") is not None and "train" not in splits:
         raise DataError(f"the run trains, but {shown(source)} has no `train` split (its splits: {listed}). "

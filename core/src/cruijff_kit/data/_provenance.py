@@ -19,6 +19,7 @@ from typing import Any
 
 from cruijff_kit._base.errors import DataError
 from cruijff_kit._base.fileio import atomic_write_text
+from cruijff_kit._base.parsing import parse_json_text
 from cruijff_kit._base.secrets import scrub
 
 #: Characters of the sha256 hex digest used in file names.
@@ -75,8 +76,8 @@ def read_meta(output: str | Path) -> dict[str, Any] | None:
     """The sidecar of an output as a dict, or None when there is none (or it is unreadable)."""
     path = sidecar_path(output)
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        value = parse_json_text(path.read_text(encoding="utf-8"), file=str(path))
+    except (OSError, ValueError, DataError):  # a sidecar that cannot be trusted is no sidecar
         return None
     return value if isinstance(value, dict) else None
 

@@ -27,7 +27,8 @@ from typing import Any
 from pydantic import Field, PositiveInt
 
 from cruijff_kit._api.kinds import Dataset, DatasetConfig
-from cruijff_kit._base.errors import DataError
+from cruijff_kit._base.errors import DataError, clip
+from cruijff_kit._base.parsing import parse_json_text
 from cruijff_kit.data._canonical import (
     CHAT,
     INSTRUCT,
@@ -91,9 +92,12 @@ def read_text(path: Path) -> str:
 
 
 def parse_json(path: Path, text: str) -> Any:
-    """Parse one JSON document; errors name the line and column."""
+    """Parse one JSON document; errors name the line and column.
+
+    A key twice in one object or nesting deeper than 100 levels is an error naming the file and line.
+    """
     try:
-        return json.loads(text)
+        return parse_json_text(text, file=shown(path))
     except json.JSONDecodeError as exc:
         hint = (" The file seems to hold one JSON value per line: name it .jsonl (json-chat), or put the rows "
                 "in a list.") if exc.msg == "Extra data" else ""
@@ -102,18 +106,22 @@ def parse_json(path: Path, text: str) -> Any:
 
 
 def parse_jsonl(path: Path, text: str, limit: int | None = None) -> tuple[list[Any], list[int]]:
-    """Parse JSON Lines (blank lines skipped); return the values and their 1-based line numbers."""
+    """Parse JSON Lines (blank lines skipped); return the values and their 1-based line numbers.
+
+    A key twice in one object or nesting deeper than 100 levels is an error naming the file and line.
+    """
     rows: list[Any] = []
     lines: list[int] = []
+    where = shown(path)
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         if limit is not None and len(rows) >= limit:
             break
         try:
-            rows.append(json.loads(line))
+            rows.append(parse_json_text(line, file=where, line=n))
         except json.JSONDecodeError as exc:
-            raise DataError(f"{shown(path)}: line {n} is not valid JSON (column {exc.colno}): {exc.msg}. "
+            raise DataError(f"{where}: line {n} is not valid JSON (column {exc.colno}): {exc.msg}. "
                             "Each line of a .jsonl file must be one JSON object.") from None
         lines.append(n)
     return rows, lines
@@ -192,8 +200,8 @@ class Source:
         return stats_of_rows(part.rows, part.kind)
 
     def _unknown_split(self, split: str) -> DataError:
-        names = ", ".join(f"`{s}`" for s in self.split_names())
-        return DataError(f"{shown(self.path)} has no split `{split}` (its splits: {names}).")
+        names = clip(", ".join(f"`{s}`" for s in self.split_names()))
+        return DataError(f"{shown(self.path)} has no split `{clip(split, 80)}` (its splits: {names}).")
 
 
 class InstructFile(Source):
@@ -221,7 +229,7 @@ class InstructFile(Source):
                                 '{"train": [...]}.')
             for split, rows in value.items():
                 if not isinstance(rows, list):
-                    raise DataError(f"{shown(self.path)}: split `{split}` must be a list of {{input, output}} "
+                    raise DataError(f"{shown(self.path)}: split `{clip(split, 80)}` must be a list of {{input, output}} "
                                     f"rows, got {json_type(rows)}. Every top-level key is a split.")
             self._data = value
         return self._data

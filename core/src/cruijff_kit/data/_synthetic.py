@@ -70,7 +70,7 @@ class SyntheticSettings(PluginConfig):
     n_ood: int = Field(50, gt=0, description="Rows of each validation_ood_<i> split.")
     format: Literal["spaced", "dense", "comma", "tab", "pipe"] = Field("spaced", description="How symbols are joined.")
     instruction: str | None = Field(None, description="Text put before every sequence (on its own line).")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32, description="Seed of every random choice (0 <= seed < 2**32).")
 
     @model_validator(mode="after")
     def _consistent(self) -> SyntheticSettings:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from cruijff_kit._base.errors import DataError
+from cruijff_kit._base.parsing import parse_json_text
 
 
 def read_texts(path: str | Path, field: str = "input", id_field: str = "id") -> tuple[list[Any], list[str]]:
@@ -21,9 +22,10 @@ def read_texts(path: str | Path, field: str = "input", id_field: str = "id") -> 
         return list(range(len(texts))), texts
     try:
         if p.suffix == ".jsonl":
-            rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+            rows = [parse_json_text(line, file=str(p), line=n)
+                    for n, line in enumerate(p.read_text().splitlines(), start=1) if line.strip()]
         else:
-            data = json.loads(p.read_text())
+            data = parse_json_text(p.read_text(), file=str(p))
             rows = data.get("test", []) if isinstance(data, dict) else data
     except json.JSONDecodeError as exc:
         raise DataError(f"{p}: not valid JSON ({exc}). Use .txt (one text a line), .jsonl or .json rows.") from None

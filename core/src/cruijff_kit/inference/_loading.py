@@ -7,11 +7,11 @@ paths without importing torch.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from cruijff_kit._base.errors import SpecError
+from cruijff_kit._base.fileio import read_json
 
 #: Files that mark a folder holding a tokenizer.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -52,17 +52,21 @@ def tokenizer_dir(adapter: Path) -> Path | None:
     return None
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _adapter_base(adapter: Path) -> str | None:
     """The base model an adapter folder records (local path first, then the hub id)."""
     info = adapter / "cruijff_kit.json"
     if info.is_file():
-        data = json.loads(info.read_text())
+        data = _mapping(read_json(info))
         for key in ("base_model_path", "base_model"):
             if data.get(key) and (key != "base_model_path" or Path(data[key]).exists()):
                 return str(data[key])
     cfg = adapter / "adapter_config.json"
     if cfg.is_file():
-        return json.loads(cfg.read_text()).get("base_model_name_or_path")
+        return _mapping(read_json(cfg)).get("base_model_name_or_path")
     return None
 
 

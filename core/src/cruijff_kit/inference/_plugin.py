@@ -16,7 +16,7 @@ _LOAD_OPTIONS = [
     click.option("--device", default="auto", show_default=True),
     click.option("--dtype", default="auto", show_default=True),
     click.option("--batch-size", default=8, show_default=True),
-    click.option("--seed", default=0, show_default=True),
+    click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True),
     click.option("--field", default="input", show_default=True, help="Text field of .json/.jsonl rows."),
     click.option("--id-field", default="id", show_default=True, help="Id field of .json/.jsonl rows."),
 ]

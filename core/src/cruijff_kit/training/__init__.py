@@ -1,5 +1,6 @@
 """Helpers for trainer plugins: precision and device, adapter folders and their export, metrics rows,
-plan-time checks and estimates, and the relaunch of a stage on several processes (torchrun).
+plan-time checks and estimates, the relaunch of a stage on several processes (torchrun), and the stop
+at the first nan or inf loss (:class:`LossWatch`).
 
 Nothing here imports torch at import time; the functions that need it import it when called.
 """
@@ -32,11 +33,12 @@ from cruijff_kit.training._estimate import (
     model_ref,
     model_shape,
 )
+from cruijff_kit.training._finite import LossWatch, nonfinite_loss_error
 
 __all__ = [
-    "ADAPTER_FILES", "MetricsRow", "ModelShape", "adapter_info", "chat_template_text", "check_targets",
+    "ADAPTER_FILES", "LossWatch", "MetricsRow", "ModelShape", "adapter_info", "chat_template_text", "check_targets",
     "check_validation_split", "estimate_run", "export_adapter", "find_config", "is_worker", "model_ref",
-    "model_shape", "needs_launch", "peak_memory_mb", "plan_device", "read_metrics", "relaunch",
-    "require_saved_epochs", "resolve_precision", "run_device", "save_adapter", "save_adapter_weights",
+    "model_shape", "needs_launch", "nonfinite_loss_error", "peak_memory_mb", "plan_device", "read_metrics",
+    "relaunch", "require_saved_epochs", "resolve_precision", "run_device", "save_adapter", "save_adapter_weights",
     "torch_dtype", "truncate_metrics", "world_size", "write_adapter_dir",
 ]

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from cruijff_kit._base.errors import StageError
-from cruijff_kit._base.fileio import atomic_write_json, atomic_write_text
+from cruijff_kit._base.fileio import atomic_write_json, atomic_write_text, read_json
+from cruijff_kit.training._finite import nonfinite_tensors, nonfinite_weights_error
 
 #: Keys of every row in ``train/metrics.jsonl``, in order.
 METRIC_KEYS = ("step", "epoch", "train_loss", "val_loss", "learning_rate", "tokens_per_second",
@@ -158,7 +159,8 @@ def write_adapter_dir(adapter_dir: Path, write: Callable[[Path], None], tokenize
     """Write an adapter folder atomically: ``write(tmp)`` fills a temporary sibling, then it is renamed in.
 
     After ``write`` the tokenizer is saved beside the adapter files, the folder is checked (PEFT
-    files present, no base weights), ``adapter_config.json`` is pointed at ``base_model_path`` (else
+    files present, no base weights, no nan or inf weight: then a StageError and nothing is written),
+    ``adapter_config.json`` is pointed at ``base_model_path`` (else
     ``base_model``), and ``cruijff_kit.json`` records both plus ``extra``. Temporary folders left by
     a killed process are removed first, so a reader never sees half an adapter.
     """
@@ -178,6 +180,9 @@ def write_adapter_dir(adapter_dir: Path, write: Callable[[Path], None], tokenize
         stray = [p.name for p in tmp.iterdir() if p.name.startswith("model") and p.suffix == ".safetensors"]
         if stray:
             raise StageError(f"the adapter folder would hold base weights ({stray}); only adapters are saved.")
+        broken = nonfinite_tensors(tmp / "adapter_model.safetensors")
+        if broken:  # diverged weights never become an adapter, whichever trainer wrote them
+            raise nonfinite_weights_error(adapter_dir, broken, extra)
         name_base_model(tmp, base_model_path or base_model)
         info = {"base_model": base_model, "base_model_path": base_model_path, **(extra or {})}
         atomic_write_json(tmp / ADAPTER_INFO, info)
@@ -203,15 +208,14 @@ def save_adapter(model: Any, tokenizer: Any, adapter_dir: Path, *, base_model: s
 def name_base_model(adapter_dir: Path, base: str) -> None:
     """Set ``base_model_name_or_path`` in ``adapter_dir/adapter_config.json`` (atomic)."""
     path = Path(adapter_dir) / "adapter_config.json"
-    cfg = json.loads(path.read_text(encoding="utf-8"))
+    cfg = read_json(path)
     cfg["base_model_name_or_path"] = base
     atomic_write_json(path, cfg)
 
 
 def adapter_info(adapter_dir: Path) -> dict[str, Any]:
     """``cruijff_kit.json`` of an adapter folder (empty when the adapter was not written here)."""
-    path = Path(adapter_dir) / ADAPTER_INFO
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    return read_json(Path(adapter_dir) / ADAPTER_INFO, default={})
 
 
 def export_adapter(adapter_dir: Path, dest: Path, base_model: str | None = None) -> Path:

@@ -7,6 +7,8 @@ launcher (``torchrun`` or ``accelerate launch``)::
 
 The workers get ``CK_STAGE_CHILD=1``, so only the launching ``ck stage`` process does the stage's
 bookkeeping (see :func:`cruijff_kit._engine.stage.is_primary_process`) and no worker relaunches again.
+A worker that fails with a user-facing error (a nan loss, say) leaves its message in
+``logs/<stage>.worker-error``, and the launching process fails the stage with that message.
 On CPU the workers also get ``ACCELERATE_USE_CPU=true``: without it the HF Trainer would start
 independent, unsynchronised copies instead of DDP over gloo.
 
@@ -165,6 +167,22 @@ def launch_command(run_dir: str | Path, stage: str, resources: Resources, *,
     return LaunchCommand(argv + target, child_env, total)
 
 
+def worker_error_file(run_dir: str | Path, stage: str) -> Path:
+    """Where a failing worker leaves its error for the launching process: ``logs/<stage>.worker-error``."""
+    return Path(run_dir) / "logs" / f"{stage}.worker-error"
+
+
+def leave_worker_error(run_dir: str | Path, stage: str, message: str) -> None:
+    """In a worker: record why it failed, for :func:`relaunch` to raise (the first worker's message wins)."""
+    path = worker_error_file(run_dir, stage)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("x", encoding="utf-8") as fh:
+            fh.write(message)
+    except OSError:  # another worker was first, or the folder is not writable: the log has it
+        pass
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Ask Linux to SIGTERM the launcher when the ``ck stage`` process that started it dies."""
     try:
@@ -183,6 +201,8 @@ def relaunch(run_dir: str | Path, stage: str, resources: Resources, *, launcher:
     process is interrupted, the launcher (and with it every worker) is terminated.
     """
     cmd = launch_command(run_dir, stage, resources, launcher=launcher, python=python)
+    note = worker_error_file(run_dir, stage)
+    note.unlink(missing_ok=True)  # left by an earlier attempt
     print(f"[ck] launching {cmd.world_size} processes: {' '.join(cmd.argv)}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     proc = subprocess.Popen(cmd.argv, env=cmd.full_env(),
@@ -199,5 +219,9 @@ def relaunch(run_dir: str | Path, stage: str, resources: Resources, *, launcher:
                 proc.wait()
         raise
     if code != 0:
+        if note.is_file():  # a worker failed with an error meant for the user (a nan loss, bad data...)
+            message = note.read_text(encoding="utf-8", errors="replace")
+            note.unlink(missing_ok=True)
+            raise StageError(message)
         raise StageError(f"the distributed {stage} stage of {Path(run_dir).name} failed: `{cmd.argv[2]}` "
                          f"exited with code {code} (see the stage's log for the failing worker's traceback).")

@@ -12,7 +12,6 @@ figures are estimates for planning, not guarantees.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -20,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cruijff_kit._api.kinds import Estimate, Resources, TrainConfig
-from cruijff_kit._base.errors import SpecError, did_you_mean
+from cruijff_kit._base.errors import DataError, SpecError, did_you_mean
+from cruijff_kit._base.parsing import parse_json_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from cruijff_kit._api.records import PlannedRun
@@ -141,7 +141,7 @@ def find_config(model: str | Path) -> Path | None:
 
 @lru_cache(maxsize=64)
 def _read_json(path: str, mtime_ns: int) -> dict[str, Any]:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    return parse_json_text(Path(path).read_text(encoding="utf-8"), file=path)
 
 
 def read_model_config(model: str | Path) -> dict[str, Any] | None:
@@ -151,7 +151,7 @@ def read_model_config(model: str | Path) -> dict[str, Any] | None:
         return None
     try:
         return dict(_read_json(str(path), path.stat().st_mtime_ns))
-    except (OSError, ValueError):
+    except (OSError, ValueError, TypeError, DataError):  # unreadable, repeated keys, deep nesting, not a mapping
         return None
 
 

@@ -31,7 +31,7 @@ class MultiturnConfig(DatasetConfig):
                            "differ by at least this.")
     splits: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "validation": 0.1, "test": 0.1},
                                      description="Split name -> fraction of conversations (sum 1).")
-    seed: int = Field(42, description="Seed of the split shuffle.")
+    seed: int = Field(42, ge=0, lt=2**32, description="Seed of the split shuffle.")
     on_truncation: Literal["error", "warn"] = Field(
         "error", description="At plan time, when train.max_seq_length would cut target turns away: "
         "error, or warn and go on.")

@@ -21,7 +21,7 @@ from typing import Any
 
 from cruijff_kit import DataError
 from cruijff_kit.data import ArrowDir, ParquetFolder, parse_json, parse_jsonl, read_text, shown
-from cruijff_kit.files import read_jsonl
+from cruijff_kit.files import parse_json_text, read_jsonl
 
 #: Fields every CollabLLM-form row must have.
 REQUIRED = ("prompt", "completion", "conv_id", "turn_id")
@@ -175,8 +175,8 @@ def get_path(row: dict[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         if isinstance(cur, str) and cur.startswith("{"):
             try:
-                cur = json.loads(cur)
-            except json.JSONDecodeError:
+                cur = parse_json_text(cur, file=f"field `{part}`")
+            except (json.JSONDecodeError, DataError):  # not JSON, a key twice, nested too deep: no value
                 return None
         if not isinstance(cur, dict) or part not in cur:
             return None

@@ -147,7 +147,7 @@ class TabularOptions(DatasetConfig):
                                       "or a list of splits.")
     subsample: PositiveInt | dict[str, PositiveInt] | None = Field(
         None, description="At most N rows per split after balancing, or {split: N} (seeded).")
-    seed: int = Field(0, description="Seed of splits, balancing, subsampling and perturbations.")
+    seed: int = Field(0, ge=0, lt=2**32, description="Seed of splits, balancing, subsampling and perturbations.")
 
     @field_validator("splits")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +18,12 @@ TEMPLATE_GLOBALS = ("names", "raw", "row")
 
 
 def to_number(text: str) -> float | None:
-    """``"45"`` -> 45.0; None when the text is not a number."""
+    """``"45"`` -> 45.0; None when the text is not a finite number (``nan``, ``inf`` and ``1e999`` are not)."""
     try:
-        return float(text.replace(",", "")) if text else None
+        value = float(text.replace(",", "")) if text else None
     except ValueError:
         return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def format_value(column: str, col: Column, text: str, *, file: Path) -> str:

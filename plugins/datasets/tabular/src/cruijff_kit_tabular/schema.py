@@ -22,6 +22,16 @@ from cruijff_kit import DataError, PluginConfig
 Code = str | int | float | bool
 
 
+def finite_codes(value: Any) -> Any:
+    """A ``missing_codes`` list, refusing nan and inf (a NaN cell is missing already; inf is no code)."""
+    if isinstance(value, list):
+        bad = [c for c in value if isinstance(c, float) and not math.isfinite(c)]
+        if bad:
+            raise ValueError(f"a missing code must be text or a finite number, not {bad[0]} (empty and NaN cells "
+                             "count as missing without one)")
+    return value
+
+
 def code_text(value: Any) -> str:
     """A cell value or a value-map key as text: ``1.0`` and ``1`` both give ``"1"``."""
     if isinstance(value, bool):
@@ -50,6 +60,11 @@ class Column(PluginConfig):
     fill: str = Field("unknown", description="Text of a missing value with missing: fill.")
     missing_codes: list[Code] = Field(default_factory=list, description="Values meaning missing in this column.")
 
+    @field_validator("missing_codes", mode="before")
+    @classmethod
+    def _finite_codes(cls, v: Any) -> Any:
+        return finite_codes(v)
+
     @field_validator("values", mode="before")
     @classmethod
     def _keys_as_text(cls, v: Any) -> Any:
@@ -67,6 +82,11 @@ class Schema(PluginConfig):
 
     columns: dict[str, Column] = Field(..., min_length=1, description="Column name in the file -> how to show it.")
     missing_codes: list[Code] = Field(default_factory=list, description="Values meaning missing in every column.")
+
+    @field_validator("missing_codes", mode="before")
+    @classmethod
+    def _finite_codes(cls, v: Any) -> Any:
+        return finite_codes(v)
 
     @field_validator("columns", mode="before")
     @classmethod

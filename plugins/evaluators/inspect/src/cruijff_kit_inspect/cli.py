@@ -84,7 +84,7 @@ def _abs_task(task: str) -> str:
 @click.option("--include-base", is_flag=True, help="With --adapter, also evaluate MODEL without it.")
 @click.option("--system", help="System prompt.")
 @click.option("--template", help="User turn template with {input}.")
-@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=42, show_default=True)
 @click.option("--set", "sets", multiple=True,
               help="Evaluator option dotted.path=value, e.g. generation.max_tokens=8. Repeatable.")
 @click.option("--output", type=click.Path(file_okay=False), default="ck-eval", show_default=True,

@@ -21,10 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cruijff_kit import CkError, RunLayout, status
-from cruijff_kit.files import atomic_write_json, locked, read_json
+from cruijff_kit.files import atomic_write_json, load_yaml, locked, read_json
 from cruijff_kit_runpod.agent import safe_extract
 
 #: The command every pod runs: unpack the agent from its environment and start it. No inner quotes,
@@ -246,6 +244,6 @@ def apply_stage_entries(run_dir: Path, entries: dict[str, dict[str, Any]]) -> No
 
 def _drop_state_dir(run_dir: Path) -> None:
     """Trainer state left from an earlier local attempt is stale once the pod finished training."""
-    spec = yaml.safe_load((run_dir / "spec.yaml").read_text()) or {}
+    spec = load_yaml((run_dir / "spec.yaml").read_text()) or {}
     if not (spec.get("train") or {}).get("keep_state"):
         shutil.rmtree(RunLayout(run_dir).state_dir, ignore_errors=True)

@@ -7,11 +7,11 @@ no bucket credentials.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from cruijff_kit import CkError
+from cruijff_kit.files import parse_json_text
 
 #: The longest validity S3 accepts for a pre-signed (SigV4) URL.
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
@@ -85,8 +85,8 @@ class ObjectStore:
         if raw is None:
             return None
         try:
-            return json.loads(raw)
-        except ValueError:
+            return parse_json_text(raw, file=key)
+        except (ValueError, CkError):  # not JSON, a key twice, nested too deep
             return None
 
     def download(self, key: str, path: Path) -> bool:

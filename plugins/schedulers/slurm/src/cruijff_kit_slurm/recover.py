@@ -14,10 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cruijff_kit import RunLayout, status
-from cruijff_kit.files import atomic_write_yaml, locked
+from cruijff_kit.files import atomic_write_yaml, load_yaml, locked
 
 #: Text that marks an out-of-memory failure in a stage's log (CUDA, ROCm, MPS, and the host's OOM killer).
 OOM_PATTERNS = (
@@ -59,7 +57,7 @@ def halve_batch(run_dir: Path, stage: str, max_retries: int, reason: str) -> dic
     """
     layout = RunLayout(Path(run_dir))
     with locked(layout.spec):
-        spec = yaml.safe_load(layout.spec.read_text())
+        spec = load_yaml(layout.spec.read_text())
         train = spec.get("train") or {}
         entry = status.read(layout.root)["stages"].get(stage, {})
         used = int(entry.get("oom_retries", 0))

@@ -8,6 +8,7 @@ retries are off: the core retries transient failures (429, 5xx, timeouts) with b
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -150,9 +151,10 @@ class OpenAISimulator(Simulator):
             value = headers.get(name)
             if value:
                 try:
-                    return float(value) * scale
+                    seconds = float(value) * scale
                 except ValueError:
                     return None
+                return seconds if math.isfinite(seconds) and seconds >= 0 else None
         return None
 
     def stats(self) -> dict[str, Any]:

@@ -10,12 +10,12 @@ Supported: Llama 2, Llama 3, 3.1, 3.2 and 3.3 (``model_type: llama``) and Qwen2 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cruijff_kit import SpecError, did_you_mean
+from cruijff_kit.files import parse_json_text
 
 #: Hugging Face LoRA target names -> torchtune attention module names.
 ATTN_TARGETS = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "output_proj"}
@@ -87,7 +87,7 @@ def read_hf_config(model_dir: Path) -> dict[str, Any]:
                         "does not exist.", path="model.path",
                         hint="Point model.path at a downloaded Hugging Face model folder.")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return parse_json_text(path.read_text(encoding="utf-8"), file=str(path))
     except (OSError, ValueError) as exc:
         raise SpecError(f"{path} is not readable JSON ({exc}).", path="model.path") from None
 

@@ -10,7 +10,10 @@ training loop runs unchanged; the mixin overrides only the recipe's seams:
   (on every rank) for ``eval_steps`` validation and the global ``max_steps`` limit;
 * ``setup``: a validation loader over the validation split, and metrics rows in the shared schema;
 * ``save_checkpoint``: validation loss for the epoch, then an adapter-only PEFT checkpoint for the
-  epochs in ``save_epochs`` and resume state for later epochs; never merged weights.
+  epochs in ``save_epochs`` and resume state for later epochs; never merged weights;
+* the loss function and the optimizer (``setup``): every training loss goes to the run's
+  :class:`~cruijff_kit.training.LossWatch`, checked before each optimizer step, so the first nan or
+  inf loss (or validation loss) stops training before any later weights or adapters exist.
 
 The distributed variant also keeps torchtune's CUDA-only memory helpers away from CPU runs (gloo).
 """
@@ -74,6 +77,8 @@ class RecipeHooks:
     state_dir: Path | None = None
     #: Called with the step training resumes after (rank 0 only), before anything is logged.
     resumed: Callable[[int], None] | None = None
+    #: A :class:`cruijff_kit.training.LossWatch` (every rank): the first nan/inf loss stops training.
+    watch: Any = None
 
 
 class _AfterStep:
@@ -108,6 +113,23 @@ class _MetricsBridge:
             learning_rate=_num(payload.get("lr")),
             tokens_per_second=None if tps is None else _num(tps) * r._ck_world,  # type: ignore[operator]
             peak_memory_mb=peak_memory_mb(r._device.type)))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _WatchedLoss:
+    """Wraps the recipe's loss function: every training loss it computes goes to the run's LossWatch."""
+
+    def __init__(self, inner: Any, watch: Any) -> None:
+        self._inner = inner
+        self._watch = watch
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        loss = self._inner(*args, **kwargs)
+        if torch.is_grad_enabled():  # training, not our validation pass
+            self._watch.observe(loss)
+        return loss
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -196,6 +218,10 @@ class CkRecipeMixin:
         self._ck_keep_state = bool(ck.get("keep_state"))
         if self._ck_rank0 and hasattr(self, "_metric_logger"):
             self._metric_logger = _MetricsBridge(self._metric_logger, self)
+        if self.ck_hooks.watch is not None:
+            # every micro-batch's loss is watched; the verdict comes before each optimizer step
+            self._loss_fn = _WatchedLoss(self._loss_fn, self.ck_hooks.watch)
+            self._optimizer.register_step_pre_hook(self._ck_before_optimizer_step)
         if ck.get("validation_dataset"):
             self._ck_val_loader = self._ck_build_val_loader(ck["validation_dataset"], int(cfg.batch_size))
         if self._ck_rng is not None and not self._ck_distributed:
@@ -252,6 +278,12 @@ class CkRecipeMixin:
         loss = self._ck_validation_loss()
         self._ck_last_val_step = step
         self._ck_log(MetricsRow(step=step, epoch=epoch, val_loss=loss))
+        if self.ck_hooks.watch is not None:  # the same value on every rank (all-reduced): all stop together
+            self.ck_hooks.watch.check_value(loss, step=step, epoch=epoch)
+
+    def _ck_before_optimizer_step(self, *_args: Any) -> None:
+        """Runs on every rank before each optimizer step: a nan/inf loss stops training before the update."""
+        self.ck_hooks.watch.check(step=self.global_step + 1, epoch=int(self.epochs_run))
 
     def _ck_after_optimizer_step(self) -> None:
         """Runs on every rank right after each optimizer step (before the loop counts it)."""

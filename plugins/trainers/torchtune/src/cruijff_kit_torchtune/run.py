@@ -122,8 +122,8 @@ def torch_backend() -> str | None:
 
 
 def make_hooks(ctx: Any, conf: Any, family: ModelFamily) -> Any:
-    """Connect the recipe to the run: metrics rows, PEFT adapters per epoch, resume state."""
-    from cruijff_kit.training import save_adapter_weights, truncate_metrics
+    """Connect the recipe to the run: metrics rows, PEFT adapters per epoch, resume state, the nan/inf stop."""
+    from cruijff_kit.training import LossWatch, save_adapter_weights, truncate_metrics
     from cruijff_kit_torchtune.peft_export import peft_config, to_peft_weights
     from cruijff_kit_torchtune.recipe import RecipeHooks
 
@@ -156,4 +156,4 @@ def make_hooks(ctx: Any, conf: Any, family: ModelFamily) -> Any:
         truncate_metrics(ctx.layout.metrics, step)
 
     return RecipeHooks(log=lambda row: row.log(ctx), save_adapter=save_adapter, state_dir=ctx.state_dir,
-                       resumed=resumed)
+                       resumed=resumed, watch=LossWatch(ctx, precision=str(conf.dtype)))

@@ -7,11 +7,11 @@ section holds what our recipe adds (epochs to save, validation, global step limi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from cruijff_kit import SpecError, StageError
+from cruijff_kit.files import parse_json_text
 from cruijff_kit_torchtune.families import LoraTargets, ModelFamily
 
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -25,7 +25,8 @@ def checkpoint_files(model_dir: Path) -> list[str]:
         path = model_dir / index
         if path.is_file():
             try:
-                files = sorted(set(json.loads(path.read_text(encoding="utf-8"))["weight_map"].values()))
+                index = parse_json_text(path.read_text(encoding="utf-8"), file=str(path))
+                files = sorted(set(index["weight_map"].values()))
             except (OSError, ValueError, KeyError) as exc:
                 raise StageError(f"{path} is not a valid weight index ({exc}).") from None
             missing = [f for f in files if not (model_dir / f).is_file()]

@@ -1,4 +1,5 @@
-"""``TrainerCallback`` s of the ``trl`` trainer: epoch adapters and ``metrics.jsonl`` rows."""
+"""``TrainerCallback`` s of the ``trl`` trainer: epoch adapters, ``metrics.jsonl`` rows, and the stop at
+the first nan or inf loss."""
 
 from __future__ import annotations
 
@@ -69,9 +70,10 @@ class EpochAdapters(TrainerCallback):
 
     def recover(self, checkpoint: Path) -> None:
         """Before resuming from an epoch-end ``checkpoint``: write that epoch's adapter if the kill came first."""
-        import json
+        from cruijff_kit.files import parse_json_text
 
-        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        path = checkpoint / "trainer_state.json"
+        state = parse_json_text(path.read_text(), file=str(path))
         progress = round(float(state.get("epoch") or 0.0), 6)
         if progress and progress == int(progress):
             epoch = epoch_index(progress)
@@ -157,3 +159,39 @@ class MetricsRows(TrainerCallback):
         shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                          for k, v in d.items() if v is not None)
         print(f"[trl] {shown}", file=sys.stderr, flush=True)
+
+
+class NonFiniteLossStop(TrainerCallback):
+    """Stops training at the first nan or inf loss, through the core's :class:`~cruijff_kit.training.LossWatch`.
+
+    :meth:`attach` makes the trainer hand every micro-batch's loss to the watch; the check runs in
+    ``on_pre_optimizer_step``, on every rank, before the optimizer applies the step, so the weights
+    never take a broken step. A validation loss of nan or inf stops training too, in ``on_log``,
+    which runs before the save of the same step, so that epoch's adapter is not written either.
+    """
+
+    def __init__(self, ctx: Any, precision: str) -> None:
+        self.watch = training.LossWatch(ctx, precision=precision)
+        self.epoch = 0
+
+    def attach(self, trainer: Any) -> None:
+        """Observe the loss ``trainer.training_step`` returns for every micro-batch."""
+        inner = trainer.training_step
+
+        def training_step(*args: Any, **kwargs: Any) -> Any:
+            loss = inner(*args, **kwargs)
+            self.watch.observe(loss)
+            return loss
+
+        trainer.training_step = training_step
+        trainer.add_callback(self)
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.epoch = math.floor(round(float(state.epoch or 0.0), 6))  # the epoch the next steps belong to
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.watch.check(step=state.global_step + 1, epoch=self.epoch)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+        if logs and "eval_loss" in logs:
+            self.watch.check_value(logs["eval_loss"], step=state.global_step, epoch=epoch_index(state.epoch or 0.0))

@@ -65,7 +65,7 @@ def dpo_args(ctx: Any, config: TrlConfig, precision: str, device: str, has_eval:
         bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=device == "cpu",
         eval_strategy=eval_strategy, eval_steps=eval_steps, save_strategy=save_strategy, save_steps=save_steps,
         save_total_limit=1, logging_strategy="steps", logging_steps=config.logging_steps, logging_first_step=True,
-        report_to=trackers(ctx, config), disable_tqdm=True, dataloader_num_workers=0,
+        logging_nan_inf_filter=False, report_to=trackers(ctx, config), disable_tqdm=True, dataloader_num_workers=0,
         ddp_find_unused_parameters=False,
     )
 
@@ -103,4 +103,5 @@ def run_dpo(ctx: Any, config: TrlConfig, chat_template: str | None) -> None:
                          processing_class=tokenizer, peft_config=lora_config(config), callbacks=[adapters, metrics])
     run_trainer(trainer, adapters, metrics, ctx, config, resume,
                 f"{config.method} dpo on {device} ({precision}), beta {config.dpo.beta}, "
-                f"loss {config.dpo.loss_type}, {len(train_ds)} preference pairs, world size {world}")
+                f"loss {config.dpo.loss_type}, {len(train_ds)} preference pairs, world size {world}",
+                precision=precision)

@@ -204,6 +204,7 @@ def sft_args(ctx: Any, config: TrlConfig, precision: str, device: str, loss_mode
         logging_strategy="steps",
         logging_steps=config.logging_steps,
         logging_first_step=True,
+        logging_nan_inf_filter=False,  # a nan loss must show (and stops training: NonFiniteLossStop)
         report_to=report_to,
         disable_tqdm=True,
         dataloader_num_workers=0,
@@ -231,9 +232,10 @@ def last_complete_checkpoint(state_dir: Path) -> Path | None:
 
 def checkpoint_step(checkpoint: Path) -> int:
     """Global step recorded in a checkpoint's ``trainer_state.json``."""
-    import json
+    from cruijff_kit.files import parse_json_text
 
-    return int(json.loads((checkpoint / "trainer_state.json").read_text())["global_step"])
+    path = checkpoint / "trainer_state.json"
+    return int(parse_json_text(path.read_text(), file=str(path))["global_step"])
 
 
 # --------------------------------------------------------------------------- the stage
@@ -275,7 +277,7 @@ def run_sft(ctx: Any, config: TrlConfig, chat_template: str | None) -> None:
                          callbacks=[adapters, metrics])
     run_trainer(trainer, adapters, metrics, ctx, config, resume,
                 f"{config.method} sft on {device} ({precision}), loss on {loss_mode} tokens, "
-                f"{len(train_ds)} train rows, world size {world}")
+                f"{len(train_ds)} train rows, world size {world}", precision=precision)
 
 
 def resume_point(ctx: Any) -> Any:
@@ -291,13 +293,19 @@ def resume_point(ctx: Any) -> Any:
 
 
 def run_trainer(trainer: Any, adapters: Any, metrics: Any, ctx: Any, config: TrlConfig, resume: Any,
-                message: str) -> None:
-    """Wire our callbacks to a TRL trainer, train (resuming when asked), then write the last adapters."""
+                message: str, *, precision: str | None = None) -> None:
+    """Wire our callbacks to a TRL trainer, train (resuming when asked), then write the last adapters.
+
+    The first nan or inf loss stops training with a StageError (:class:`NonFiniteLossStop`).
+    """
     from transformers.trainer_callback import PrinterCallback
+
+    from cruijff_kit_trl.callbacks import NonFiniteLossStop
 
     trainer.remove_callback(PrinterCallback)  # metrics rows are printed by MetricsRows instead
     metrics.trainer = trainer
     adapters.trainer = trainer
+    NonFiniteLossStop(ctx, precision or config.precision).attach(trainer)
     _say(message)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if trainer.is_world_process_zero():
