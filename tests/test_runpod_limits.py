@@ -86,7 +86,7 @@ def test_dry_run_writes_the_pod_request_without_secrets(fake_runpod, fake_store,
 
 
 def test_pod_time_limit_stops_the_stage_and_ends_the_pod(fake_runpod, fake_store, tmp_path, capsys):
-    spec = write_toy_spec(tmp_path, scheduler='wait: true\ntime_limit: "00:00:06"\n',
+    spec = write_toy_spec(tmp_path, scheduler='wait: true\ntime_limit: "00:00:20"\n',
                           train="steps_per_epoch: 600\nstep_seconds: 0.1\n")
     write_profile(tmp_path, fake_store)
     code, out = run_ck(capsys, "run", str(spec))
