@@ -116,3 +116,20 @@ def test_one_pod_per_stage_waits_for_training(fake_runpod, fake_store, tmp_path,
     assert pods[st["eval.toy.epoch_0"]["pod_id"]]["created"] > pods[st["train"]["pod_id"]]["created"]
     results = json.loads((run / "eval/results.json").read_text())
     assert set(results["toy"]) == {"base", "epoch_0"}  # merged from two pods
+
+
+@pytest.mark.parametrize(("scheduler", "exposed"), [("wait: true\n", False),
+                                                    ("wait: true\npublic_access: true\n", True)])
+def test_pods_have_no_public_ip_or_ssh_unless_asked(fake_runpod, fake_store, tmp_path, capsys, scheduler, exposed):
+    """Batch stages need neither a public IP nor SSH: the pod request asks for them only with public_access."""
+    spec = write_toy_spec(tmp_path, scheduler=scheduler)
+    write_profile(tmp_path, fake_store)
+    code, out = run_ck(capsys, "run", str(spec))
+    assert code == 0, out
+    deploys = fake_runpod.calls("podFindAndDeployOnDemand")
+    assert len(deploys) == 1
+    inp = deploys[0]["args"]["input"]
+    # the RunPod API starts SSH when startSsh is true and gives a public IP when supportPublicIp is true
+    assert bool(inp.get("supportPublicIp")) is exposed
+    assert bool(inp.get("startSsh")) is exposed
+    assert fake_runpod.running() == []

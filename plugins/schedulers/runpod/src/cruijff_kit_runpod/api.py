@@ -72,6 +72,8 @@ class PodRequest:
     env: dict[str, str]
     network_volume_id: str | None = None
     data_center_id: str | None = None
+    #: A public IP and SSH on the pod: for debugging only, off by default (batch stages need neither).
+    public_access: bool = False
 
 
 class RunPodApi:
@@ -191,7 +193,7 @@ class RunPodApi:
 
         query = generate_pod_deployment_mutation(
             name=gql_str(req.name), image_name=gql_str(req.image), gpu_type_id=gql_str(req.gpu_type),
-            cloud_type=req.cloud_type, support_public_ip=True, start_ssh=True,
+            cloud_type=req.cloud_type, support_public_ip=req.public_access, start_ssh=req.public_access,
             data_center_id=gql_str(req.data_center_id) if req.data_center_id else None,
             gpu_count=int(req.gpu_count), volume_in_gb=int(req.volume_gb),
             container_disk_in_gb=int(req.container_disk_gb), min_vcpu_count=1, min_memory_in_gb=1,

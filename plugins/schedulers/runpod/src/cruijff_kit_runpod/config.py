@@ -59,6 +59,8 @@ class RunpodConfig(SchedulerConfig):
     poll_seconds: float = Field(30.0, gt=0, description="How often `wait` asks RunPod and the bucket.")
     upload: list[str] = Field(default_factory=list, description="Extra files or folders the pod needs "
                               "(paths the spec names are found and sent without listing them).")
+    public_access: bool = Field(False, description="Give the pod a public IP and start SSH, for debugging only "
+                                "(batch stages need neither; off keeps the pod unreachable from outside).")
 
     @field_validator("time_limit")
     @classmethod

@@ -73,6 +73,7 @@ class PodSettings:
     max_upload_gb: float
     upload: list[str] = field(default_factory=list)
     spec_dir: str = ""
+    public_access: bool = False
 
     @classmethod
     def resolve(cls, cfg: RunpodConfig, profile: RunpodProfile, spec_dir: Path | str = "") -> PodSettings:
@@ -90,7 +91,7 @@ class PodSettings:
             time_limit_seconds=parse_hms(cfg.time_limit) if cfg.time_limit else None,
             max_spend_per_run=min(spends) if spends else None, prices=dict(profile.prices),
             prices_from_api=profile.prices_from_api, max_upload_gb=profile.max_upload_gb,
-            upload=list(cfg.upload), spec_dir=str(spec_dir))
+            upload=list(cfg.upload), spec_dir=str(spec_dir), public_access=cfg.public_access)
 
     def pod_seconds(self, n_stages: int) -> int:
         """The wall-time limit of a pod that runs ``n_stages`` stages."""
@@ -291,7 +292,8 @@ def launch(group: Group, settings: PodSettings, api: RunPodApi, price: float | N
                      cloud_type=settings.cloud_type, container_disk_gb=settings.container_disk_gb,
                      volume_gb=settings.volume_gb, volume_mount_path=settings.volume_mount_path,
                      docker_args=POD_COMMAND, env=pod_env(settings, urls, deadline, seconds),
-                     network_volume_id=settings.network_volume_id, data_center_id=settings.data_center_id)
+                     network_volume_id=settings.network_volume_id, data_center_id=settings.data_center_id,
+                     public_access=settings.public_access)
     pod = api.create_pod(req)
     cost = price * settings.gpu_count if price else None
     record = {"id": pod["id"], "name": name, "stages": group.stage_names, "created": created, "deadline": deadline,
