@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """Under ``CI=true`` a skip fails unless its reason is listed in ``tests/skip_reasons.py``."""
+    from skip_reasons import allowed_in_ci
+
+    report = yield
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if not allowed_in_ci(reason):
+            report.outcome = "failed"
+            report.longrepr = (f"{item.nodeid} skipped under CI=true for a reason not listed in "
+                               f"tests/skip_reasons.py: {reason}")
+    return report
 
 
 @pytest.fixture(scope="session")
@@ -115,3 +133,22 @@ def write_spec(folder: Path, text: str, name: str = "spec.yaml") -> Path:
     path = folder / name
     path.write_text(textwrap.dedent(text).lstrip())
     return path
+
+
+def mount_tmpfs(folder: Path, size: str = "1m") -> Path:
+    """Mount a real tmpfs of ``size`` at a new folder under ``folder`` (needs root, which CI has;
+    elsewhere the calling test skips). Unmount with ``umount -l``."""
+    mnt = folder / f"tmpfs-{uuid.uuid4().hex[:6]}"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True)
+    if res.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    return mnt
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MiB tmpfs mounted under tmp_path, unmounted afterwards."""
+    mnt = mount_tmpfs(tmp_path)
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -42,7 +42,7 @@ def test_no_secret_lands_in_any_written_file(tmp_path, with_toy, ck):
 
 
 @pytest.mark.skipif(os.geteuid() == 0 and not os.environ.get("CK_TEST_READONLY"),
-                    reason="root ignores directory permissions; covered by the unwritable-path test")
+                    reason="runs as root: root ignores directory permissions; covered by the unwritable-path test")
 def test_read_only_output_folder(tmp_path, with_toy, ck):  # pragma: no cover - non-root only
     out = tmp_path / "ro"
     out.mkdir()

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -112,18 +111,6 @@ def test_status_cannot_be_written_stage_never_marked_done(tmp_path, with_toy, mo
     rows = experiment_status(ExperimentLayout(run_dir.parents[1]))
     assert {r["stage"]: r["state"] for r in rows}["train"] != "done"
     assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 1 MiB tmpfs mounted under tmp_path (root only; skipped where mounting is not allowed)."""
-    mnt = tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True)
-    if res.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def fill(folder: Path) -> None:
