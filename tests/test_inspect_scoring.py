@@ -50,10 +50,12 @@ def test_auc_ties_and_one_class() -> None:
 
 
 def test_calibration_bins_edges() -> None:
+    # bins (lo, hi], 0 in the first: 0.5 lies on an edge and belongs to (0.25, 0.5]
     bins = scoring.calibration_bins([0.0, 0.05, 1.0, 0.5], [0, 1, 1, 0], n_bins=4)
-    assert [b.count for b in bins] == [2, 0, 1, 1]
+    assert [b.count for b in bins] == [2, 1, 0, 1]
     assert bins[0].mean_predicted == pytest.approx(0.025) and bins[0].observed == 0.5
-    assert bins[1].mean_predicted is None and bins[1].observed is None
+    assert bins[1].mean_predicted == 0.5 and bins[1].observed == 0.0
+    assert bins[2].mean_predicted is None and bins[2].observed is None
     assert bins[3].lower == 0.75 and bins[3].upper == 1.0 and bins[3].observed == 1.0
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         scoring.calibration_bins([1.2], [1])

@@ -5,8 +5,10 @@ Pure Python (no numpy), so evaluators, ``ck summarize`` and plotting code share 
 every metric. Conventions:
 
 * Binary outcomes are ``1`` (positive) and ``0``; a *risk* is the predicted probability of ``1``.
-* Calibration bins are ``n_bins`` equal-width intervals of [0, 1]; a probability ``p`` falls in bin
-  ``min(floor(p * n_bins), n_bins - 1)``, so the last bin is closed on the right.
+* Calibration bins are ``n_bins`` equal-width intervals ``(lo, hi]`` of [0, 1], the first one closed
+  (``[0, 1/n]``): a probability exactly on an edge belongs to the lower bin (``0.3`` to ``(0.2, 0.3]``
+  with 10 bins). This is the assignment of scikit-learn's ``calibration_curve`` (edges ``i * (1 / n)``,
+  as ``numpy.linspace`` computes them, searched from the left) and of Guo et al. (2017).
 * A standard error is the sample standard deviation (``n - 1``) over ``sqrt(n)``, 0 when ``n < 2``
   (inspect-ai's convention).
 * A metric that is undefined for the input (no samples, one class only for AUC, constant truth for R²)
@@ -15,6 +17,7 @@ every metric. Conventions:
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from collections.abc import Hashable, Sequence
@@ -57,8 +60,15 @@ def mean_stderr(values: Sequence[float]) -> tuple[float | None, float | None]:
     return mean, math.sqrt(var / n)
 
 
-def _bin_index(p: float, n_bins: int) -> int:
-    return min(int(math.floor(p * n_bins)), n_bins - 1)
+def _bin_edges(n_bins: int) -> list[float]:
+    """The inner edges ``1/n .. (n-1)/n``, computed as ``numpy.linspace(0, 1, n + 1)`` does."""
+    step = 1.0 / n_bins
+    return [i * step for i in range(1, n_bins)]
+
+
+def _bin_index(p: float, edges: list[float]) -> int:
+    """The bin ``(lo, hi]`` holding ``p`` (0 in the first): the first inner edge ``>= p``."""
+    return bisect.bisect_left(edges, p)
 
 
 def _check_probs(probs: Sequence[float], other: Sequence[Any], what: str) -> None:
@@ -91,8 +101,9 @@ def calibration_bins(probs: Sequence[float], outcomes: Sequence[float], n_bins: 
         raise ValueError("n_bins must be >= 1.")
     _check_probs(probs, outcomes, "calibration_bins")
     sums = [[0.0, 0.0, 0] for _ in range(n_bins)]
+    edges = _bin_edges(n_bins)
     for p, y in zip(probs, outcomes, strict=True):
-        b = sums[_bin_index(p, n_bins)]
+        b = sums[_bin_index(p, edges)]
         b[0] += p
         b[1] += float(y)
         b[2] += 1
@@ -255,18 +266,27 @@ def classification_metrics(actual: Sequence[Hashable], predicted: Sequence[Hasha
 
 
 # --------------------------------------------------------------------------- parsing answers
-_NUMBER = re.compile(r"[-+]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?")
+_NUMBER = re.compile(r"(?P<sign>[-+\u2212]?)(?:[$\u20ac\u00a3\u00a5]\s?(?P<sign2>[-+\u2212]?))?"
+                     r"(?P<digits>(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?)")
+
+
+def _number_value(m: re.Match[str]) -> float:
+    """The value of a ``_NUMBER`` match: a sign before or after a currency symbol counts (``-$5`` and
+    ``$-5`` are -5), as does the minus sign U+2212."""
+    negative = "-" in (m.group("sign") + (m.group("sign2") or "")).replace("\u2212", "-")
+    value = float(m.group("digits").replace(",", ""))
+    return -value if negative else value
 
 
 def parse_number(text: str | None) -> float | None:
-    """The first number in ``text`` (``-1.5``, ``1,234``, ``3e-2``, ``.5``), or None (also when it is past
-    the floats, as ``1e999``)."""
+    """The first number in ``text`` (``-1.5``, ``1,234``, ``3e-2``, ``.5``, ``-$5``), or None (also when it
+    is past the floats, as ``1e999``)."""
     if not text:
         return None
     m = _NUMBER.search(text)
     if m is None:
         return None
-    value = float(m.group(0).replace(",", ""))
+    value = _number_value(m)
     return value if math.isfinite(value) else None
 
 
@@ -281,7 +301,7 @@ def parse_probability(text: str | None) -> float | None:
     m = _NUMBER.search(text)
     if m is None:
         return None
-    value = float(m.group(0).replace(",", ""))
+    value = _number_value(m)
     if not math.isfinite(value):
         return None
     if _PERCENT.match(text[m.end():]):
