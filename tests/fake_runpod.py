@@ -13,7 +13,8 @@
   its own filesystem). The pod is RUNNING while the process lives and EXITED when it ends;
   ``podTerminate`` kills it.
 * :class:`FakeObjectStore`: an S3-compatible bucket server (path-style ``PUT/GET/HEAD /bucket/key``)
-  that checks SigV4 pre-signed URLs (signature and expiry) and the credential of signed requests.
+  that checks SigV4 pre-signed URLs (signature and expiry, against a clock a test may move) and the
+  credential of signed requests; ``public`` makes it serve objects to anyone, as a public bucket does.
 
 What a real RunPod does differently is not modelled: image pulls, restarts of exited containers,
 billing. Error texts other than the no-capacity one are guesses.
@@ -400,7 +401,11 @@ class FakeObjectStore:
                  region: str = "us-east-1") -> None:
         self.access_key, self.secret_key, self.region = access_key, secret_key, region
         self.objects: dict[tuple[str, str], bytes] = {}
-        self.log: list[tuple[str, str, str]] = []  # (method, key, "presigned" | "signed")
+        self.log: list[tuple[str, str, str]] = []  # (method, key, "presigned" | "signed" | "anonymous")
+        #: Seconds added to the clock that pre-signed URLs are checked against (to see one expire).
+        self.clock_offset = 0.0
+        #: A public bucket (a public-read policy): requests without any signature may read objects.
+        self.public = False
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _s3_handler(self))
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
@@ -426,7 +431,8 @@ class FakeObjectStore:
             return "InvalidAccessKeyId"
         amz_date = params.get("X-Amz-Date", "")
         start = dt.datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
-        if dt.datetime.now(dt.UTC) > start + dt.timedelta(seconds=int(params.get("X-Amz-Expires", "0"))):
+        now = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.clock_offset)
+        if now > start + dt.timedelta(seconds=int(params.get("X-Amz-Expires", "0"))):
             return "AccessDenied"  # Request has expired
         canonical_query = "&".join(
             f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}"
@@ -467,6 +473,8 @@ def _s3_handler(store: FakeObjectStore) -> type[BaseHTTPRequestHandler]:
                 problem = None if auth.startswith(f"AWS4-HMAC-SHA256 Credential={store.access_key}/") \
                     else "AccessDenied"
                 how = "signed"
+                if problem and not auth and store.public and self.command in ("GET", "HEAD"):
+                    problem, how = None, "anonymous"
             if problem:
                 self._drain()
                 error(self, 403, problem)
@@ -493,6 +501,16 @@ def _s3_handler(store: FakeObjectStore) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:  # noqa: N802
             self._read(True)
+
+        def do_DELETE(self) -> None:  # noqa: N802
+            target = self._target()
+            if target is None:
+                return
+            bucket, key, how = target
+            with store.lock:
+                store.objects.pop((bucket, key), None)
+                store.log.append(("DELETE", key, how))
+            _send(self, 204, b"")
 
         def do_HEAD(self) -> None:  # noqa: N802
             self._read(False)

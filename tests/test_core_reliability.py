@@ -30,13 +30,16 @@ def scan(folder) -> list[str]:
 
 
 def test_no_secret_lands_in_any_written_file(tmp_path, with_toy, ck):
-    # the user even pasted a key into the spec's description: the snapshots must not repeat it
+    # the user pasted a key into the spec's description: refused (spec.yaml is read back, never rewritten)
     spec = write_spec(tmp_path, SPEC.format(key=SECRETS["OPENAI_API_KEY"]))
-    res = ck("run", str(spec), env=SECRETS, check=True)
+    res = ck("run", str(spec), env=SECRETS)
     exp = tmp_path / "runs" / "secrets"
+    assert res.returncode == 2 and "at `description`" in res.stderr and "$OPENAI_API_KEY" in res.stderr
+    assert not (exp / "spec.yaml").exists() and not (exp / "runs").exists()
+    spec = write_spec(tmp_path, SPEC.format(key="$OPENAI_API_KEY"))
+    res = ck("run", str(spec), env=SECRETS, check=True)
     assert (exp / "spec.yaml").exists() and list((exp / "runs").iterdir())
     assert scan(exp) == []
-    assert "<OPENAI_API_KEY>" in (exp / "spec.yaml").read_text()
     for value in SECRETS.values():
         assert value not in res.stdout + res.stderr
 

@@ -178,3 +178,28 @@ def test_duplicate_eval_names(tmp_path, with_toy):
 def test_empty_save_epochs_is_an_error(tmp_path, with_toy):
     err = error_of(tmp_path, BASE.replace("epochs: 2}", "epochs: 2, save_epochs: []}"))
     assert err.path.startswith("train.save_epochs") and "at least one epoch" in str(err)
+
+
+@pytest.mark.parametrize(("extra", "overrides", "path", "origin"), [
+    # the sweep sets the learning rate; the typo is the spec body's: no attribution
+    ("sweep:\n  train.learning_rate: [1.0e-4, 2.0e-4]\n", ["train.lora.rnk=4"], "train.lora.rnk", "--set"),
+    ("sweep:\n  train.learning_rate: [1.0e-4, 2.0e-4]\n", [], "train.epochs", None),
+    ("sweep:\n  train.epochs: [1, -3]\n", [], "train.epochs", "the sweep"),
+    ("variants:\n  - {train.epochs: -3}\n", [], "train.epochs", "a variant"),
+    ("sweep:\n  seed: [1, -1]\n", [], "seed", "the sweep"),
+])
+def test_errors_name_the_sweep_only_for_values_it_set(tmp_path, with_toy, extra, overrides, path, origin):
+    text = BASE + extra
+    if origin is None:
+        text = text.replace("epochs: 2", "epochs: -3")
+    spec = write_spec(tmp_path, text)
+    with pytest.raises(SpecError) as info:
+        make_plan(load_spec(spec, parse_overrides(overrides)))
+    err = info.value
+    assert err.path == path, str(err)
+    if origin is None:
+        assert "set by" not in str(err), str(err)
+    else:
+        assert f"set by {origin})" in str(err), str(err)
+        others = {"the sweep", "a variant", "--set"} - {origin}
+        assert not any(f"set by {o}" in str(err) for o in others)

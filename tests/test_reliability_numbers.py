@@ -211,7 +211,7 @@ def test_many_epochs_need_a_confirmation(tmp_path, with_toy):
     err = error_of(tmp_path, BASE.replace("epochs: 2", "epochs: 100001"), allow_many_epochs=True)
     assert err.path == "train.epochs" and "100000" in str(err)  # a hard limit, confirmed or not
     err = error_of(tmp_path, BASE + "sweep:\n  train.epochs: [1, 5000]\n")
-    assert err.path == "train.epochs" and "(set by the sweep)" in str(err)
+    assert err.path == "train.epochs" and "(`train.epochs` set by the sweep)" in str(err)
 
 
 def _huge_sweep(axes: int, values: int) -> str:

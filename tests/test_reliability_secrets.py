@@ -1,15 +1,41 @@
-"""A real experiment (trl training and inspect evaluation of a tiny model) with fake secrets in the
-environment: no file it writes holds any of them, including the members of inspect's .eval zips."""
+"""Secrets by value, and links scoped to one run on rented machines.
+
+A real experiment (trl training and inspect evaluation of a tiny model) with fake secrets in the
+environment: no file it writes holds any of them, including the members of inspect's .eval zips.
+Through `ck run` with the toy plugins: secret-named variables of every shape are scrubbed or refused,
+paths are kept, literal credentials in profiles are refused, job scripts are private; against the
+fake RunPod and bucket: the pod's links expire and reach only its own run's objects.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import stat
 import sys
+import urllib.error
+import urllib.request
 import zipfile
 from pathlib import Path
+from urllib.parse import parse_qsl, urlparse
 
 import pytest
+import yaml
 from conftest import write_spec
+from runpod_fixtures import (
+    BUCKET,
+    run_ck,
+    running_fake_runpod,
+    running_fake_store,
+    write_profile,
+    write_toy_spec,
+)
+from slurm_fixtures import slurm_env_fixture, slurm_plugin_site_fixture, slurm_spec
 from trl_fixtures import write_capitalize_data
+
+FIXTURES = (slurm_env_fixture, slurm_plugin_site_fixture)
+fake_runpod = pytest.fixture(running_fake_runpod, name="fake_runpod")
+fake_store = pytest.fixture(running_fake_store, name="fake_store")
 
 SECRETS = {"HF_TOKEN": "hf_fakeTokenQ8f3k2LmN0pZ", "WANDB_API_KEY": "wandbfake0123456789abcdef0123456789abcd",
            "OPENAI_API_KEY": "sk-fake-Zx9Yw8Vu7Ts6Rq5Po4", "RUNPOD_API_KEY": "rpa_FAKE7H6G5F4E3D2C1B0A"}
@@ -86,3 +112,195 @@ def test_scan_sees_a_secret_inside_a_zstd_zip_member(tmp_path):
     assert SECRETS["WANDB_API_KEY"].encode() not in (tmp_path / "log.eval").read_bytes()
     hits, files, members = scan(tmp_path)
     assert hits == [f"{tmp_path / 'log.eval'}!samples/1.json: WANDB_API_KEY"] and files == 1 and members == 1
+
+
+# --------------------------------------------------------------------------- secrets by value
+# Names the old rule (a name ending in API_KEY|TOKEN|SECRET|PASSWORD) missed; values a user might have.
+NEW_SECRETS = {"MY_DB_PASS": "pg-pass-Q7w8e9r0", "GITHUB_AUTH": "gha_auth_Zy5Xw4Vu3",
+               "AWS_SECRET_ACCESS_KEY": "aws/secret+Key0123456789", "X_CREDENTIALS": "cred-K1L2M3N4O5"}
+TOY_SPEC = """
+experiment: {name}
+description: "{description}"
+model: {{path: {model}}}
+dataset: {{plugin: toy-data}}
+train: {{plugin: toy, epochs: 1}}
+eval: [{{plugin: toy-eval, task: t}}]
+"""
+
+
+def files_holding(folder: Path, values: dict[str, str]) -> list[str]:
+    """``path: NAME`` for every file under ``folder`` that holds one of the values."""
+    return [f"{p}: {name}" for p in folder.rglob("*") if p.is_file()
+            for name, value in values.items() if value.encode() in p.read_bytes()]
+
+
+def test_secret_names_are_whole_parts_with_one_list_of_exceptions():
+    from cruijff_kit.files import is_secret_name
+
+    for name in (*NEW_SECRETS, "HF_TOKEN", "WANDB_API_KEY", "DB_PASSWD", "STRIPE_KEY", "X_APIKEY", "my_auth_token",
+                 "SMTP_PASSWORD_1", "GITHUB_TOKENS"):
+        assert is_secret_name(name), name
+    # a part must be the whole word; names that say where a secret is, or count tokens, hold none
+    for name in ("KEYBOARD_LAYOUT", "MONKEY", "TOKENIZERS_PARALLELISM", "HF_TOKEN_PATH", "SSH_AUTH_SOCK",
+                 "PASSWORD_STORE_DIR", "GPG_AGENT_INFO", "KEYTIMEOUT", "MAX_TOKENS", "PAD_TOKEN", "PWD",
+                 "AWS_SHARED_CREDENTIALS_FILE", "GOOGLE_APPLICATION_CREDENTIALS", "api_key_env", "PATH"):
+        assert not is_secret_name(name), name
+
+
+def test_scrub_keeps_existing_paths_and_matches_short_values_as_words(tmp_path):
+    from cruijff_kit.files import scrub
+
+    (tmp_path / "summer24").mkdir()
+    env = {"MY_DB_PASS": "summer24", "X_CREDENTIALS": "abc1", "GITHUB_AUTH": "true", "SSH_AUTH_SOCK": "/tmp/agent.1"}
+    text = (f"pw summer24 in {tmp_path}/summer24/model, not in /nonexistent/summer24/x nor in "
+            "https://example.org/summer24; abc1 but not xabc12; true stays; /tmp/agent.1 stays")
+    assert scrub(text, env) == (
+        f"pw <MY_DB_PASS> in {tmp_path}/summer24/model, not in /nonexistent/<MY_DB_PASS>/x nor in "
+        "https://example.org/<MY_DB_PASS>; <X_CREDENTIALS> but not xabc12; true stays; /tmp/agent.1 stays")
+
+
+def test_ck_run_refuses_a_spec_holding_a_secret_and_writes_none(tmp_path, with_toy, ck):
+    """Through `ck run`: each new-style secret's value in the spec is refused naming the field and the
+    variable (never the value); a clean spec runs and no file of the experiment holds any value."""
+    env = {**NEW_SECRETS, "HF_TOKEN_PATH": str(tmp_path / "hf" / "token"), "SSH_AUTH_SOCK": "/tmp/ssh-agent.sock"}
+    exp = tmp_path / "runs" / "leak"
+    for name, value in NEW_SECRETS.items():
+        spec = write_spec(tmp_path, TOY_SPEC.format(name="leak", description=f"db at {value}", model="org/m"))
+        res = ck("run", str(spec), env=env)
+        assert res.returncode == 2, res.stdout + res.stderr
+        assert "spec.yaml at `description`" in res.stderr and f"${name}" in res.stderr, res.stderr
+        assert "name the environment variable instead" in res.stderr and "Traceback" not in res.stderr
+        assert value not in res.stdout + res.stderr
+        assert not (exp / "spec.yaml").exists() and not (exp / "runs").exists()
+    # not secrets: their values stay as the user wrote them
+    spec = write_spec(tmp_path, TOY_SPEC.format(name="leak", model="org/m",
+                                                description=f"token file {env['HF_TOKEN_PATH']}, agent /tmp/ssh-agent.sock"))
+    res = ck("run", str(spec), env=env, check=True)
+    assert files_holding(tmp_path / "runs", NEW_SECRETS) == []
+    kept = f"token file {env['HF_TOKEN_PATH']}, agent /tmp/ssh-agent.sock"
+    assert yaml.safe_load((exp / "spec.yaml").read_text())["description"] == kept
+    assert len(list((exp / "runs").iterdir())) == 1
+
+
+def test_a_secret_equal_to_a_folder_name_keeps_the_spec_and_the_run_works(tmp_path, with_toy, ck):
+    """A (weak) password that is also the name of a folder on the model's path: the run's spec.yaml keeps
+    the path (rewriting it would point the run at a folder that does not exist) and the run works."""
+    value = "hunter2024"
+    model = tmp_path / value / "base"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text('{"model_type": "toy"}')
+    spec = write_spec(tmp_path, TOY_SPEC.format(name="folder", description="weak password", model=model))
+    res = ck("run", str(spec), env={"HF_TOKEN": value, "MY_DB_PASSWORD": value}, check=True)
+    (run,) = (tmp_path / "runs" / "folder" / "runs").iterdir()
+    assert yaml.safe_load((run / "spec.yaml").read_text())["model"]["path"] == str(model)
+    adapter = json.loads((run / "train" / "epoch_0" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(model)
+    assert json.loads((run / "status.json").read_text())["stages"]["train"]["state"] == "done"
+    assert "<HF_TOKEN>" not in res.stdout + (run / "spec.yaml").read_text()
+
+
+# --------------------------------------------------------------------------- slurm: literal credentials, modes
+def test_slurm_job_scripts_are_private_and_hold_no_secret(slurm_env, ck, tmp_path):
+    spec = slurm_spec(tmp_path, experiment="private", sweep={"train.lora.rank": [4, 8]},
+                      profile={"setup": ["export MY_DB_PASS=$MY_DB_PASS", "echo ready"]})
+    old = os.umask(0)  # a umask that lets everyone read: the scripts must be private anyway
+    try:
+        res = ck("run", str(spec), "--dry-run", cwd=tmp_path, env={**slurm_env, **NEW_SECRETS})
+    finally:
+        os.umask(old)
+    assert res.returncode == 0, res.stdout + res.stderr
+    scripts = list((tmp_path / "out").rglob("*.sbatch"))
+    assert len(scripts) >= 5  # 2 runs x (train, eval) + the arrays
+    for script in scripts:
+        mode = stat.S_IMODE(script.stat().st_mode)
+        assert mode & 0o077 == 0 and mode & 0o700 == 0o700, (script, oct(mode))
+    assert files_holding(tmp_path / "out", NEW_SECRETS) == []
+
+
+@pytest.mark.parametrize(("section", "item", "why"), [
+    ("setup", "export MY_DB_PASS=pg-pass-Q7w8e9r0", "sets MY_DB_PASS to a literal value"),
+    ("setup", "pip install --index-url https://me:pw12345@pypi.example.org/simple x", "a URL with a password"),
+    ("sbatch", "--comment=gha_auth_Zy5Xw4Vu3", "value of the secret environment variable $GITHUB_AUTH"),
+    ("sbatch", "--x-credentials=abcdef123", "passes a literal value to --x-credentials"),
+])
+def test_a_literal_credential_in_the_slurm_profile_is_refused(slurm_env, ck, tmp_path, section, item, why):
+    spec = slurm_spec(tmp_path, experiment="literal", profile={section: ["module load cuda", item]})
+    res = ck("run", str(spec), "--dry-run", cwd=tmp_path, env={**slurm_env, **NEW_SECRETS})
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "ck.profile.yaml" in res.stderr and f"slurm.{section}.1" in res.stderr and why in res.stderr, res.stderr
+    assert "name the environment variable instead" in res.stderr and "Traceback" not in res.stderr
+    assert "pg-pass-Q7w8e9r0" not in res.stderr and "gha_auth_Zy5Xw4Vu3" not in res.stderr
+    assert not list((tmp_path / "out").rglob("*.sbatch"))
+
+
+def test_ck_init_refuses_a_literal_credential(tmp_path, ck):
+    path = tmp_path / "profile.yaml"
+    res = ck("init", "--path", str(path), "--yes", "--set", "slurm.setup=[export X_CREDENTIALS=abcdef123]")
+    assert res.returncode == 2 and "X_CREDENTIALS" in res.stderr and "literal" in res.stderr, res.stderr
+    assert not path.exists()
+
+
+# --------------------------------------------------------------------------- RunPod: links scoped to one run
+def _query(url: str) -> dict[str, str]:
+    return dict(parse_qsl(urlparse(url).query))
+
+
+def _status_of(request: urllib.request.Request) -> int:
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_runpod_links_expire_and_reach_only_their_own_run(fake_runpod, fake_store, tmp_path, capsys):
+    # two runs of 3 stages of 30 minutes each: pods of 5400 s
+    spec = write_toy_spec(tmp_path, train="lora: {rank: 4}\n",
+                          scheduler='resources: {gpus: 1, time: "00:30:00"}\n')
+    text = spec.read_text().replace("train:\n", "sweep: {train.lora.rank: [4, 8]}\ntrain:\n", 1)
+    text = text.replace('  resources: {gpus: 1, time: "00:10:00"}\n', "")
+    spec.write_text(text)
+    write_profile(tmp_path, fake_store)
+    code, out = run_ck(capsys, "run", str(spec))
+    assert code == 0, out
+    deploys = fake_runpod.calls("podFindAndDeployOnDemand")
+    assert len(deploys) == 2
+    envs = [{e["key"]: e["value"] for e in d["args"]["input"]["env"]} for d in deploys]
+    for env in envs:
+        # no credential that reaches other runs: neither the account's API key nor the bucket's
+        assert not {"RUNPOD_API_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"} & set(env)
+        # the bundle's link covers the pod's start: min(5400, 3600) + 900; the others its time: 5400 + 900
+        assert _query(env["CK_BUNDLE_URL"])["X-Amz-Expires"] == "4500"
+        for k in ("CK_RESULTS_URL", "CK_STATUS_URL", "CK_DONE_URL"):
+            assert _query(env[k])["X-Amz-Expires"] == "6300", k
+    a, b = (env["CK_BUNDLE_URL"] for env in envs)
+    key_a, key_b = (u.split("?", 1)[0].split("/ck-bucket/", 1)[1] for u in (a, b))
+    assert key_a.split("/")[:3] != key_b.split("/")[:3] and key_a.endswith("/bundle.tar.gz")
+
+    assert _status_of(urllib.request.Request(a)) == 200
+    # run A's link, pointed at run B's bundle: refused (the signature covers the one object)
+    assert _status_of(urllib.request.Request(a.replace(key_a, key_b))) == 403
+    # without the signature: refused (the bucket is private)
+    assert _status_of(urllib.request.Request(a.split("?", 1)[0])) == 403
+    # and once the link's time is over, refused too
+    fake_store.clock_offset = 4501
+    assert _status_of(urllib.request.Request(a)) == 403
+    done_url = envs[0]["CK_DONE_URL"]
+    fake_store.clock_offset = 6301
+    assert _status_of(urllib.request.Request(done_url, data=b"{}", method="PUT")) == 403
+    fake_store.clock_offset = 0
+
+
+def test_runpod_refuses_a_public_bucket_and_account_credentials(fake_runpod, fake_store, tmp_path, capsys):
+    spec = write_toy_spec(tmp_path)
+    write_profile(tmp_path, fake_store, secrets=["HF_TOKEN", "AWS_SECRET_ACCESS_KEY"])
+    code, out = run_ck(capsys, "validate", str(spec))
+    assert code == 2 and "runpod.secrets" in out and "AWS_SECRET_ACCESS_KEY would give the pod" in out, out
+
+    write_profile(tmp_path, fake_store)
+    fake_store.public = True
+    code, out = run_ck(capsys, "run", str(spec))
+    assert code != 0 and "lets anyone read" in out and "deleted the object" in out, out
+    assert "Traceback" not in out
+    assert not fake_runpod.calls("podFindAndDeployOnDemand") and fake_store.keys(BUCKET) == []
+

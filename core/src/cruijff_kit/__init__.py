@@ -36,7 +36,20 @@ if TYPE_CHECKING:  # pragma: no cover - typing only: the names below load lazily
     )
     from cruijff_kit._api.records import PlannedRun, StageDef, StageJob
     from cruijff_kit._api.registry import Registry, plugin_class, registry
-    from cruijff_kit._api.retry import Caller, CallFailed, RetryPolicy
+    from cruijff_kit._api.retry import (
+        BadResponse,
+        Caller,
+        CallFailed,
+        Deadline,
+        DeadlineExceeded,
+        DownloadStalled,
+        RetryPolicy,
+        StallGuard,
+        call_with_deadline,
+        json_body,
+        read_body,
+        within_deadline,
+    )
     from cruijff_kit._api.sections import SpecSection
     from cruijff_kit._base.errors import CkError, DataError, PluginError, SpecError, StageError, did_you_mean
     from cruijff_kit._base.layout import ExperimentLayout, RunLayout
@@ -53,12 +66,16 @@ _WHERE = {
     **dict.fromkeys(["PlannedRun", "StageDef", "StageJob"], "cruijff_kit._api.records"),
     **dict.fromkeys(["RunLayout", "ExperimentLayout"], "cruijff_kit._base.layout"),
     **dict.fromkeys(["Registry", "registry", "plugin_class"], "cruijff_kit._api.registry"),
-    **dict.fromkeys(["Caller", "CallFailed", "RetryPolicy"], "cruijff_kit._api.retry"),
+    **dict.fromkeys(["Caller", "CallFailed", "RetryPolicy", "Deadline", "DeadlineExceeded", "BadResponse",
+                     "DownloadStalled", "StallGuard", "call_with_deadline", "within_deadline", "read_body",
+                     "json_body"], "cruijff_kit._api.retry"),
     **dict.fromkeys(["SpecSection"], "cruijff_kit._api.sections"),
     **dict.fromkeys(["spec_error_from"], "cruijff_kit._base.yamlfile"),
 }
 
 __all__ = [
+    "BadResponse", "Deadline", "DeadlineExceeded", "DownloadStalled", "StallGuard", "call_with_deadline",
+    "json_body", "read_body", "within_deadline",
     "CallFailed", "Caller", "CkError", "DataError", "Dataset", "DatasetConfig", "Estimate", "EvalConfig",
     "Evaluator", "ExperimentLayout", "LoraOptions", "PlannedRun", "Plugin", "PluginConfig", "PluginError",
     "Prompt", "Registry", "Resources", "RetryPolicy", "RunInfo", "RunLayout", "Scheduler",

@@ -20,12 +20,21 @@ from cruijff_kit._base.fileio import (
     read_jsonl,
     update_json,
 )
+from cruijff_kit._base.ownership import check_writable
 from cruijff_kit._base.parsing import parse_json_text
-from cruijff_kit._base.secrets import is_secret_name, scrub, secret_values
+from cruijff_kit._base.secrets import (
+    is_secret_name,
+    literal_secret,
+    refuse_literal_secrets,
+    refuse_secret_values,
+    scrub,
+    secret_values,
+)
 from cruijff_kit._base.yamlfile import read_yaml
 
 __all__ = [
-    "append_jsonl", "atomic_write_json", "atomic_write_text", "atomic_write_yaml", "dump_yaml", "is_secret_name",
-    "load_yaml", "locked", "parse_json_text", "read_json", "read_jsonl", "read_yaml", "scrub", "secret_values",
+    "append_jsonl", "atomic_write_json", "atomic_write_text", "atomic_write_yaml", "check_writable", "dump_yaml",
+    "is_secret_name", "literal_secret", "load_yaml", "locked", "parse_json_text", "read_json", "read_jsonl",
+    "read_yaml", "refuse_literal_secrets", "refuse_secret_values", "scrub", "secret_values",
     "update_json",
 ]

@@ -6,11 +6,16 @@ States: ``pending`` (planned), ``submitted`` (handed to a scheduler), ``running`
 
 from __future__ import annotations
 
+import json
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cruijff_kit._base.fileio import read_json, update_json
+from cruijff_kit._base.errors import DataError, short_repr
+from cruijff_kit._base.fileio import atomic_write_json, locked
+from cruijff_kit._base.parsing import parse_json_text
 from cruijff_kit._base.secrets import scrub
 
 PENDING, SUBMITTED, RUNNING, DONE, FAILED, INTERRUPTED, CANCELLED = (
@@ -32,11 +37,113 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+# --------------------------------------------------------------------------- damaged state files
+#: The state a stage is shown in when a file it is read from is damaged (never written to status.json).
+DAMAGED = "damaged"
+
+#: How to recover from a damaged ``status.json`` (said in every message about one).
+STATUS_FIX = ("`ck run SPEC` moves it aside (to status.json.damaged-<time>, kept, never deleted) and runs every "
+              "stage of this run again from pending; `ck reset RUN_DIR STAGE` does the same without starting "
+              "anything.")
+
+
+class DamagedState(DataError):
+    """A state file cruijff-kit wrote and reads back (a run's ``status.json``, ``spec.yaml``,
+    ``eval/results.json``, ``train/metrics.jsonl``) that is missing, empty, cut short, not text, or
+    holds the wrong shape. The message names the file, the reason and how to recover."""
+
+    def __init__(self, path: Path, reason: str, fix: str) -> None:
+        self.path, self.reason, self.fix = Path(path), reason, fix
+        super().__init__(f"{path} is damaged: {reason}. {fix}")
+
+
+def json_kind(value: Any) -> str:
+    """``an object``, ``a list``, ``a string``... : the JSON kind of a parsed value, for messages."""
+    kinds = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
+             int: "a number", float: "a number"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def read_state_json(path: Path, fix: str) -> Any:
+    """A JSON state file's value, or None when the file does not exist.
+
+    An empty file, one that is not UTF-8 text, or not JSON (cut short by a crash or a full disk)
+    raises :class:`DamagedState` naming ``path`` and saying ``fix``.
+    """
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise DamagedState(path, "it is a folder, not a file", fix) from None
+    if not raw.strip():
+        raise DamagedState(path, f"it is empty ({len(raw)} bytes)", fix)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DamagedState(path, f"it is not UTF-8 text (byte {exc.start} is not text)", fix) from None
+    try:
+        return parse_json_text(text, file=str(path))
+    except json.JSONDecodeError as exc:
+        raise DamagedState(path, f"it is not valid JSON (cut short?): {exc.msg} at line {exc.lineno}, "
+                                 f"column {exc.colno}", fix) from None
+    except DataError as exc:
+        raise DamagedState(path, str(exc).removeprefix(f"{path}: ").rstrip("."), fix) from None
+
+
+def move_aside(path: Path) -> Path:
+    """Rename a damaged file to ``<name>.damaged-<UTC time>`` beside it (never deleted: it is the
+    user's data); returns the new path."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = path.with_name(f"{path.name}.damaged-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
+    os.replace(path, target)
+    return target
+
+
+def _check(data: Any, path: Path) -> dict[str, Any]:
+    """``data`` if it has the shape of a ``status.json``, else :class:`DamagedState`."""
+    if not isinstance(data, dict):
+        raise DamagedState(path, f"it holds {json_kind(data)}, not a JSON object", STATUS_FIX)
+    stages = data.get("stages", {})
+    if not isinstance(stages, dict):
+        raise DamagedState(path, f"`stages` is {json_kind(stages)}, not an object", STATUS_FIX)
+    for name, entry in stages.items():
+        if not isinstance(entry, dict):
+            raise DamagedState(path, f"the entry of stage `{short_repr(name, 80)}` is {json_kind(entry)}, "
+                                     "not an object", STATUS_FIX)
+        state = entry.get("state", PENDING)
+        if state not in STATES:
+            raise DamagedState(path, f"stage `{short_repr(name, 80)}` has the unknown state "
+                                     f"{short_repr(state, 80)} (known: {', '.join(STATES)})", STATUS_FIX)
+    if not isinstance(data.get("overrides", {}), dict):
+        raise DamagedState(path, f"`overrides` is {json_kind(data['overrides'])}, not an object", STATUS_FIX)
+    return data
+
+
 def read(run_dir: Path) -> dict[str, Any]:
-    """The run's status (``{"stages": {...}}``), empty when never written."""
-    data = read_json(Path(run_dir) / "status.json", default=None) or {}
+    """The run's status (``{"stages": {...}}``), empty when never written.
+
+    A damaged file (empty, cut short, not text, not an object, a stage entry that is not an object)
+    raises :class:`DamagedState` naming it and the way to recover.
+    """
+    path = Path(run_dir) / "status.json"
+    data = read_state_json(path, STATUS_FIX)
+    data = _check({} if data is None else data, path)
     data.setdefault("stages", {})
     return data
+
+
+def _update(run_dir: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    """Locked read-modify-write of ``status.json``; a damaged file raises :class:`DamagedState`."""
+    path = Path(run_dir) / "status.json"
+    with locked(path):
+        data = read(run_dir)
+        change(data)
+        atomic_write_json(path, data)
 
 
 def stage_state(run_dir: Path, stage: str) -> str:
@@ -44,19 +151,26 @@ def stage_state(run_dir: Path, stage: str) -> str:
     return read(run_dir)["stages"].get(stage, {}).get("state", PENDING)
 
 
-def update_stage(run_dir: Path, stage: str, **fields: Any) -> dict[str, Any]:
-    """Merge ``fields`` into a stage's entry (secrets scrubbed); returns the stage entry."""
+def update_stage(run_dir: Path, stage: str, *, when: Callable[[dict[str, Any]], bool] | None = None,
+                 **fields: Any) -> dict[str, Any]:
+    """Merge ``fields`` into a stage's entry (secrets scrubbed); returns the stage entry.
+
+    With ``when``, only if ``when(entry)`` holds, in the same locked read-modify-write (a
+    compare-and-set: nobody changes the entry in between); returns an empty dict when it does not.
+    """
     fields = scrub(fields)
     result: dict[str, Any] = {}
 
     def change(data: dict[str, Any]) -> None:
         data.setdefault("run", Path(run_dir).name)
         entry = data.setdefault("stages", {}).setdefault(stage, {"state": PENDING})
+        if when is not None and not when(dict(entry)):
+            return
         entry.update(fields)
         entry["updated"] = now()
         result.update(entry)
 
-    update_json(Path(run_dir) / "status.json", change)
+    _update(run_dir, change)
     return result
 
 
@@ -69,7 +183,7 @@ def ensure_stages(run_dir: Path, stages: list[str]) -> None:
         for s in stages:
             st.setdefault(s, {"state": PENDING, "updated": now()})
 
-    update_json(Path(run_dir) / "status.json", change)
+    _update(run_dir, change)
 
 
 def tail(path: Path, lines: int = 20) -> str:
@@ -93,9 +207,63 @@ def record_override(run_dir: Path, dotted: str, value: Any) -> None:
         data.setdefault("run", Path(run_dir).name)
         data.setdefault("overrides", {})[dotted] = value
 
-    update_json(Path(run_dir) / "status.json", change)
+    _update(run_dir, change)
 
 
 def overrides(run_dir: Path) -> dict[str, Any]:
     """Dotted-path changes recorded with :func:`record_override` (empty when none)."""
     return dict(read(run_dir).get("overrides") or {})
+
+
+# --------------------------------------------------------------------------- claims (one runner per stage)
+def hold_lock(path: Path, holder: dict[str, Any]) -> int | None:
+    """Take the exclusive lock of ``path`` without waiting and write ``holder`` (who holds it) into it.
+
+    Returns the file descriptor that holds the lock: close it (:func:`release_lock`), or let the
+    process end, to let go; the kernel drops the lock of a killed process (SIGKILL included), so a
+    lock is never stale. Returns None when another process holds it (see :func:`lock_holder`).
+    """
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder, default=str).encode(), 0)
+    except OSError:  # a full disk: the lock holds all the same, only the holder's description is missing
+        pass
+    return fd
+
+
+def release_lock(fd: int) -> None:
+    """Let go of a lock taken with :func:`hold_lock`."""
+    os.close(fd)
+
+
+def lock_holder(path: Path) -> dict[str, Any]:
+    """Who holds (or last held) the lock of ``path``: ``pid``, ``host``, ``since``... (empty when unknown)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def describe_holder(holder: dict[str, Any]) -> str:
+    """``pid 123 on host node1 since 2026-01-01T00:00:00Z`` (the parts that are known)."""
+    parts = [f"pid {holder['pid']}" if holder.get("pid") else "a process"]
+    if holder.get("host"):
+        parts.append(f"on host {holder['host']}")
+    if holder.get("job"):
+        parts.append(f"(job {holder['job']})")
+    if holder.get("since"):
+        parts.append(f"since {holder['since']}")
+    return " ".join(parts)

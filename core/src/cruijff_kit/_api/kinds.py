@@ -9,6 +9,7 @@ backend of a kind accepts them the same way.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -104,6 +105,9 @@ class TrainConfig(PluginConfig):
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
     keep_state: bool = Field(False, description="Keep optimizer state for resume after the stage ends.")
     chat_template: str | None = Field(None, description="Jinja chat template overriding the tokenizer's.")
+    allow_truncation: bool = Field(
+        False, description="Train even when max_seq_length cuts target (assistant) tokens off some rows; "
+        "by default `ck plan`, `ck run` and the train stage refuse such data (the rows and tokens are counted).")
 
     @field_validator("save_epochs")
     @classmethod
@@ -230,6 +234,17 @@ class Trainer(Plugin):
         """Run the train stage: write ``ctx.adapter_dir(epoch)`` per saved epoch, log via ``ctx.log_metrics``."""
         raise NotImplementedError
 
+    def target_masker(self, model_path: str, revision: str | None = None
+                      ) -> Callable[[list[dict[str, Any]]], Sequence[bool]] | None:
+        """How this trainer tokenizes one conversation: a function giving one flag per token, True where the
+        token is a training target, before any cut at ``max_seq_length`` (loads the tokenizer of
+        ``model_path`` at ``revision``). :func:`cruijff_kit.training.plan_truncation` (``ck plan``) and
+        :func:`cruijff_kit.training.require_truncation_allowed` (stage start) count with it.
+
+        None (the default): the trainer does not count truncation, and ``ck plan`` says "not checked".
+        """
+        return None
+
 
 class Evaluator(Plugin):
     """Evaluates one target (base model or a checkpoint) on one task."""
@@ -293,6 +308,10 @@ class Dataset(Plugin):
     def describe(self, prompt: Any = None) -> dict[str, Any]:
         """Cheap facts for ``ck plan``: ``rows`` and rendered ``chars`` per split (with ``prompt``); may be empty."""
         return {}
+
+    def allows_truncation(self) -> bool:
+        """True when the dataset's own options accept rows that ``train.max_seq_length`` cuts (default False)."""
+        return False
 
     def splits(self) -> list[str] | None:
         """Names of the splits, cheaply, or None when unknown before loading."""

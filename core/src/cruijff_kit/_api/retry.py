@@ -1,18 +1,33 @@
 """Calls to a simulator (or any model behind a :class:`Simulator`) with bounded concurrency and retries
-with exponential backoff: ``ck simulate`` and dataset plugins that rewrite rows with a model use it."""
+with exponential backoff: ``ck simulate`` and dataset plugins that rewrite rows with a model use it.
+
+Also the deadlines every network call is held to (docs/reliability.md, "Every network call has a
+total deadline"): a per-read socket timeout alone lets a server that sends one byte a second, or
+never closes, hold a call forever. :func:`call_with_deadline` (blocking code) and
+:func:`within_deadline` (async code) bound one try by wall-clock time; :func:`read_body` reads a
+response in small reads that check the deadline; :func:`json_body` turns a truncated or invalid JSON
+body into a retryable :class:`BadResponse`; :class:`StallGuard` aborts a large download that makes no
+progress for N seconds while letting a slow but steady one finish.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import random
+import threading
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from cruijff_kit._api.kinds import Simulator
 from cruijff_kit._base.errors import CkError
+
+T = TypeVar("T")
 
 
 class RetryPolicy(BaseModel):
@@ -78,3 +93,150 @@ class Caller:
                                      f"{kind}: {exc}") from exc
                 self.retries += 1
                 await asyncio.sleep(backoff_delay(self.policy, attempt, self.rng, self.plugin.retry_after(exc)))
+
+
+# --------------------------------------------------------------------------- deadlines
+class DeadlineExceeded(TimeoutError):
+    """A network call did not finish within its total deadline (a transient failure: retried)."""
+
+
+class BadResponse(ConnectionError):
+    """A server answered, but the body is truncated or not the JSON expected (retried)."""
+
+
+class DownloadStalled(TimeoutError):
+    """A download received (almost) nothing for its stall window (transient: retried, resumed where possible)."""
+
+
+class Deadline:
+    """A total wall-clock budget for one try of a network call, on the monotonic clock."""
+
+    def __init__(self, seconds: float, what: str = "the call") -> None:
+        self.seconds = float(seconds)
+        self.what = what
+        self.end = time.monotonic() + self.seconds
+
+    def left(self) -> float:
+        """Seconds left (0.0 once past)."""
+        return max(0.0, self.end - time.monotonic())
+
+    def error(self) -> DeadlineExceeded:
+        """The error to raise when the deadline has passed."""
+        return DeadlineExceeded(f"{self.what} did not finish within its deadline of {self.seconds:g} s")
+
+    def check(self) -> None:
+        """Raise :class:`DeadlineExceeded` when the deadline has passed."""
+        if time.monotonic() >= self.end:
+            raise self.error()
+
+
+def call_with_deadline(fn: Callable[[Deadline], T], seconds: float, what: str = "the call") -> T:
+    """``fn(deadline)`` run in a worker thread, bounded by ``seconds`` of wall-clock time in total.
+
+    Returns what ``fn`` returns and raises what it raises; raises :class:`DeadlineExceeded` once
+    ``seconds`` have passed, whatever the server does (trickles bytes, never answers, never closes).
+    The worker is then abandoned (a daemon thread): ``fn`` should bound its own reads with
+    ``deadline.left()`` and :func:`read_body` so that it ends soon after, and must not change shared
+    state after the deadline (write to a temporary file, and let the caller move it into place).
+    """
+    deadline = Deadline(seconds, what)
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            box["value"] = fn(deadline)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread as is
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name=f"ck-deadline: {what}"[:60], daemon=True).start()
+    if not done.wait(deadline.seconds):
+        raise deadline.error()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
+async def within_deadline(awaitable: Awaitable[T], seconds: float, what: str = "the call") -> T:
+    """Await ``awaitable`` for at most ``seconds`` in total; cancels it and raises
+    :class:`DeadlineExceeded` past that (an HTTP client's own timeouts are per read, not total)."""
+    try:
+        return await asyncio.wait_for(awaitable, seconds)
+    except DeadlineExceeded:
+        raise
+    except TimeoutError:
+        raise Deadline(seconds, what).error() from None
+
+
+def read_body(resp: IO[bytes] | Any, deadline: Deadline, *, length: int | None = None,
+              chunk_size: int = 1 << 16) -> bytes:
+    """A response body read in small reads (``read1`` where the response has it, so a trickle returns
+    at each byte) with the deadline checked between them. ``length`` (the Content-Length) makes a
+    body that ends short a :class:`BadResponse`, as is a connection that drops mid-body."""
+    read = getattr(resp, "read1", None) or resp.read
+    parts: list[bytes] = []
+    got = 0
+    while True:
+        deadline.check()
+        try:
+            data = read(chunk_size)
+        except (TimeoutError, OSError) as exc:  # a per-read timeout, or a reset mid-body
+            deadline.check()
+            raise BadResponse(f"{deadline.what}: the connection failed mid-body after {got} bytes "
+                              f"({type(exc).__name__}: {exc})") from None
+        except Exception as exc:  # the HTTP library's own "incomplete read" errors
+            raise BadResponse(f"{deadline.what}: the body ended early after {got} bytes "
+                              f"({type(exc).__name__})") from None
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    if length is not None and got < length:
+        raise BadResponse(f"{deadline.what}: the body ended after {got} of {length} bytes")
+    return b"".join(parts)
+
+
+def json_body(data: bytes | str, what: str = "the server") -> Any:
+    """``data`` parsed as JSON; a truncated or invalid body is a :class:`BadResponse` (retried)."""
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+        snippet = " ".join(text.split())[:120]
+        raise BadResponse(f"{what} answered with a body that is not complete JSON ({exc}; "
+                          f"{len(data)} bytes: {snippet!r})") from None
+
+
+class StallGuard:
+    """The deadline of a large download: aborts when fewer than ``min_bytes`` arrive within
+    ``stall_seconds`` (nothing at all, or a trickle), never because the whole transfer is slow.
+
+    Call :meth:`feed` with each chunk's size as it arrives; it raises :class:`DownloadStalled`. Pair it
+    with a per-read socket timeout of ``stall_seconds``, which covers a server that sends nothing.
+    """
+
+    def __init__(self, stall_seconds: float, what: str = "the download", min_bytes: int = 1) -> None:
+        self.stall_seconds = float(stall_seconds)
+        self.what = what
+        self.min_bytes = max(1, int(min_bytes))
+        self.total = 0
+        self._window_start = time.monotonic()
+        self._window_bytes = 0
+
+    def feed(self, n: int) -> None:
+        """``n`` more bytes arrived."""
+        self.total += n
+        self._window_bytes += n
+        if self._window_bytes >= self.min_bytes:
+            self._window_start, self._window_bytes = time.monotonic(), 0
+        else:
+            self.check()
+
+    def check(self) -> None:
+        """Raise :class:`DownloadStalled` when the current window has run out without progress."""
+        if time.monotonic() - self._window_start > self.stall_seconds:
+            raise DownloadStalled(
+                f"{self.what} stalled: fewer than {self.min_bytes} bytes arrived in {self.stall_seconds:g} s "
+                f"({self.total} bytes received in all)")

@@ -16,13 +16,19 @@ from cruijff_kit._base.errors import DataError
 from cruijff_kit._base.parsing import parse_json_text
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same folder and a rename (never half-written)."""
+def atomic_write_text(path: Path, text: str, *, mode: int | None = None) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same folder and a rename (never half-written).
+
+    ``mode`` gives the file exactly these permission bits whatever the umask (``0o700`` for a job
+    script no one else may read); by default the umask applies as usual.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; shared cluster folders need group/other read
+    if mode is None:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask  # mkstemp makes 0600; shared cluster folders need group/other read
+    os.chmod(tmp, mode)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -76,23 +77,53 @@ def schema(markdown: bool) -> None:
 @click.option("--path", "path_", type=click.Path(dir_okay=False), help="Profile file to write.")
 @click.option("--set", "sets", multiple=True, help="scheduler.key=value without asking (non-interactive).")
 @click.option("--yes", is_flag=True, help="Do not ask; use --set values and defaults.")
-def init(scheduler: str | None, path_: str | None, sets: tuple[str, ...], yes: bool) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace a file at the path that is not a profile.")
+def init(scheduler: str | None, path_: str | None, sets: tuple[str, ...], yes: bool, overwrite: bool) -> None:
     """Write a user profile (per-user scheduler settings) by asking questions."""
+    from cruijff_kit._base.ownership import check_writable
+    from cruijff_kit._engine.profile import user_profile_path
     from cruijff_kit._engine.profile_init import run_init
 
-    written = run_init(scheduler, Path(path_) if path_ else None, sets, interactive=not yes)
+    target = Path(path_) if path_ else user_profile_path()
+    if not check_writable(target, command="ck init", overwrite=overwrite, ours=_is_profile):
+        written = run_init(scheduler, target, sets, interactive=not yes)
+    else:  # --overwrite of a file that is not a profile: set it aside until the new profile is written
+        aside = target.with_name(f".{target.name}.replaced-{os.getpid()}")
+        os.replace(target, aside)
+        try:
+            written = run_init(scheduler, target, sets, interactive=not yes)
+        except BaseException:
+            os.replace(aside, target)
+            raise
+        os.unlink(aside)
     click.echo(f"Wrote {written}")
+
+
+def _is_profile(path: Path) -> bool:
+    """True when ``path`` is a YAML mapping whose keys are scheduler names or ``models_cache`` (a profile)."""
+    from cruijff_kit._api.registry import registry
+    from cruijff_kit._base.errors import CkError
+    from cruijff_kit._base.yamlfile import read_yaml
+
+    if not path.is_file():
+        return False
+    try:
+        data = read_yaml(path, what="profile")
+    except CkError:
+        return False
+    return isinstance(data, dict) and set(data) <= {*registry().plugins["scheduler"], "models_cache"}
 
 
 @click.command()
 @click.argument("adapter", type=click.Path(file_okay=False, exists=True))
 @click.argument("dest", type=click.Path())
 @click.option("--base", help="Base model name to record (default: the name the spec gave, e.g. a hub id).")
-def export(adapter: str, dest: str, base: str | None) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace DEST even when it is not an earlier export.")
+def export(adapter: str, dest: str, base: str | None, overwrite: bool) -> None:
     """Copy ADAPTER to DEST for sharing: adapter_config.json names the base by its hub id, not a local path."""
     from cruijff_kit.training._adapters import adapter_info, export_adapter
 
-    out = export_adapter(Path(adapter), Path(dest), base_model=base)
+    out = export_adapter(Path(adapter), Path(dest), base_model=base, overwrite=overwrite)
     click.echo(f"Wrote {out} (base model: {base or adapter_info(Path(adapter)).get('base_model')})")
 
 

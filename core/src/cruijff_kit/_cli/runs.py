@@ -1,4 +1,5 @@
-"""The engine's run commands: ``ck validate``, ``plan``, ``run``, ``status``, ``logs``, ``cancel``, ``stage``."""
+"""The engine's run commands: ``ck validate``, ``plan``, ``run``, ``status``, ``logs``, ``cancel``, ``reset``,
+``stage``."""
 
 from __future__ import annotations
 
@@ -83,6 +84,9 @@ def run(spec: str, sets: tuple[str, ...], scheduler: str | None, force: bool, dr
     if sel.skipped_waiting:
         click.echo(f"{sel.skipped_waiting} stage(s) wait for stages still running from an earlier `ck run`; "
                    "run the same command again when those are done.")
+    if sel.held_by:
+        click.echo(f"Another `ck run` ({'; '.join(sel.held_by)}) is running this experiment; the stages it "
+                   "holds were left to it.")
     click.echo(f"Output: {p.layout.root}")
     blocking = bool(p.runs) and p.runs[0].scheduler().blocking
     bad = _unfinished_rows(p.layout) if blocking and not dry_run else []
@@ -111,22 +115,27 @@ def status(target: str, as_json: bool) -> None:
 
     exp = find_experiment(target)
     rows = experiment_status(exp)
+    warnings = _damage_warnings(exp, rows)
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
+        for line in warnings:
+            click.echo(line, err=True)
         return
     stages = []
     for r in rows:
-        if r["stage"] not in stages:
+        if r["stage"] not in stages and r["stage"] is not None:
             stages.append(r["stage"])
     table = Table(title=f"{exp.root.name} ({exp.root})")
     table.add_column("run")
     for s in stages:
         table.add_column(s)
     colors = {"done": "green", "failed": "red", "running": "yellow", "interrupted": "magenta",
-              "cancelled": "dim", "submitted": "cyan"}
+              "cancelled": "dim", "submitted": "cyan", "damaged": "bold red"}
     by_run: dict[str, dict[str, str]] = {}
     for r in rows:
-        by_run.setdefault(r["run"], {})[r["stage"]] = r.get("state", "pending")
+        cells = by_run.setdefault(r["run"], {})
+        for s in stages if r["stage"] is None else [r["stage"]]:  # None: a run whose stages are unknown
+            cells[s] = r.get("state", "pending")
     for run_name, states in by_run.items():
         cells = [f"[{colors.get(states.get(s, ''), 'white')}]{states.get(s, '-')}[/]" for s in stages]
         table.add_row(run_name, *cells)
@@ -142,6 +151,22 @@ def status(target: str, as_json: bool) -> None:
             out.print(f"[red]{r['run']} {r['stage']}[/]: {r.get('error', '')}")
             if r.get("error_tail"):
                 out.print(r["error_tail"], markup=False)
+    for line in warnings:
+        click.echo(line, err=True)
+
+
+def _damage_warnings(exp: Any, rows: list[dict[str, Any]]) -> list[str]:
+    """``Warning:`` lines for damaged state files: one per file, then how many runs they hide. ``ck status``
+    still lists every run and exits 0 (a listing, not a failure); the rows say ``damaged``."""
+    from cruijff_kit._engine.runner import experiment_damage
+
+    lines = [f"Warning: {line}" for line in experiment_damage(exp)]
+    damaged = {r["damaged"]: r for r in rows if r.get("state") == "damaged"}
+    lines += [f"Warning: run {r['run']}: {r['error']}" for r in damaged.values()]
+    runs = {r["run"] for r in damaged.values()}
+    if runs:
+        lines.append(f"Warning: {len(runs)} run(s) damaged, shown as `damaged`; the other runs are listed as usual.")
+    return lines
 
 
 @click.command()
@@ -154,6 +179,8 @@ def logs(run_dir: str, stage: str | None, lines: int) -> None:
     from cruijff_kit.status import tail
 
     layout = RunLayout(Path(run_dir).resolve())
+    for line in _run_damage(layout):  # the logs are still shown
+        click.echo(f"Warning: {line}", err=True)
     if not layout.logs_dir.is_dir():
         raise CkError(f"{run_dir} has no logs/ folder yet: nothing of this run has started.")
     names = sorted({p.name.rsplit(".", 1)[0] for p in layout.logs_dir.iterdir() if p.suffix in (".out", ".err")})
@@ -169,6 +196,43 @@ def logs(run_dir: str, stage: str | None, lines: int) -> None:
             if text:
                 click.echo(f"==> {layout.log(name, stream)} <==")
                 click.echo(text)
+
+
+def _run_damage(layout: Any) -> list[str]:
+    """The messages about a run's damaged state files (its ``spec.yaml``, ``status.json``)."""
+    from cruijff_kit import status as run_status
+    from cruijff_kit._engine.stage import load_run
+
+    lines = []
+    for read in (load_run, run_status.read):
+        try:
+            read(layout.root)
+        except run_status.DamagedState as exc:
+            lines.append(str(exc))
+        except CkError:
+            pass  # not a run folder: the logs say so
+    return lines
+
+
+@click.command()
+@click.argument("target", type=click.Path())
+@click.argument("stage")
+@click.option("--run", "run_name", help="The run, when TARGET is a spec or an experiment folder with several runs.")
+def reset(target: str, stage: str, run_name: str | None) -> None:
+    """Set one STAGE of a run back to pending, so that the next `ck run` does it again.
+
+    TARGET: a run folder, or a spec file or experiment folder with --run NAME. The stage's outputs
+    (train/ or eval/<task>/<target>/ and its entry in results.json) are moved aside to
+    `<name>.reset-<time>`, never deleted; resetting `train` also resets the evaluations of its epochs.
+    A damaged status.json is moved aside and rebuilt with every stage pending. Refused while the stage
+    still runs in a live process or job (`ck cancel` stops it).
+    """
+    from cruijff_kit._engine.reset import reset_stage, resolve_run_dir
+    from cruijff_kit._engine.stage import load_run
+
+    for line in reset_stage(load_run(resolve_run_dir(target, run_name)), stage):
+        click.echo(line)
+    click.echo("Run `ck run SPEC` to do it again.")
 
 
 @click.command()
@@ -195,7 +259,7 @@ def stage(run_dir: str, stage: str) -> None:
         sys.exit(130)
 
 
-COMMANDS = (validate, plan, run, status, logs, cancel, stage)
+COMMANDS = (validate, plan, run, status, logs, cancel, reset, stage)
 
 
 def add_commands(cli: click.Group) -> None:

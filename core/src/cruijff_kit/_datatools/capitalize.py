@@ -12,7 +12,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from cruijff_kit._base.errors import CkError
 from cruijff_kit._base.fileio import atomic_write_text
+from cruijff_kit._base.ownership import check_writable, claim_folder, remove_path
 
 DEFAULT_SYSTEM = "Rewrite the word the user gives you in capital letters. Answer with the word only."
 
@@ -42,15 +44,35 @@ def capitalize_rows(n_train: int = 120, n_validation: int = 20, n_test: int = 30
             "test": rows[n_train + n_validation:]}
 
 
+def is_capitalize_file(path: Path) -> bool:
+    """True when ``path`` holds this task as written here: splits of rows whose output is the input upper-cased."""
+    from cruijff_kit._base.fileio import read_json
+
+    try:
+        data = read_json(path) if path.is_file() else None
+    except CkError:
+        return False
+    return isinstance(data, dict) and bool(data) and set(data) <= {"train", "validation", "test"} and all(
+        isinstance(rows, list) and all(isinstance(r, dict) and set(r) == {"input", "output"}
+                                       and isinstance(r["input"], str) and r["output"] == r["input"].upper()
+                                       for r in rows) for rows in data.values())
+
+
 def write_capitalize(path: Path, *, chat: bool = False, system: str | None = DEFAULT_SYSTEM,
-                     **kwargs: Any) -> Path:
-    """Write the task as a JSON instruct file (or, with ``chat``, a folder of chat JSON files)."""
+                     overwrite: bool = False, **kwargs: Any) -> Path:
+    """Write the task as a JSON instruct file (or, with ``chat``, a folder of chat JSON files).
+
+    The destination must be absent, an empty folder, or an earlier output of this function; anything
+    else is written over only with ``overwrite``.
+    """
     splits = capitalize_rows(**kwargs)
     path = Path(path)
     if not chat:
+        if check_writable(path, command="ck data capitalize", overwrite=overwrite, ours=is_capitalize_file):
+            remove_path(path)
         atomic_write_text(path, json.dumps(splits, indent=1) + "\n")
         return path
-    path.mkdir(parents=True, exist_ok=True)
+    claim_folder(path, command="ck data capitalize", overwrite=overwrite)
     for split, rows in splits.items():
         msgs = [{"messages": ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": r["input"]}, {"role": "assistant", "content": r["output"]}]} for r in rows]

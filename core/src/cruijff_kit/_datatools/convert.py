@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from cruijff_kit._base.errors import DataError
+from cruijff_kit._base.ownership import check_apart, check_writable, remove_path
 from cruijff_kit.data._canonical import paused_gc, shown, uniform
 from cruijff_kit.data._readers import ArrowDir, ChatFolder, InstructFile, ParquetFolder, Source, open_source
 
@@ -30,12 +31,27 @@ def _source(src: Path) -> Source:
     return source
 
 
-def _check_destination(dst: Path, src: Path) -> None:
+#: Key of the parquet schema metadata that marks a file written by ``ck data convert``.
+WRITTEN_BY = b"cruijff_kit.written_by"
+
+
+def _check_destination(dst: Path, src: Path, overwrite: bool) -> None:
     if dst.resolve() == src.resolve():
         raise DataError(f"{shown(dst)}: the destination is the source. Choose a new folder.")
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
-        raise DataError(f"{shown(dst)} already exists and is not an empty folder. Choose a new folder, or "
-                        "remove it first.")
+    check_apart(src, dst, command="ck data convert", error=DataError)
+    check_writable(dst, command="ck data convert", overwrite=overwrite, ours=converted_folder, error=DataError)
+
+
+def converted_folder(folder: Path) -> bool:
+    """True when ``folder`` holds only ``.parquet`` files that ``ck data convert`` wrote (their metadata)."""
+    import pyarrow.parquet as pq
+
+    files = list(folder.iterdir()) if folder.is_dir() else []
+    try:
+        return bool(files) and all(p.suffix == ".parquet" and p.is_file() and not p.is_symlink()
+                                   and WRITTEN_BY in (pq.read_schema(p).metadata or {}) for p in files)
+    except Exception:  # an unreadable file is not one we wrote
+        return False
 
 
 def _write_split(rows: list[dict], path: Path, split: str, file: Path) -> None:
@@ -47,18 +63,21 @@ def _write_split(rows: list[dict], path: Path, split: str, file: Path) -> None:
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise DataError(f"{shown(file)}: split `{split}`: the rows' extra columns do not have one type per "
                         f"column ({exc}). Give each column the same type in every row.") from None
-    pq.write_table(table, path)
+    metadata = {**(table.schema.metadata or {}), WRITTEN_BY: b"ck data convert"}
+    pq.write_table(table.replace_schema_metadata(metadata), path)
 
 
-def convert_to_parquet(src: Path, dst: Path) -> dict[str, int]:
+def convert_to_parquet(src: Path, dst: Path, *, overwrite: bool = False) -> dict[str, int]:
     """Write ``dst/<split>.parquet`` for every split of ``src``; return the rows written per split.
 
     ``src`` is a JSON instruct file, a folder of chat ``.json``/``.jsonl`` files, or a folder written by
-    ``save_to_disk``. ``dst`` must not exist (or be empty); it appears only once every split is written.
+    ``save_to_disk``. ``dst`` must not exist, be empty or hold an earlier conversion (replaced); anything
+    else is replaced only with ``overwrite``. It appears only once every split is written, and never lies
+    inside ``src`` nor holds it.
     """
     src, dst = Path(src), Path(dst)
     source = _source(src)
-    _check_destination(dst, src)
+    _check_destination(dst, src, overwrite)
     splits = source.split_names()
     for split in splits:
         if not _SAFE_SPLIT.match(split):
@@ -74,8 +93,7 @@ def convert_to_parquet(src: Path, dst: Path) -> dict[str, int]:
                 part = source.rows(split)
                 _write_split(part.rows, tmp / f"{split}.parquet", split, part.file)
             written[split] = len(part.rows)
-        if dst.exists():
-            dst.rmdir()
+        remove_path(dst)
         tmp.rename(dst)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -24,11 +24,12 @@ def data() -> None:
 @data.command("convert")
 @click.argument("src", type=click.Path(exists=True))
 @click.argument("dst", type=click.Path())
-def data_convert(src: str, dst: str) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace DST even when it is not an earlier conversion.")
+def data_convert(src: str, dst: str, overwrite: bool) -> None:
     """Convert JSON (instruct file or chat folder) or an Arrow dataset on disk to a parquet folder."""
     from cruijff_kit._datatools.convert import convert_to_parquet
 
-    written = convert_to_parquet(Path(src), Path(dst))
+    written = convert_to_parquet(Path(src), Path(dst), overwrite=overwrite)
     for split, n in written.items():
         click.echo(f"{split}: {n} rows")
     click.echo(f"Wrote {dst}")
@@ -41,13 +42,15 @@ def data_convert(src: str, dst: str) -> None:
 @click.option("--validation", "n_validation", default=20, show_default=True)
 @click.option("--test", "n_test", default=30, show_default=True)
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
-def data_capitalize(dst: str, chat: bool, n_train: int, n_validation: int, n_test: int, seed: int) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace DST even when it is not an earlier output of this command.")
+def data_capitalize(dst: str, chat: bool, n_train: int, n_validation: int, n_test: int, seed: int,
+                    overwrite: bool) -> None:
     """Write the word-capitalization sanity task (apple -> APPLE) from the shipped word list."""
     from cruijff_kit._datatools.capitalize import write_capitalize
 
     try:
         path = write_capitalize(Path(dst), chat=chat, n_train=n_train, n_validation=n_validation,
-                                n_test=n_test, seed=seed)
+                                n_test=n_test, seed=seed, overwrite=overwrite)
     except ValueError as exc:
         raise CkError(f"ck data capitalize: {exc}. Ask for fewer rows.") from None
     click.echo(f"Wrote {path} ({n_train}/{n_validation}/{n_test} rows, seed {seed})")
@@ -75,12 +78,13 @@ def data_capitalize(dst: str, chat: bool, n_train: int, n_validation: int, n_tes
 @click.option("--format", "fmt", default="spaced", show_default=True, help="spaced, dense, comma, tab, pipe.")
 @click.option("--instruction", help="Text put on a line before every sequence.")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
-@click.option("--force", is_flag=True, help="Generate again even when an identical file exists.")
+@click.option("--force", is_flag=True, help="Generate again even when an identical file (of ck's) exists.")
+@click.option("--overwrite", is_flag=True, help="Write over a file at DST that ck did not generate.")
 def data_synthetic(dst: str, **options: Any) -> None:
     """Write a synthetic rule-learning task (a "model organism"); DST is a folder or a .json file."""
     from cruijff_kit.data._synthetic import settings_from, write_synthetic
 
-    force = options.pop("force")
+    force, overwrite = options.pop("force"), options.pop("overwrite")
     options["format"] = options.pop("fmt")
     for name, cast in (("weights", float), ("ood_lengths", int)):
         raw = options.get(name)
@@ -90,7 +94,7 @@ def data_synthetic(dst: str, **options: Any) -> None:
             raise CkError(f"ck data synthetic: --{name.replace('_', '-')} {raw!r} must be comma-separated "
                           "numbers.") from None
     settings = settings_from({k: v for k, v in options.items() if v is not None})
-    path, reused = write_synthetic(Path(dst), settings, force=force)
+    path, reused = write_synthetic(Path(dst), settings, force=force, overwrite=overwrite)
     from cruijff_kit.data._provenance import read_meta
 
     rows = ", ".join(f"{s} {n}" for s, n in (read_meta(path) or {}).get("rows", {}).items())

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from cruijff_kit._base.errors import CkError
+from cruijff_kit._base.ownership import check_apart
 
 #: Folder names never copied: resumable trainer state and caches.
 ALWAYS_SKIPPED = {"state", "__pycache__", ".cache"}
@@ -51,8 +53,10 @@ def archive(src: Path, dest: Path, *, keep_adapters: bool = False, remove: bool 
     if not (src / "runs").is_dir():
         raise CkError(f"{src} is not an experiment folder (no runs/ inside). Give <output_dir>/<experiment>.")
     target = Path(dest).resolve() / src.name
-    if target.exists():
-        raise CkError(f"{target} already exists; choose another destination or remove it first.")
+    check_apart(src, target, command="ck archive")
+    if os.path.lexists(target):
+        raise CkError(f"ck archive: {target} already exists; an archive never writes over anything (there is "
+                      "no flag for it). Choose another DEST, or move that folder away first.")
     copied = skipped = bytes_copied = bytes_skipped = 0
     pairs: list[tuple[Path, Path]] = []
     for path in sorted(src.rglob("*")):

@@ -12,6 +12,8 @@ import os
 import re
 from pathlib import Path
 
+from cruijff_kit._base.errors import CkError, clip
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
@@ -57,7 +59,24 @@ def find_cached(hub_id: str, cache: Path, revision: str | None = None) -> Path |
         return repo / "snapshots" / rev
     ref = repo / "refs" / rev
     if ref.is_file():
-        snap = repo / "snapshots" / ref.read_text().strip()
+        snap = repo / "snapshots" / _ref_commit(ref, hub_id, rev)
         if snap.is_dir():
             return snap
     return None
+
+
+def _ref_commit(ref: Path, hub_id: str, rev: str) -> str:
+    """The commit a ``refs/<rev>`` file names; an empty, non-text or other file is a :class:`CkError`
+    (never a path made of whatever the file holds)."""
+    raw = ref.read_bytes()
+    try:
+        commit = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        commit = None
+    if commit is None or not _COMMIT.match(commit):
+        reason = ("it is empty" if not raw.strip() else "it is not text" if commit is None
+                  else f"it holds {clip(commit, 60)!r}, not a 40-hex commit")
+        raise CkError(f"{ref} is damaged: {reason}. It names the commit of {hub_id} at `{rev}` in the hub cache. "
+                      f"`ck models download {hub_id}"
+                      f"{'' if rev == 'main' else f' --revision {rev}'}` writes it again.")
+    return commit

@@ -11,9 +11,9 @@ import itertools
 import json
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cruijff_kit._api.kinds import (
     EPOCHS_WITHOUT_CONFIRMATION,
@@ -35,8 +35,12 @@ from cruijff_kit._engine.spec import (
     RUNS_WITHOUT_CONFIRMATION,
     LoadedSpec,
     apply_overrides,
+    split_path,
     validate_top,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cruijff_kit.training import TruncationCheck
 
 FINETUNE, CONTROL, EVAL_ONLY = "finetune", "control", "eval-only"
 #: Keys of the resolved spec that do not change what a run computes, so not in its name's hash.
@@ -49,6 +53,8 @@ class Plan:
 
     loaded: LoadedSpec
     runs: list[PlannedRun]
+    #: Run name -> the count of target tokens ``max_seq_length`` cuts (runs that train), by :func:`check_truncation`.
+    truncation: dict[str, TruncationCheck] = field(default_factory=dict)
 
     @property
     def layout(self) -> ExperimentLayout:
@@ -119,10 +125,10 @@ def combinations(loaded: LoadedSpec) -> Iterator[dict[str, Any]]:
             yield {**combo, **variant}
 
 
-def check_epochs(train: TrainConfig, *, allow_many_epochs: bool, file: str, note: str = "") -> None:
+def check_epochs(train: TrainConfig, *, allow_many_epochs: bool, file: str) -> None:
     """SpecError when ``train.epochs`` is past :data:`EPOCHS_WITHOUT_CONFIRMATION` and not confirmed."""
     if train.epochs > EPOCHS_WITHOUT_CONFIRMATION and not allow_many_epochs:
-        raise SpecError(f"{train.epochs:,} epochs is more than {EPOCHS_WITHOUT_CONFIRMATION:,}{note}.", file=file,
+        raise SpecError(f"{train.epochs:,} epochs is more than {EPOCHS_WITHOUT_CONFIRMATION:,}.", file=file,
                         path="train.epochs",
                         hint="If you mean it, pass --allow-many-epochs (to ck validate, plan and run); else "
                              "lower train.epochs (train.max_steps stops by steps instead).")
@@ -182,9 +188,42 @@ def resolve_run(loaded: LoadedSpec, combo: dict[str, Any], layout: ExperimentLay
                 cache: dict[str, Any] | None = None, *, allow_many_epochs: bool = False) -> PlannedRun:
     """Resolve one combination of sweep values into a planned run."""
     cache = {} if cache is None else cache
+    try:
+        return _resolve_run(loaded, combo, layout, cache, allow_many_epochs=allow_many_epochs)
+    except SpecError as exc:
+        raise attributed(exc, loaded, combo) from None
+
+
+def value_origins(loaded: LoadedSpec, combo: dict[str, Any]) -> dict[tuple[str | int, ...], str]:
+    """Where each value that did not come from the spec's body came from: the sweep, a variant or
+    ``--set`` (which wins over both), keyed by its path as a tuple."""
+    variant_keys = {k for v in loaded.model.variants or [] for k in v}
+    origins: dict[tuple[str | int, ...], str] = {}
+    for key in combo:
+        origins[tuple(split_path(key))] = "a variant" if key in variant_keys else "the sweep"
+    for key in loaded.overrides:
+        origins[tuple(split_path(key))] = "--set"
+    return origins
+
+
+def attributed(exc: SpecError, loaded: LoadedSpec, combo: dict[str, Any]) -> SpecError:
+    """``exc`` with ``(set by the sweep)`` (or a variant, or ``--set``) added when, and only when, that
+    origin set the value at the error's path or a mapping holding it."""
+    if not exc.path:
+        return exc
+    where = tuple(split_path(exc.path))
+    setters = [(key, who) for key, who in value_origins(loaded, combo).items() if where[:len(key)] == key]
+    if not setters:
+        return exc
+    key, who = max(setters, key=lambda item: len(item[0]))
+    shown = ".".join(str(k) for k in key)
+    return SpecError(f"{exc.problem} (`{shown}` set by {who})", file=exc.file, path=exc.path, hint=exc.hint)
+
+
+def _resolve_run(loaded: LoadedSpec, combo: dict[str, Any], layout: ExperimentLayout, cache: dict[str, Any],
+                 *, allow_many_epochs: bool) -> PlannedRun:
     file = str(loaded.file)
     base = {k: v for k, v in loaded.raw.items() if k not in ("sweep", "variants")}
-    note = " (set by the sweep)" if combo else ""
     data = apply_overrides(base, combo, "set by the sweep", file)
     data = apply_overrides(data, loaded.overrides, "--set", file)  # the command line always wins
     top = validate_top(data, file)
@@ -193,7 +232,7 @@ def resolve_run(loaded: LoadedSpec, combo: dict[str, Any], layout: ExperimentLay
     def section(kind: str, sec: dict[str, Any], path: str):
         key = kind + json.dumps(sec, sort_keys=True, default=str)
         if key not in cache:
-            cache[key] = validate_section(kind, sec, path=path, file=file, note=note)
+            cache[key] = validate_section(kind, sec, path=path, file=file)
         return cache[key]
 
     _, ds_cfg = section("dataset", top.dataset.model_dump(), "dataset")
@@ -209,7 +248,7 @@ def resolve_run(loaded: LoadedSpec, combo: dict[str, Any], layout: ExperimentLay
     train_cfg: TrainConfig | None = None
     if top.train is not None:
         _, train_cfg = section("trainer", top.train.model_dump(), "train")
-        check_epochs(train_cfg, allow_many_epochs=allow_many_epochs, file=file, note=note)
+        check_epochs(train_cfg, allow_many_epochs=allow_many_epochs, file=file)
         resolved["train"] = dump_section(top.train.plugin, train_cfg)
     run_type = FINETUNE if top.train is not None else (EVAL_ONLY if top.model.adapter else CONTROL)
     if run_type == EVAL_ONLY and top.train is not None:
@@ -240,6 +279,8 @@ def resolve_run(loaded: LoadedSpec, combo: dict[str, Any], layout: ExperimentLay
     _, sched_cfg = section("scheduler", top.scheduler.model_dump(), "scheduler")
     resolved["scheduler"] = dump_section(top.scheduler.plugin, sched_cfg)
     hashed = {k: v for k, v in resolved.items() if k not in NOT_HASHED}
+    if resolved["train"] is not None:  # allowing truncation changes no result: run names stay as they were
+        hashed["train"] = {k: v for k, v in resolved["train"].items() if k != "allow_truncation"}
     name = run_name(hashed)
     resolved["model"] = _resolve_model(resolved["model"], base_dir)
     for key, owner in registry().spec_sections.items():  # not hashed (e.g. a simulation's output path)
@@ -276,6 +317,7 @@ def make_plan(loaded: LoadedSpec, *, estimate: bool = False, check: bool = True,
     plan = Plan(loaded, list(runs.values()))
     if check:
         check_plan(plan)
+        check_truncation(plan)
     if estimate:
         estimate_plan(plan)
     return plan
@@ -314,6 +356,37 @@ def check_plan(plan: Plan) -> None:
                 if isinstance(exc, CkError):
                     raise SpecError(str(exc), file=str(plan.loaded.file), path=where) from None
                 raise
+
+
+#: Shared train options that change neither how a trainer tokenizes rows nor where it cuts them.
+NOT_TOKENIZING = ("method", "epochs", "learning_rate", "lr_scheduler", "warmup_ratio", "weight_decay", "batch_size",
+                  "gradient_accumulation", "lora", "save_epochs", "eval_steps", "precision", "gradient_checkpointing",
+                  "max_steps", "keep_state", "allow_truncation")
+
+
+def check_truncation(plan: Plan) -> None:
+    """Count, for each run that trains, the target tokens ``train.max_seq_length`` cuts, tokenized by the
+    run's trainer (once per distinct model, data, prompt and train section), into ``plan.truncation``.
+
+    Cut rows raise DataError (file, split, rows, tokens lost, the fix) unless ``train.allow_truncation``
+    or the dataset's own option allows them.
+    """
+    from cruijff_kit.training import plan_truncation
+    from cruijff_kit.training._truncation import truncation_allowed
+
+    memo: dict[str, TruncationCheck] = {}
+    for run in plan.runs:
+        tr = run.trainer()
+        if tr is None:
+            continue
+        # options that change how rows are tokenized or cut (a sweep of learning rates counts once)
+        train = {k: v for k, v in run.spec["train"].items() if k not in NOT_TOKENIZING}
+        key = _plugin_key(train, [run.spec["model"], run.spec["dataset"], run.spec["prompt"]])
+        if key not in memo:
+            memo[key] = plan_truncation(run, tr)
+        plan.truncation[run.name] = memo[key]
+        if memo[key].cut and not truncation_allowed(run, tr):
+            raise memo[key].error()
 
 
 def estimate_plan(plan: Plan) -> None:

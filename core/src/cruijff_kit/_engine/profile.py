@@ -45,7 +45,9 @@ def load_profile(spec_dir: Path | None) -> tuple[Path | None, dict[str, Any]]:
     path = find_profile(spec_dir)
     if path is None:
         return None, {}
-    return path, read_yaml(path, what="profile")
+    data = read_yaml(path, what="profile")
+    check_no_secrets(data, path)
+    return path, data
 
 
 def scheduler_profile(scheduler_cls: Any, spec_dir: Path | None) -> Any:
@@ -76,15 +78,25 @@ def write_profile(path: Path, data: dict[str, Any]) -> None:
 
 
 def check_no_secrets(data: dict[str, Any], path: Path) -> None:
-    """Refuse secret values in a profile (they belong in the environment)."""
-    from cruijff_kit._base.secrets import is_secret_name
+    """Refuse literal credentials in a profile (they belong in the environment; name the variable).
+
+    A secret-named key with a literal value (``hf_token: hf_...``; mappings named ``*_refs`` hold names
+    of secrets kept elsewhere and are skipped), a shell line or argument that sets one
+    (``export HF_TOKEN=hf_...``, ``--api-key=...``), a URL with a password, or the value of a secret
+    environment variable anywhere.
+    """
+    from cruijff_kit._base.secrets import is_secret_name, refuse_literal_secrets
 
     def walk(obj: Any, where: str) -> None:
         if isinstance(obj, dict):
             for k, v in obj.items():
-                if is_secret_name(str(k).upper()) and isinstance(v, str) and v:
+                if is_secret_name(str(k)) and isinstance(v, str) and v and not v.startswith("$"):
                     raise SpecError("holds a secret value.", file=str(path), path=f"{where}{k}",
-                                    hint="Keep secrets in environment variables; name the variable instead.")
-                walk(v, f"{where}{k}.")
+                                    hint="Keep secrets in environment variables; name the variable instead "
+                                         f"(`{k}: ${str(k).upper()}` where the option takes a variable, or the "
+                                         "option the plugin offers for naming one).")
+                if not str(k).lower().endswith("_refs"):
+                    walk(v, f"{where}{k}.")
 
     walk(data, "")
+    refuse_literal_secrets(data, file=str(path))

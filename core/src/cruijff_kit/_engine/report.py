@@ -51,7 +51,8 @@ def plan_markdown(plan: Plan, max_rows: int | None = None) -> str:
     extra: list[str] = []  # scheduler cells (e.g. pod and estimated cost), in first-seen order
     for run in plan.runs:
         extra += [k for k in run.plan_columns if k not in extra]
-    headers = ["run", "type", *swept, "stages", "params", "trainable", "memory", "tokens/epoch", *extra]
+    cut = ["target tokens cut"] if plan.truncation else []
+    headers = ["run", "type", *swept, "stages", "params", "trainable", "memory", "tokens/epoch", *cut, *extra]
     rows = []
     shown = plan.runs if max_rows is None else plan.runs[:max_rows]
     for run in shown:
@@ -62,6 +63,7 @@ def plan_markdown(plan: Plan, max_rows: int | None = None) -> str:
             human_count(est.trainable_parameters) if est else "-",
             human_bytes(est.memory_bytes) if est else "-",
             human_count(est.tokens_per_epoch) if est else "-",
+            *([plan.truncation[run.name].short() if run.name in plan.truncation else "-"] if cut else []),
             *[run.plan_columns.get(k, "-") for k in extra],
         ])
     notes = sorted({n for run in plan.runs if run.estimate for n in run.estimate.notes})
@@ -78,5 +80,9 @@ def plan_markdown(plan: Plan, max_rows: int | None = None) -> str:
         lines += ["", f"... and {len(plan.runs) - len(shown)} more runs: see `{plan.layout.plan}`."]
     if notes:
         lines += ["", "Notes:", *[f"- {n}" for n in notes]]
+    cuts = [(run.name, plan.truncation[run.name].summary()) for run in shown if run.name in plan.truncation]
+    if cuts:
+        lines += ["", "Target tokens cut by train.max_seq_length (counted with each run's tokenizer):",
+                  *[f"- {name}: {text}" for name, text in cuts]]
     lines += ["", "Stages per run: " + ", ".join(s.name for s in plan.runs[0].stages) if plan.runs else ""]
     return "\n".join(lines) + "\n"

@@ -13,10 +13,12 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from cruijff_kit import status
 from cruijff_kit._api.context import RunInfo, StageContext
 from cruijff_kit._api.records import PlannedRun, StageDef
-from cruijff_kit._base.errors import CkError, StageError
+from cruijff_kit._base.errors import CkError, StageError, clip
 from cruijff_kit._base.fileio import atomic_write_json, load_yaml, locked, read_json
 from cruijff_kit._base.layout import RunLayout
 from cruijff_kit.training._distributed import CHILD_ENV, leave_worker_error
@@ -26,13 +28,44 @@ class Interrupted(BaseException):
     """Raised in a stage process that received SIGTERM or SIGINT."""
 
 
+#: How to recover from a damaged run ``spec.yaml`` (it is derived from the experiment's spec).
+RUN_SPEC_FIX = ("It is derived from the experiment's spec: `ck run SPEC` (the spec and --set values that made "
+                "this run) writes it again, keeping the run's status and outputs.")
+
+
 def load_run(run_dir: str | Path) -> PlannedRun:
-    """Rebuild a planned run from its folder's resolved ``spec.yaml``."""
+    """Rebuild a planned run from its folder's resolved ``spec.yaml``.
+
+    A folder under ``runs/`` without one, or one that is empty, cut short, not text or not a resolved
+    run spec raises :class:`~cruijff_kit.status.DamagedState` naming it and saying ``ck run SPEC``.
+    """
     layout = RunLayout(Path(run_dir).resolve())
     if not layout.spec.exists():
+        if layout.root.parent.name == "runs" and layout.root.is_dir() and any(layout.root.iterdir()):
+            raise status.DamagedState(layout.spec, "it is missing", RUN_SPEC_FIX)
         raise StageError(f"{layout.root} is not a run folder (no spec.yaml). Run `ck run SPEC` first, or "
                          "give the path of a folder under <output_dir>/<experiment>/runs/.")
-    spec = load_yaml(layout.spec.read_text())
+    try:
+        raw = layout.spec.read_bytes()
+        if not raw.strip():
+            raise status.DamagedState(layout.spec, f"it is empty ({len(raw)} bytes)", RUN_SPEC_FIX)
+        return _planned_run(load_yaml(raw.decode("utf-8")), layout)
+    except UnicodeDecodeError as exc:
+        raise status.DamagedState(layout.spec, f"it is not UTF-8 text (byte {exc.start} is not text)",
+                                  RUN_SPEC_FIX) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise status.DamagedState(layout.spec, f"it is not valid YAML (cut short?){where}", RUN_SPEC_FIX) from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise status.DamagedState(layout.spec, f"it is not a resolved run spec ({type(exc).__name__}: "
+                                               f"{clip(str(exc), 120)})", RUN_SPEC_FIX) from None
+
+
+def _planned_run(spec: Any, layout: RunLayout) -> PlannedRun:
+    """The run a resolved spec describes; a spec of the wrong shape raises KeyError, TypeError or ValueError."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("run"), dict):
+        raise TypeError(f"it holds {type(spec).__name__}, with no `run:` mapping")
     meta = spec["run"]
     labels = {ev_label(ev): i for i, ev in enumerate(spec.get("eval") or [])}
     stages = []
@@ -40,10 +73,10 @@ def load_run(run_dir: str | Path) -> PlannedRun:
         if name == "train":
             stages.append(StageDef("train", "train"))
             continue
-        _, label, target = name.split(".", 2)
+        _, label, target = str(name).split(".", 2)
         deps = ["train"] if target.startswith("epoch_") else []
         stages.append(StageDef(name, "eval", deps, labels[label], label, target))
-    return PlannedRun(meta["name"], meta["type"], spec, meta.get("sweep", {}), stages, layout,
+    return PlannedRun(str(meta["name"]), str(meta["type"]), spec, dict(meta.get("sweep") or {}), stages, layout,
                       Path(meta["spec_dir"]))
 
 
@@ -93,7 +126,68 @@ def _check_train_outputs(run: PlannedRun) -> None:
                          f"(expected {run.layout.adapter_dir(missing[0])}/adapter_config.json).")
 
 
+#: Exit status of a ``ck stage`` that found its stage claimed by another live process (EX_TEMPFAIL).
+CLAIMED_EXIT = 75
+
+
+class StageClaimed(StageError):
+    """Another live process holds the claim of this stage: a second executor refuses, writing nothing."""
+
+    exit_code = CLAIMED_EXIT
+
+
+def claim_path(layout: RunLayout, stage_name: str) -> Path:
+    """The file whose lock is a stage's claim: ``<run>/.claims/<stage>.lock``."""
+    return layout.root / ".claims" / f"{stage_name}.lock"
+
+
+def _job_here() -> str | None:
+    """The scheduler's id of the job this process runs in (SLURM job or array task, RunPod pod), if any."""
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID") or env.get("RUNPOD_POD_ID") or None
+
+
+def claim_stage(run: PlannedRun, stage_name: str) -> int:
+    """Take the stage's claim (an exclusive lock the kernel drops when this process dies, SIGKILL
+    included), recording pid, host, start time and job id; returns the descriptor that holds it.
+
+    Raises :class:`StageClaimed` naming the holder when another live process has it.
+    """
+    path = claim_path(run.layout, stage_name)
+    holder = {"pid": os.getpid(), "host": os.uname().nodename, "since": status.now(), "job": _job_here(),
+              "stage": stage_name}
+    try:
+        fd = status.hold_lock(path, holder)
+    except OSError as exc:
+        raise StageError(f"cannot take the claim of stage `{stage_name}` of run {run.name} ({path}): "
+                         f"{exc.strerror or exc}. Free disk space or fix the folder's permissions, then run "
+                         "it again.") from None
+    if fd is None:
+        raise StageClaimed(f"stage `{stage_name}` of run {run.name} is already being run by "
+                           f"{status.describe_holder(status.lock_holder(path))} (claim {path}); a second "
+                           "`ck stage` would do the same work twice, so this one stops without touching it. "
+                           "Wait for it to finish, or stop it with `ck cancel`; its claim ends with its process.")
+    return fd
+
+
 def run_stage(run_dir: str | Path, stage_name: str, *, extra_plugins: list[object] | None = None) -> dict[str, Any]:
+    """Execute one stage in this process, holding its claim (see :func:`claim_stage`) until its end
+    is recorded; returns the eval results (empty for train)."""
+    claim: int | None = None
+    if is_primary_process():
+        run = load_run(run_dir)
+        run.stage(stage_name)  # an unknown stage is refused before any claim file is made
+        claim = claim_stage(run, stage_name)
+    try:
+        return _run_stage(run_dir, stage_name, extra_plugins=extra_plugins)
+    finally:
+        if claim is not None:
+            status.release_lock(claim)
+
+
+def _run_stage(run_dir: str | Path, stage_name: str, *, extra_plugins: list[object] | None = None) -> dict[str, Any]:
     """Execute one stage in this process; returns the eval results (empty for train)."""
     from cruijff_kit._api.registry import registry
     from cruijff_kit._engine import envinfo
@@ -125,7 +219,8 @@ def run_stage(run_dir: str | Path, stage_name: str, *, extra_plugins: list[objec
         if primary:
             prev = status.read(layout.root)["stages"].get(stage_name, {})
             status.update_stage(layout.root, stage_name, state=status.RUNNING, started=status.now(),
-                                ended=None, pid=os.getpid(), attempts=int(prev.get("attempts", 0)) + 1,
+                                ended=None, pid=os.getpid(), host=os.uname().nodename, claim_job=_job_here(),
+                                attempts=int(prev.get("attempts", 0)) + 1,
                                 error=None, exit_code=None)
             envinfo.record(layout.root, stage_name, int(run.spec["seed"]), run.spec["run"].get("spec_dir"))
             hook.stage_started(run=info, stage=stage_name)

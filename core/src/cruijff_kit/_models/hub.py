@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cruijff_kit._api.retry import DeadlineExceeded, DownloadStalled
 from cruijff_kit._base.errors import CkError, SpecError
 from cruijff_kit._engine.hubcache import (  # noqa: F401 - part of this module's API
     _COMMIT,
@@ -30,6 +31,7 @@ from cruijff_kit._engine.hubcache import (  # noqa: F401 - part of this module's
     models_cache,
     repo_folder,
 )
+from cruijff_kit._models import hubnet
 
 #: Record of downloads, written in the cache folder.
 RECORD = "cruijff_kit_models.json"
@@ -124,6 +126,17 @@ def _hub_error(hub_id: str, exc: BaseException) -> HubError:
     return HubError(f"Cannot download {hub_id}: {why} {fix} ({text.splitlines()[0][:300]})")
 
 
+def _gave_up(hub_id: str, exc: DeadlineExceeded | DownloadStalled, cache: Path) -> HubError:
+    """The error for a hub that kept missing its deadlines (the partial download is kept)."""
+    if isinstance(exc, DownloadStalled):
+        return HubError(f"Cannot download {hub_id} from {_endpoint()}: {exc}. Files that arrived whole are kept "
+                        f"in {cache}; the partial one was not kept and nothing was recorded as downloaded, so "
+                        "runs do not use it. Try again later (finished files are not fetched again), or allow "
+                        "longer pauses on a slow link with --stall-timeout SECONDS.")
+    return HubError(f"Cannot download {hub_id}: {exc} at {_endpoint()}; gave up after {hubnet.ATTEMPTS} tries. "
+                    "Nothing was downloaded. Try again later, or allow more time with --timeout SECONDS.")
+
+
 def _hub_files(api: Any, hub_id: str, revision: str | None, token: str | None) -> tuple[str, list[dict[str, Any]]]:
     info = api.model_info(hub_id, revision=revision, files_metadata=True, token=token)
     files = []
@@ -135,25 +148,40 @@ def _hub_files(api: Any, hub_id: str, revision: str | None, token: str | None) -
 
 
 def download(hub_id: str, revision: str | None = None, cache: Path | None = None,
-             allow_patterns: list[str] | None = None) -> Path:
+             allow_patterns: list[str] | None = None, *, overwrite: bool = False,
+             timeout: float = hubnet.DEFAULT_TIMEOUT, stall_timeout: float = hubnet.DEFAULT_STALL) -> Path:
     """Download (or resume) ``hub_id`` at ``revision`` into ``cache``; verify it; record it.
 
+    The metadata call has ``timeout`` seconds per try in total; file downloads are given up on when
+    they stall (under 1 KiB in ``stall_timeout`` seconds), never for being slow, after the hub client
+    has resumed them where they stopped (up to 5 times without progress).
+
     Returns the snapshot folder. Raises :class:`HubError` with the cause and the fix when the hub is
-    unreachable, refuses access, or serves a file whose hash does not match.
+    unreachable, refuses access, or serves a file whose hash does not match. A file named like the
+    record (``cruijff_kit_models.json``) that is not a record is replaced only with ``overwrite``.
     """
     if not looks_like_hub_id(hub_id):
         raise SpecError(f"{hub_id!r} is not a hub id.", hint="Name the model as org/name, e.g. meta-llama/Llama-3.2-1B.")
-    from huggingface_hub import HfApi, snapshot_download
+    from cruijff_kit._base.ownership import check_writable
 
     cache = Path(cache) if cache is not None else models_cache()
+    if check_writable(Path(cache) / RECORD, command="ck models download", overwrite=overwrite, ours=_is_record):
+        (Path(cache) / RECORD).unlink()
+    from huggingface_hub import HfApi, snapshot_download
+
     cache.mkdir(parents=True, exist_ok=True)
     token = os.environ.get("HF_TOKEN") or None
     try:
-        commit, files = _hub_files(HfApi(), hub_id, revision, token)
-        snap = Path(snapshot_download(hub_id, revision=commit, cache_dir=str(cache), token=token,
-                                      allow_patterns=allow_patterns))
+        with hubnet.stall_guarded(stall_timeout):
+            commit, files = hubnet.metadata(lambda: _hub_files(HfApi(), hub_id, revision, token), timeout,
+                                            f"the hub's file list of {hub_id}")
+            snap = Path(hubnet.files(lambda: snapshot_download(hub_id, revision=commit, cache_dir=str(cache),
+                                                               token=token, allow_patterns=allow_patterns),
+                                     stall_timeout))
     except CkError:
         raise
+    except (DeadlineExceeded, DownloadStalled) as exc:
+        raise _gave_up(hub_id, exc, cache) from None
     except Exception as exc:
         if not _is_hub_failure(exc):
             raise
@@ -174,6 +202,16 @@ def download(hub_id: str, revision: str | None = None, cache: Path | None = None
                        + " and download again.")
     record(cache, hub_id, revision or "main", commit)
     return snap
+
+
+def _is_record(path: Path) -> bool:
+    """True when ``path`` is a JSON object (a record of downloads this module wrote)."""
+    from cruijff_kit._base.fileio import read_json
+
+    try:
+        return path.is_file() and isinstance(read_json(path), dict)
+    except CkError:
+        return False
 
 
 def record(cache: Path, hub_id: str, revision: str, commit: str) -> None:

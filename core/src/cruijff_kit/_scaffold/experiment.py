@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cruijff_kit._base.errors import SpecError, clip
+from cruijff_kit._scaffold.names import write_new
 
 
 @dataclass
@@ -113,10 +114,9 @@ def new_experiment(out: Path, answers: ExperimentAnswers) -> Path:
     import yaml
 
     out = Path(out)
-    if out.exists():
+    if os.path.lexists(out):
         raise SpecError("exists already.", file=str(out), hint="Choose another --out or remove the file.")
-    out.parent.mkdir(parents=True, exist_ok=True)
     spec = experiment_spec(answers, out.parent)
     header = "# Written by `ck new experiment`. Check it with `ck validate`; see docs/spec-reference.md.\n"
-    out.write_text(header + yaml.safe_dump(spec, sort_keys=False))
+    write_new(out, header + yaml.safe_dump(spec, sort_keys=False))
     return out

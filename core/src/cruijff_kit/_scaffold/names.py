@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,12 +43,26 @@ def check_name(name: str, what: str) -> Names:
 
 
 def write_files(root: Path, files: dict[str, str]) -> None:
-    """Write ``files`` (relative path -> text) under ``root``; refuse to overwrite anything."""
-    existing = [rel for rel in files if (root / rel).exists()]
+    """Write ``files`` (relative path -> text) under ``root``; refuse to overwrite anything.
+
+    A path that exists in any form (a dangling symbolic link too) is refused before anything is written,
+    and each file is created exclusively, so a scaffold never writes through a link or over a file.
+    """
+    existing = [rel for rel in files if os.path.lexists(root / rel)]
     if existing:
         raise SpecError(f"would overwrite {existing[0]}.", file=str(root),
-                        hint="Choose another name or folder, or remove the old files first.")
+                        hint="Choose another name or folder, or remove the old files first (scaffolds never "
+                             "overwrite; there is no flag for it).")
     for rel, text in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        write_new(root / rel, text)
+
+
+def write_new(path: Path, text: str) -> None:
+    """Create ``path`` with ``text``; a SpecError when anything (a link too) is already there."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(path, "x", encoding="utf-8") as fh:  # O_EXCL: never follows a symbolic link
+            fh.write(text)
+    except FileExistsError:
+        raise SpecError("exists already; scaffolds never overwrite (there is no flag for it).", file=str(path),
+                        hint="Choose another name or folder, or remove the old file first.") from None

@@ -11,13 +11,13 @@ from cruijff_kit._simulate.loop import Summary, run_simulation, side_file
 from cruijff_kit._simulate.tasks import load_tasks
 
 
-def simulate(loaded: Any, *, limit: int | None = None, progress: bool = True) -> Summary:
+def simulate(loaded: Any, *, limit: int | None = None, progress: bool = True, overwrite: bool = False) -> Summary:
     """Run the simulation of a loaded spec (a :class:`cruijff_kit._engine.spec.LoadedSpec`)."""
     sim = load_simulation(loaded)
     if limit is not None:
         sim.config.tasks.limit = limit
     tasks = load_tasks(sim.config.tasks, sim.path(sim.config.tasks.path))
-    return asyncio.run(run_simulation(sim, tasks, progress=progress))
+    return asyncio.run(run_simulation(sim, tasks, progress=progress, overwrite=overwrite))
 
 
 def report(summary: Summary) -> tuple[str, int]:
@@ -32,10 +32,11 @@ def report(summary: Summary) -> tuple[str, int]:
     return "\n".join(lines), (1 if summary.failed else 0)
 
 
-def run_command(loaded: Any, *, limit: int | None = None, progress: bool = True) -> tuple[str, int]:
+def run_command(loaded: Any, *, limit: int | None = None, progress: bool = True,
+                overwrite: bool = False) -> tuple[str, int]:
     """``ck simulate``: run, and return (message, exit code)."""
     try:
-        summary = simulate(loaded, limit=limit, progress=progress)
+        summary = simulate(loaded, limit=limit, progress=progress, overwrite=overwrite)
     except KeyboardInterrupt:
         raise CkError("simulation interrupted; finished conversations are saved and `ck simulate` "
                       "resumes from them.") from None

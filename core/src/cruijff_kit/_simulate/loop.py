@@ -1,7 +1,8 @@
 """The asyncio loop: many conversations at once, each appended to the JSONL file when it finishes.
 
 Resume: conversations already in the output file (by ``conv_id``) are never redone; a torn last
-line left by a killed process is cut off first (that conversation is simply redone). One process at
+line left by a killed process is cut off first (that conversation is simply redone). Only an output
+``ck simulate`` created (it wrote ``<output>.owner.json`` beside it) is cut or appended to. One process at
 a time writes an output file (a lock next to it). A conversation whose calls fail for good is recorded
 in ``<output>.errors.jsonl`` and left for the next run; a :class:`cruijff_kit.CkError` (a missing API
 key, a rejected model name) stops the whole simulation.
@@ -20,6 +21,7 @@ from typing import Any
 from cruijff_kit._api.retry import Caller, CallFailed
 from cruijff_kit._base.errors import CkError
 from cruijff_kit._base.fileio import append_jsonl, atomic_write_json, read_jsonl
+from cruijff_kit._base.ownership import check_writable, remove_path
 from cruijff_kit._base.secrets import scrub
 from cruijff_kit._simulate.config import Simulation
 from cruijff_kit._simulate.conversation import Engine
@@ -56,6 +58,27 @@ class Summary:
 def side_file(output: Path, suffix: str) -> Path:
     """``conversations.jsonl`` -> ``conversations.<suffix>``."""
     return output.with_name(f"{output.stem}.{suffix}")
+
+
+def owner_file(output: Path) -> Path:
+    """``conversations.jsonl`` -> ``conversations.owner.json``: written when ``ck simulate`` creates the output."""
+    return side_file(output, "owner.json")
+
+
+def claim_output(output: Path, *, overwrite: bool = False) -> None:
+    """Make sure ``output`` is ours before any truncating or appending; mark a new one as ours.
+
+    The output is ours when its :func:`owner_file` exists (or, from versions before that file, its
+    ``run.json``). A file without either was not written by ``ck simulate`` and is refused, or, with
+    ``overwrite``, replaced.
+    """
+    def ours(path: Path) -> bool:
+        return path.is_file() and (owner_file(path).is_file() or side_file(path, "run.json").is_file())
+
+    if check_writable(output, command="ck simulate", overwrite=overwrite, ours=ours):
+        remove_path(output)
+    if not owner_file(output).is_file():
+        atomic_write_json(owner_file(output), {"written_by": "ck simulate", "output": output.name})
 
 
 def repair_tail(path: Path) -> bool:
@@ -116,8 +139,11 @@ def build_engine(sim: Simulation, limit: asyncio.Semaphore, rng: random.Random) 
     return engine, named
 
 
-async def run_simulation(sim: Simulation, tasks: list[Task], *, progress: bool = True) -> Summary:
-    """Simulate every conversation not yet in ``sim.output``; append each as it finishes."""
+async def run_simulation(sim: Simulation, tasks: list[Task], *, progress: bool = True,
+                         overwrite: bool = False) -> Summary:
+    """Simulate every conversation not yet in ``sim.output``; append each as it finishes.
+
+    An output file ``ck simulate`` did not create is refused (replaced with ``overwrite``)."""
     from filelock import FileLock, Timeout
 
     cfg = sim.config
@@ -130,6 +156,7 @@ async def run_simulation(sim: Simulation, tasks: list[Task], *, progress: bool =
         raise CkError(f"another `ck simulate` is writing {output} (lock {output}.lock). Wait for it to "
                       "finish, or give this simulation another simulate.output.") from None
     try:
+        claim_output(output, overwrite=overwrite)
         repair_tail(output)
         done = finished_ids(output)
         todo = [(cid, t) for t in tasks for cid in conversation_ids(t, cfg.conversations_per_task)]

@@ -53,12 +53,14 @@ def register_spec_sections(register: Callable[[SpecSection], None]) -> None:
               help=SET_HELP)
 @click.option("--limit", type=click.IntRange(min=1), help="Simulate only the first N tasks.")
 @click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
-def simulate(spec: str, sets: tuple[str, ...], limit: int | None, no_progress: bool) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace a simulate.output file that ck simulate did not create.")
+def simulate(spec: str, sets: tuple[str, ...], limit: int | None, no_progress: bool, overwrite: bool) -> None:
     """Simulate the conversations of SPEC's `simulate:` section; re-running resumes."""
     from cruijff_kit._engine.spec import load_spec, parse_overrides
     from cruijff_kit._simulate.command import run_command
 
-    message, code = run_command(load_spec(spec, parse_overrides(sets)), limit=limit, progress=not no_progress)
+    message, code = run_command(load_spec(spec, parse_overrides(sets)), limit=limit, progress=not no_progress,
+                                overwrite=overwrite)
     click.echo(message)
     if code:
         sys.exit(code)

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cruijff_kit import status
-from cruijff_kit._base.fileio import atomic_write_text, load_yaml, read_json, read_jsonl
+from cruijff_kit._base.fileio import atomic_write_text
 from cruijff_kit._base.layout import ExperimentLayout, RunLayout
+from cruijff_kit._engine.damage import read_metrics, read_results
 from cruijff_kit._engine.report import fmt, markdown_table
+from cruijff_kit._engine.runner import run_folders
+from cruijff_kit._engine.stage import load_run
 from cruijff_kit._summaries.metrics import LOWER_IS_BETTER, SKIP_KEYS, flatten_metrics, lower_is_better  # noqa: F401
+from cruijff_kit.status import DamagedState
 
 
 @dataclass
@@ -34,8 +39,9 @@ class TrainSummary:
 
 
 def train_summary(layout: RunLayout, stage_entry: dict[str, Any]) -> TrainSummary:
-    """Read ``train/metrics.jsonl`` and the train stage's timestamps."""
-    rows = read_jsonl(layout.metrics)
+    """Read ``train/metrics.jsonl`` and the train stage's timestamps (a damaged file raises
+    :class:`~cruijff_kit.status.DamagedState`)."""
+    rows = read_metrics(layout)
     s = TrainSummary(curve=rows)
     train = [r for r in rows if r.get("train_loss") is not None]
     val = [r for r in rows if r.get("val_loss") is not None]
@@ -56,7 +62,10 @@ def train_summary(layout: RunLayout, stage_entry: dict[str, Any]) -> TrainSummar
         import datetime as dt
 
         fmt_ = "%Y-%m-%dT%H:%M:%SZ"
-        s.duration_s = (dt.datetime.strptime(end, fmt_) - dt.datetime.strptime(start, fmt_)).total_seconds()
+        try:
+            s.duration_s = (dt.datetime.strptime(end, fmt_) - dt.datetime.strptime(start, fmt_)).total_seconds()
+        except (TypeError, ValueError):
+            s.duration_s = None  # a timestamp not written by cruijff-kit: no duration rather than a wrong one
     return s
 
 
@@ -72,6 +81,8 @@ class Summary:
     best: dict[str, float]
     #: (run, task, target, scorer) -> {"calibration": bins, "roc": points} for risk scorers
     risk: dict[tuple[str, str, str, str], dict[str, Any]] = field(default_factory=dict)
+    #: one message per damaged state file (naming it and the recovery); its values are missing
+    damaged: list[str] = field(default_factory=list)
 
     def columns(self) -> list[str]:
         train_cols = ["final_train_loss", "best_val_loss", "final_val_loss", "steps", "duration_s",
@@ -86,24 +97,37 @@ def collect(exp: ExperimentLayout) -> Summary:
     metrics: list[str] = []
     curves: dict[str, list[dict[str, Any]]] = {}
     risk: dict[tuple[str, str, str, str], dict[str, Any]] = {}
-    for layout in exp.run_layouts():
-        spec = load_yaml(layout.spec.read_text())
+    damaged: list[str] = []
+    for layout in run_folders(exp):
+        try:
+            spec = load_run(layout.root).spec
+        except DamagedState as exc:  # nothing of this run can be placed in the table: said, not guessed
+            damaged.append(f"run {layout.name} not summarized: {exc}")
+            continue
         meta = spec.get("run", {})
         sweep = meta.get("sweep", {}) or {}
         for k in sweep:
             if k not in swept:
                 swept.append(k)
-        stages = status.read(layout.root)["stages"]
-        ts = train_summary(layout, stages.get("train", {})) if spec.get("train") else TrainSummary()
+        stages, states_lost = _read_part(damaged, {"stages": {}}, status.read, layout.root)
+        stages = stages["stages"]
+        ts, _ = _read_part(damaged, TrainSummary(), train_summary, layout, stages.get("train", {})) \
+            if spec.get("train") else (TrainSummary(), False)
         if ts.curve:
             curves[layout.name] = ts.curve
-        results = read_json(layout.results, default={}) or {}
+        results, results_lost = _read_part(damaged, {}, read_results, layout)
         eval_stages = [s for s in meta.get("stages", []) if s.startswith("eval.")]
         if not eval_stages:
             eval_stages = ["(train only)"]
         for st in eval_stages:
             task, target = (st.split(".", 2)[1:] if st.startswith("eval.") else ("", ""))
             state = stages.get(st, {}).get("state", status.PENDING) if task else stages.get("train", {}).get("state")
+            if states_lost or (results_lost and task):
+                state = status.DAMAGED
+            elif task and state == status.DONE and target not in results.get(task, {}):
+                state = "result missing"
+                damaged.append(f"{layout.results}: no result for the finished stage {st} of run {layout.name}. "
+                               f"`ck run SPEC` evaluates it again.")
             row: dict[str, Any] = {"run": layout.name, "type": meta.get("type", ""), **sweep, "task": task,
                                    "target": target, "state": state}
             entry = results.get(task, {}).get(target, {}) if task else {}
@@ -123,7 +147,16 @@ def collect(exp: ExperimentLayout) -> Summary:
             vals = [r[m] for r in rows if r["task"] == task and isinstance(r.get(m), float)]
             if vals:
                 best[f"{task}:{m}"] = min(vals) if lower_is_better(m) else max(vals)
-    return Summary(exp.root.name, swept, rows, metrics, curves, best, risk)
+    return Summary(exp.root.name, swept, rows, metrics, curves, best, risk, damaged)
+
+
+def _read_part(damaged: list[str], default: Any, read: Callable[..., Any], *args: Any) -> tuple[Any, bool]:
+    """``(read(*args), False)``, or ``(default, True)`` after noting a damaged file's message in ``damaged``."""
+    try:
+        return read(*args), False
+    except DamagedState as exc:
+        damaged.append(str(exc))
+        return default, True
 
 
 def _cell(summary: Summary, row: dict[str, Any], col: str, mark: bool) -> Any:
@@ -144,6 +177,9 @@ def to_markdown(summary: Summary) -> str:
     if missing:
         lines += [f"{len(missing)} stage(s) not done: " + ", ".join(
             f"{r['run']} {r['task']}/{r['target']} ({r['state']})" for r in missing), ""]
+    if summary.damaged:
+        lines += ["Missing from this summary (damaged state files):", "",
+                  *(f"- {line}" for line in summary.damaged), ""]
     lines.append("Bold: best value of each metric per task (lowest for losses and errors).")
     return "\n".join(lines) + "\n"
 
@@ -158,10 +194,34 @@ def to_csv(summary: Summary) -> str:
     return buf.getvalue()
 
 
-def write_summary(exp: ExperimentLayout, *, plots: bool = True) -> tuple[Summary, list[Path]]:
-    """Write summary.md, summary.csv and the plots; return the summary and the files written."""
-    summary = collect(exp)
+def _summary_file(path: Path) -> bool:
+    """True when ``path`` starts as ``ck summarize`` writes it (``# Summary: `` or the CSV's ``run,`` header)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            first = fh.readline()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return first.startswith("# Summary: " if path.suffix == ".md" else "run,")
+
+
+def _plots_folder(path: Path) -> bool:
+    """True when ``path`` holds only ``.png`` files (the plots ``ck summarize`` writes)."""
+    return path.is_dir() and all(p.suffix == ".png" and p.is_file() for p in path.iterdir())
+
+
+def write_summary(exp: ExperimentLayout, *, plots: bool = True, overwrite: bool = False
+                  ) -> tuple[Summary, list[Path]]:
+    """Write summary.md, summary.csv and the plots; return the summary and the files written.
+
+    A summary file or plots folder ``ck summarize`` did not write is refused (written over with ``overwrite``)."""
+    from cruijff_kit._base.ownership import check_writable
+
     files = [exp.root / "summary.md", exp.root / "summary.csv"]
+    for path in files:
+        check_writable(path, command="ck summarize", overwrite=overwrite, ours=_summary_file)
+    if plots:
+        check_writable(exp.plots_dir, command="ck summarize", overwrite=overwrite, ours=_plots_folder)
+    summary = collect(exp)
     atomic_write_text(files[0], to_markdown(summary))
     atomic_write_text(files[1], to_csv(summary))
     if plots:

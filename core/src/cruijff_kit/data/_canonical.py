@@ -69,12 +69,52 @@ def suggest(word: str, choices: Iterable[str]) -> str:
     return f" Did you mean `{clip(best, 80)}`?" if best else ""
 
 
+class RowError(DataError):
+    """A bad row: ``FILE: split `S`, row N (line L): PROBLEM Fix the row or remove it.``"""
+
+    def __init__(self, file: str | Path, split: str, index: int, problem: str, line: int | None = None) -> None:
+        self.file, self.split, self.index, self.problem, self.line = shown(file), split, index, problem, line
+        super().__init__(f"{self.file}: split `{split}`, {self.where()}: {problem} Fix the row or remove it.")
+
+    def where(self) -> str:
+        """``row N`` or ``row N (line L)``."""
+        return f"row {self.index}" + (f" (line {self.line})" if self.line is not None else "")
+
+
+#: Bad rows a message lists before saying how many more there are.
+SHOWN_BAD_ROWS = 5
+
+
 def row_error(file: str | Path, split: str, index: int, problem: str, *, line: int | None = None) -> DataError:
     """The error for one bad row: ``FILE: split `S`, row N: PROBLEM Fix the row or remove it.``"""
-    where = f"{shown(file)}: split `{split}`, row {index}"
-    if line is not None:
-        where += f" (line {line})"
-    return DataError(f"{where}: {problem} Fix the row or remove it.")
+    return RowError(file, split, index, problem, line)
+
+
+def rows_error(errors: list[RowError], total: int) -> DataError:
+    """One error for several bad rows of a split: how many, and the first few with their problems."""
+    if len(errors) == 1:
+        return errors[0]
+    first = errors[0]
+    listed = "; ".join(f"{e.where()}: {e.problem}" for e in errors[:SHOWN_BAD_ROWS])
+    more = f" ({len(errors) - SHOWN_BAD_ROWS} more not shown)" if len(errors) > SHOWN_BAD_ROWS else ""
+    return DataError(f"{first.file}: split `{first.split}`: {len(errors)} of {total} rows are not valid "
+                     f"(rows are 0-based, lines 1-based): {listed}{more}. Fix the rows or remove them.")
+
+
+def checked_all(rows: Iterable[Any], check: Any, *, lines: list[int] | None = None) -> list[Any]:
+    """``check(row, index, line)`` for every row, collecting RowErrors into one :func:`rows_error`."""
+    out: list[Any] = []
+    errors: list[RowError] = []
+    total = 0
+    for i, row in enumerate(rows):
+        total += 1
+        try:
+            out.append(check(row, i, lines[i] if lines is not None else None))
+        except RowError as exc:
+            errors.append(exc)
+    if errors:
+        raise rows_error(errors, total)
+    return out
 
 
 # --------------------------------------------------------------------------- row checks
@@ -137,6 +177,8 @@ def check_chat_row(row: Any, *, file: str | Path, split: str, index: int,
             raise bad(f"message {m} ({role}) has no `content`.")
         if not isinstance(msg["content"], str):
             raise bad(f"message {m} ({role}): `content` must be a string, got {json_type(msg['content'])}.")
+        if role == "system" and m > 0:
+            raise bad(f"message {m} is a system turn, but a system turn may only come first.")
         clean.append({"role": role, "content": msg["content"]})
     out = dict(row)
     out["messages"] = clean
@@ -150,12 +192,41 @@ def check_row(row: Any, kind: str, *, file: str | Path, split: str, index: int,
     return check(row, file=file, split=split, index=index, line=line)
 
 
-def check_rows(rows: Iterable[Any], kind: str, *, file: str | Path, split: str) -> list[dict[str, Any]]:
-    """Check every row of a split; an empty split is an error."""
-    out = [check_row(r, kind, file=file, split=split, index=i) for i, r in enumerate(rows)]
+def check_rows(rows: Iterable[Any], kind: str, *, file: str | Path, split: str,
+               lines: list[int] | None = None) -> list[dict[str, Any]]:
+    """Check every row of a split (``lines``: their 1-based lines in a JSONL file); an empty split is an error.
+
+    Several bad rows give one DataError listing the first few.
+    """
+    out = checked_all(rows, lambda r, i, n: check_row(r, kind, file=file, split=split, index=i, line=n),
+                      lines=lines)
     if not out:
         raise empty_split(file, split)
     return out
+
+
+def training_problem(messages: list[dict[str, str]]) -> str | None:
+    """Why a checked conversation cannot train (no assistant turn, or a last turn not the assistant's)."""
+    if not any(m["role"] == "assistant" for m in messages):
+        return "the conversation has no assistant turn, so it has no answer to train on."
+    if messages[-1]["role"] != "assistant":
+        return (f"the last turn is the {messages[-1]['role']}'s, not the assistant's: training learns the last "
+                "assistant turn, and nothing answers the turns after it. End the conversation with its answer.")
+    return None
+
+
+def check_training_rows(rows: list[dict[str, Any]], *, file: str | Path, split: str,
+                        lines: list[int] | None = None) -> None:
+    """Checked chat rows of a split a run trains on: every one must end with an assistant turn.
+
+    Raises one DataError naming the file, the split and the first bad rows (with their lines in JSONL).
+    """
+    def check(row: dict[str, Any], index: int, line: int | None) -> None:
+        problem = training_problem(row["messages"])
+        if problem:
+            raise RowError(file, split, index, problem, line)
+
+    checked_all(rows, check, lines=lines)
 
 
 def empty_split(file: str | Path, split: str) -> DataError:

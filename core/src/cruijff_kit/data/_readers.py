@@ -40,6 +40,7 @@ from cruijff_kit.data._canonical import (
     check_rows,
     check_run_splits,
     check_template,
+    check_training_rows,
     empty_split,
     json_type,
     limit_for,
@@ -135,6 +136,8 @@ class SplitRows:
     kind: str
     rows: list[dict[str, Any]]
     file: Path
+    #: 1-based line of each row in a JSON Lines file, else None.
+    lines: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -288,9 +291,7 @@ class ChatFolder(Source):
             values, lines = parse_jsonl(path, text, limit)
             if not values:
                 raise empty_split(path, split)
-            rows = [check_row(v, CHAT, file=path, split=split, index=i, line=n)
-                    for i, (v, n) in enumerate(zip(values, lines, strict=True))]
-            return SplitRows(CHAT, rows, path)
+            return SplitRows(CHAT, check_rows(values, CHAT, file=path, split=split, lines=lines), path, lines)
         value = parse_json(path, text)
         if not isinstance(value, list):
             hint = ""
@@ -633,8 +634,22 @@ class SourceDataset(Dataset):
             rows[ours], chars[ours] = st.rows, st.chars(prompt)
         return {"rows": rows, "chars": chars}
 
+    def split_file(self, split: str) -> Path | None:
+        """The file one of our splits is read from (named in messages about its rows), or None."""
+        source = self.source()
+        theirs = self.split_map(source).get(split)
+        if theirs is None:
+            return None
+        if isinstance(source, ChatFolder):
+            return source.files().get(theirs)
+        return source.file_of(theirs) if isinstance(source, TableSource) else source.path
+
     def check(self, run: Any) -> None:
-        """Plan-time: the data exists, its rows are well formed, and the run's splits are there."""
+        """Plan-time: the data exists, its rows are well formed, and the run's splits are there.
+
+        For a run that trains, every chat row of the splits it trains on (``train``, and ``validation``
+        when ``train.validation``) must end with an assistant turn; bad rows are named with their lines.
+        """
         source = self.source()
         if not source.local:
             return
@@ -648,6 +663,13 @@ class SourceDataset(Dataset):
                                     f"have (its splits: {', '.join(mapping)}).")
         check_run_splits(run, mapping, source=source.path)
         kinds = {source.stats(theirs, self._limit(ours)).kind for ours, theirs in mapping.items()}
+        train = run.spec.get("train")
+        if train is not None and CHAT in kinds:
+            for ours in ("train", "validation"):
+                if ours in mapping and (ours == "train" or train.get("validation", True)):
+                    part = source.rows(mapping[ours], self._limit(ours))
+                    if part.kind == CHAT:
+                        check_training_rows(part.rows, file=part.file, split=ours, lines=part.lines)
         if INSTRUCT in kinds:
             check_template(as_prompt(run.spec.get("prompt")))
             for ev in run.spec.get("eval") or []:

@@ -40,3 +40,33 @@ def read_texts(path: str | Path, field: str = "input", id_field: str = "id") -> 
         ids.append(row.get(id_field, i))
         texts.append(row[field])
     return ids, texts
+
+
+def is_embeddings_file(path: Path) -> bool:
+    """True when ``path`` is a parquet file ``ck embed`` wrote (its metadata names base, adapter and pooling)."""
+    try:
+        import pyarrow.parquet as pq
+
+        metadata = pq.read_schema(path).metadata or {}
+    except Exception:  # not parquet, unreadable: not ours
+        return False
+    return {b"base", b"adapter", b"pooling"} <= set(metadata)
+
+
+def is_scores_file(path: Path) -> bool:
+    """True when the first line of ``path`` is a row ``ck score-options`` writes (id, probabilities, mass, predicted)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            first = fh.readline()
+        row = parse_json_text(first, file=str(path))
+    except (OSError, UnicodeDecodeError, ValueError, DataError):
+        return False
+    return isinstance(row, dict) and set(row) == {"id", "probabilities", "mass", "predicted"}
+
+
+def check_output(path: str | Path, command: str, overwrite: bool) -> None:
+    """Before loading a model: refuse an output file this command did not write (unless ``overwrite``)."""
+    from cruijff_kit._base.ownership import check_writable
+
+    ours = is_embeddings_file if command == "ck embed" else is_scores_file
+    check_writable(Path(path), command=command, overwrite=overwrite, ours=lambda p: p.is_file() and ours(p))

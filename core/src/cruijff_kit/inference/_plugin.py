@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from cruijff_kit._api.hookspecs import hookimpl
+from cruijff_kit._base.fileio import atomic_write_text
 
 _LOAD_OPTIONS = [
     click.option("--adapter", type=click.Path(exists=True, file_okay=False), help="PEFT adapter on top of MODEL."),
@@ -37,13 +38,15 @@ def _load_options(fn: Any) -> Any:
 @click.option("--layer", "layers", multiple=True, type=int, help="Hidden state (0 = embeddings, -1 = last; repeat).")
 @click.option("--pooling", type=click.Choice(["mean", "last"]), default="mean", show_default=True)
 @click.option("--chat", is_flag=True, help="Render each text as a user turn with the chat template.")
+@click.option("--overwrite", is_flag=True, help="Write over an OUT file that ck embed did not write.")
 def embed(model: str, texts: str, out: str, adapter: str | None, epoch: int | None, device: str, dtype: str,
           batch_size: int, seed: int, field: str, id_field: str, layers: tuple[int, ...], pooling: str,
-          chat: bool) -> None:
+          chat: bool, overwrite: bool) -> None:
     """Hidden-state embeddings of TEXTS (.txt/.jsonl/.json) from MODEL (run folder, adapter or base) to OUT (parquet)."""
     from cruijff_kit.inference import load
-    from cruijff_kit.inference._io import read_texts
+    from cruijff_kit.inference._io import check_output, read_texts
 
+    check_output(out, "ck embed", overwrite)
     ids, items = read_texts(texts, field, id_field)
     m = load(model, adapter, epoch=epoch, device=device, dtype=dtype, seed=seed, batch_size=batch_size)
     path = m.embed_to_parquet(items, out, ids=ids, layers=layers or (-1,), pooling=pooling, chat=chat)
@@ -59,13 +62,16 @@ def embed(model: str, texts: str, out: str, adapter: str | None, epoch: int | No
 @click.option("--ignore-case", is_flag=True, help="Also sum differently cased variants.")
 @click.option("--system", help="System message before each prompt.")
 @click.option("--raw", is_flag=True, help="Use prompts as is, without the chat template.")
+@click.option("--overwrite", is_flag=True, help="Write over an --out file that ck score-options did not write.")
 def score_options(model: str, prompts: str, options: tuple[str, ...], adapter: str | None, epoch: int | None,
                   device: str, dtype: str, batch_size: int, seed: int, field: str, id_field: str,
-                  out: str | None, ignore_case: bool, system: str | None, raw: bool) -> None:
+                  out: str | None, ignore_case: bool, system: str | None, raw: bool, overwrite: bool) -> None:
     """Next-token probabilities of each --option after each prompt of PROMPTS, from MODEL."""
     from cruijff_kit.inference import load
-    from cruijff_kit.inference._io import read_texts
+    from cruijff_kit.inference._io import check_output, read_texts
 
+    if out:
+        check_output(out, "ck score-options", overwrite)
     ids, items = read_texts(prompts, field, id_field)
     m = load(model, adapter, epoch=epoch, device=device, dtype=dtype, seed=seed, batch_size=batch_size)
     kw = {"ignore_case": ignore_case, "chat": not raw, "system": system}
@@ -74,7 +80,7 @@ def score_options(model: str, prompts: str, options: tuple[str, ...], adapter: s
     lines = [json.dumps({"id": i, "probabilities": p, "mass": sum(ms.values()), "predicted": max(p, key=p.get)})
              for i, p, ms in zip(ids, probs, mass, strict=True)]
     if out:
-        Path(out).write_text("\n".join(lines) + "\n")
+        atomic_write_text(Path(out), "\n".join(lines) + "\n")
         click.echo(f"Wrote {len(lines)} rows to {out}")
     else:
         click.echo("\n".join(lines))

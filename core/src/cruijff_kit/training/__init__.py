@@ -1,5 +1,5 @@
 """Helpers for trainer plugins: precision and device, adapter folders and their export, metrics rows,
-plan-time checks and estimates, the relaunch of a stage on several processes (torchrun), and the stop
+plan-time checks and estimates, the count of target tokens ``max_seq_length`` cuts, the relaunch of a stage on several processes (torchrun), and the stop
 at the first nan or inf loss (:class:`LossWatch`).
 
 Nothing here imports torch at import time; the functions that need it import it when called.
@@ -34,11 +34,19 @@ from cruijff_kit.training._estimate import (
     model_shape,
 )
 from cruijff_kit.training._finite import LossWatch, nonfinite_loss_error
+from cruijff_kit.training._truncation import (
+    SplitTruncation,
+    TruncationCheck,
+    count_truncation,
+    plan_truncation,
+    require_truncation_allowed,
+)
 
 __all__ = [
-    "ADAPTER_FILES", "LossWatch", "MetricsRow", "ModelShape", "adapter_info", "chat_template_text", "check_targets",
-    "check_validation_split", "estimate_run", "export_adapter", "find_config", "is_worker", "model_ref",
-    "model_shape", "needs_launch", "nonfinite_loss_error", "peak_memory_mb", "plan_device", "read_metrics",
-    "relaunch", "require_saved_epochs", "resolve_precision", "run_device", "save_adapter", "save_adapter_weights",
+    "ADAPTER_FILES", "LossWatch", "MetricsRow", "ModelShape", "SplitTruncation", "TruncationCheck", "adapter_info",
+    "chat_template_text", "check_targets", "check_validation_split", "count_truncation", "estimate_run",
+    "export_adapter", "find_config", "is_worker", "model_ref", "model_shape", "needs_launch", "nonfinite_loss_error",
+    "peak_memory_mb", "plan_device", "plan_truncation", "read_metrics", "relaunch", "require_saved_epochs",
+    "require_truncation_allowed", "resolve_precision", "run_device", "save_adapter", "save_adapter_weights",
     "torch_dtype", "truncate_metrics", "world_size", "write_adapter_dir",
 ]

@@ -218,26 +218,30 @@ def adapter_info(adapter_dir: Path) -> dict[str, Any]:
     return read_json(Path(adapter_dir) / ADAPTER_INFO, default={})
 
 
-def export_adapter(adapter_dir: Path, dest: Path, base_model: str | None = None) -> Path:
+def export_adapter(adapter_dir: Path, dest: Path, base_model: str | None = None, *, overwrite: bool = False) -> Path:
     """Copy an adapter folder to ``dest`` with ``adapter_config.json`` naming the base by its hub id.
 
     ``base_model`` defaults to the name recorded at training time (``cruijff_kit.json``). The copy
-    holds no local paths, so it can be shared or pushed to a hub.
+    holds no local paths, so it can be shared or pushed to a hub. ``dest`` must be absent, an empty
+    folder or an earlier export (it holds ``.written-by-cruijff-kit``); anything else is replaced only
+    with ``overwrite``. ``dest`` never lies inside the adapter folder nor holds it.
     """
+    from cruijff_kit._base.ownership import OWNER_FILE, check_apart, check_writable, remove_path
+
     adapter_dir, dest = Path(adapter_dir), Path(dest)
     if not (adapter_dir / "adapter_config.json").exists():
         raise StageError(f"{adapter_dir} is not an adapter folder (no adapter_config.json).")
     base = base_model or adapter_info(adapter_dir).get("base_model")
     if not base:
         raise StageError(f"{adapter_dir} does not record its base model's name; pass it explicitly.")
-    if dest.exists() and any(dest.iterdir()):
-        raise StageError(f"{dest} exists and is not empty; choose a new folder for the export.")
+    check_apart(adapter_dir, dest, command="ck export")
+    check_writable(dest, command="ck export", overwrite=overwrite)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(adapter_dir, tmp, ignore=shutil.ignore_patterns(ADAPTER_INFO))
+    shutil.copytree(adapter_dir, tmp, ignore=shutil.ignore_patterns(ADAPTER_INFO, OWNER_FILE))
     name_base_model(tmp, base)
-    if dest.exists():
-        dest.rmdir()
+    (tmp / OWNER_FILE).write_text("Written by `ck export`; it may write here again.\n", encoding="utf-8")
+    remove_path(dest)
     os.replace(tmp, dest)
     return dest
 

@@ -95,6 +95,10 @@ class MultiturnDataset(Dataset):
         return self._splits
 
     # -- the Dataset API
+    def allows_truncation(self) -> bool:
+        """``on_truncation: warn`` accepts conversations that ``train.max_seq_length`` cuts."""
+        return self.config.on_truncation == "warn"
+
     def load(self, prompt: Any = None) -> Any:
         """A DatasetDict: ``messages`` rows (SFT) or ``prompt``/``chosen``/``rejected`` rows (pairs)."""
         local, _ = self.source()

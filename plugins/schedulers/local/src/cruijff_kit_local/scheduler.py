@@ -15,6 +15,9 @@ from pydantic import Field
 
 from cruijff_kit import PluginConfig, RunLayout, Scheduler, SchedulerConfig, StageJob, status
 
+#: Exit status of a `ck stage` that refused because another process holds the stage (see `ck stage`).
+CLAIMED_EXIT = 75
+
 
 class LocalConfig(SchedulerConfig):
     """Options of the local scheduler."""
@@ -96,6 +99,12 @@ class LocalScheduler(Scheduler):
                         want = max(1, job.resources.gpus) if gpus else 0
                         if want > len(free_gpus) and running:
                             continue
+                        state = status.stage_state(job.run_dir, job.stage)
+                        if state != status.SUBMITTED:  # no longer this runner's: `ck cancel`, or taken
+                            pending.remove(job)
+                            finished[job.key] = state
+                            progress.advance(bar)
+                            continue
                         mine, free_gpus = free_gpus[:want], free_gpus[want:]
                         pending.remove(job)
                         running.append(_Running(job, self._start(job, mine), mine, time.monotonic()))
@@ -117,14 +126,17 @@ class LocalScheduler(Scheduler):
         proc = subprocess.Popen(job.command(), stdout=out, stderr=err, env=env, start_new_session=True)
         out.close()
         err.close()
-        status.update_stage(job.run_dir, job.stage, state=status.SUBMITTED, scheduler=self.name,
-                            job_id=str(proc.pid), pid=proc.pid, host=os.uname().nodename)
+        # only while the stage is still this runner's claim: a `ck stage` started by hand may have taken it
+        status.update_stage(job.run_dir, job.stage, when=lambda e: e.get("state") == status.SUBMITTED,
+                            scheduler=self.name, job_id=str(proc.pid), pid=proc.pid, host=os.uname().nodename)
         return proc
 
     def _settle(self, job: StageJob, code: int) -> str:
         """Final state of a finished child; fixes up status when the child could not (SIGKILL)."""
         state = status.stage_state(job.run_dir, job.stage)
         if code == 0 and state == status.DONE:
+            return state
+        if code == CLAIMED_EXIT:  # another process holds the stage's claim: its entry is that process's
             return state
         if state in (status.RUNNING, status.SUBMITTED, status.PENDING) or (code == 0 and state != status.DONE):
             new = status.INTERRUPTED if code < 0 or code in (130, 137, 143) else status.FAILED

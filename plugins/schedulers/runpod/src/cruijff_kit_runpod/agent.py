@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -22,11 +23,16 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import traceback
+import urllib.error
 import urllib.request
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 ENV_PREFIX = "CK_"
+T = TypeVar("T")
 
 
 def log(msg: str) -> None:
@@ -38,9 +44,68 @@ def _retry_seconds() -> float:
     return float(os.environ.get("CK_RETRY_SECONDS", "2"))
 
 
+#: A transfer is given up on (and retried) when fewer than this many bytes arrive within the stall window.
+STALL_MIN_BYTES = 1024
+
+
+def _stall_seconds() -> float:
+    """The stall window of uploads and downloads (``$CK_STALL_SECONDS``, default 120)."""
+    return float(os.environ.get("CK_STALL_SECONDS") or "120")
+
+
+def _call_seconds() -> float:
+    """The total deadline of one small request (``$CK_CALL_SECONDS``, default 120)."""
+    return float(os.environ.get("CK_CALL_SECONDS") or "120")
+
+
+def _within(seconds: float, what: str, fn: Callable[[], T]) -> T:
+    """``fn()`` in a worker thread, given up on after ``seconds`` in total (the standard library's
+    socket timeouts are per read: a server that trickles bytes would hold the call forever). The pod
+    cannot import cruijff_kit before its install step, so this mirrors ``cruijff_kit.call_with_deadline``."""
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise TimeoutError(f"{what} did not finish within {seconds:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _copy(resp: Any, out: Any) -> int:
+    """Copy a response body into ``out`` in small reads; a stall (under STALL_MIN_BYTES within the stall
+    window) raises TimeoutError, a body shorter than its Content-Length raises ConnectionError."""
+    stall, got = _stall_seconds(), 0
+    window_start, window_bytes = time.monotonic(), 0
+    while True:
+        chunk = resp.read1(1 << 20)
+        if not chunk:
+            break
+        out.write(chunk)
+        got += len(chunk)
+        window_bytes += len(chunk)
+        if window_bytes >= STALL_MIN_BYTES:
+            window_start, window_bytes = time.monotonic(), 0
+        elif time.monotonic() - window_start > stall:
+            raise TimeoutError(f"transfer stalled: under {STALL_MIN_BYTES} bytes in {stall:g} s")
+    length = resp.headers.get("Content-Length")
+    if length and length.isdigit() and got < int(length):
+        raise ConnectionError(f"the body ended after {got} of {length} bytes")
+    return got
+
+
 def http(method: str, url: str, data: bytes | None = None, path: str | None = None,
          headers: dict[str, str] | None = None, attempts: int = 5) -> bytes:
-    """One HTTP request with retries; ``path`` uploads a file's content."""
+    """One HTTP request with retries; ``path`` uploads a file's content. A small request has a total
+    deadline per try; a file upload has a stall window (its socket writes and reads time out after it)."""
     last: Exception | None = None
     for i in range(attempts):
         try:
@@ -49,11 +114,10 @@ def http(method: str, url: str, data: bytes | None = None, path: str | None = No
                 with open(path, "rb") as fh:
                     hdrs["Content-Length"] = str(os.path.getsize(path))
                     req = urllib.request.Request(url, data=fh, method=method, headers=hdrs)
-                    with urllib.request.urlopen(req, timeout=600) as resp:
-                        return resp.read()
+                    with urllib.request.urlopen(req, timeout=_stall_seconds()) as resp:
+                        return _body(resp)
             req = urllib.request.Request(url, data=data, method=method, headers=hdrs)
-            with urllib.request.urlopen(req, timeout=600) as resp:
-                return resp.read()
+            return _within(_call_seconds(), f"{method} {url.split('?')[0]}", lambda r=req: _small(r))
         except Exception as exc:  # noqa: BLE001 - network errors of every kind are retried
             last = exc
             if i + 1 < attempts:
@@ -62,16 +126,37 @@ def http(method: str, url: str, data: bytes | None = None, path: str | None = No
     raise last
 
 
-def download(url: str, dest: str) -> None:
-    """Stream a GET into a file, with retries."""
+def _small(req: urllib.request.Request) -> bytes:
+    with urllib.request.urlopen(req, timeout=_call_seconds()) as resp:
+        return _body(resp)
+
+
+def _body(resp: Any) -> bytes:
+    buf = io.BytesIO()
+    _copy(resp, buf)
+    return buf.getvalue()
+
+
+def download(url: str, dest: str, attempts: int = 5) -> None:
+    """Stream a GET into ``dest`` with retries; a try that stalls is resumed where it stopped (an HTTP
+    Range request) when the server allows it. A body shorter than announced is never taken as whole."""
     last: Exception | None = None
-    for i in range(5):
+    for i in range(attempts):
+        have = os.path.getsize(dest) if os.path.exists(dest) else 0
         try:
-            with urllib.request.urlopen(url, timeout=600) as resp, open(dest, "wb") as out:
-                shutil.copyfileobj(resp, out, 1 << 20)
+            req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+            with urllib.request.urlopen(req, timeout=_stall_seconds()) as resp:
+                resumed = have > 0 and resp.status == 206
+                with open(dest, "ab" if resumed else "wb") as out:
+                    _copy(resp, out)
             return
+        except urllib.error.HTTPError as exc:
+            last = exc
+            if exc.code == 416:  # the range is past the end: start again from the beginning
+                os.remove(dest)
         except Exception as exc:  # noqa: BLE001
             last = exc
+        if i + 1 < attempts:
             time.sleep(_retry_seconds() * (2 ** i))
     assert last is not None
     raise last

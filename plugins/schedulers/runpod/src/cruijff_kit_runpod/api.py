@@ -7,6 +7,10 @@ or 500 surfaces as a JSON decode error), never retries, and pastes values into t
 Every value is escaped with :func:`gql_str` before it reaches a document.
 
 The base URL is ``$RUNPOD_API_BASE_URL`` (default ``https://api.runpod.io``), as in the SDK.
+
+Each try has a total deadline of ``timeout`` seconds (:func:`cruijff_kit.call_with_deadline`), not only
+a per-read timeout: a server that trickles bytes or never closes is given up on, and a 200 whose body
+is truncated or not JSON is retried like a 5xx; so a call ends within ``timeout x attempts`` plus backoff.
 """
 
 from __future__ import annotations
@@ -14,10 +18,19 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cruijff_kit import CkError
+from cruijff_kit import (
+    BadResponse,
+    CkError,
+    Deadline,
+    DeadlineExceeded,
+    call_with_deadline,
+    json_body,
+    read_body,
+)
 
 DEFAULT_BASE_URL = "https://api.runpod.io"
 NO_CAPACITY_MARKERS = ("no longer any instances", "not enough free gpus", "no instances available")
@@ -79,15 +92,17 @@ class PodRequest:
 class RunPodApi:
     """Pod calls against the RunPod GraphQL API.
 
-    Transient failures (HTTP 429, 5xx, timeouts, refused connections) are retried ``attempts`` times
-    with exponential backoff (``Retry-After`` honoured); everything else raises :class:`RunPodError`
-    at once. Creating a pod is not repeated blindly: after an ambiguous failure the pod is looked up
-    by its unique name first, so a retry never starts a second pod.
+    Transient failures (HTTP 429, 5xx, timeouts, refused connections, truncated or invalid JSON) are
+    retried ``attempts`` times, each try within ``timeout`` seconds in total, with exponential backoff
+    (``Retry-After`` honoured); everything else raises :class:`RunPodError` at once. Creating a pod is
+    not repeated blindly: after an ambiguous failure the pod is looked up by its unique name first, so
+    a retry never starts a second pod.
     """
 
     #: Seconds before the first retry; doubles each time (tests lower it).
     backoff: float = 2.0
     attempts: int = 5
+    #: Seconds one try may take in total (connecting, waiting and reading the whole answer).
     timeout: float = 30.0
 
     def __init__(self, api_key: str | None = None, *, quick: bool = False) -> None:
@@ -103,14 +118,31 @@ class RunPodApi:
 
         headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
                    "Authorization": f"Bearer {self.api_key}"}
+        payload = json.dumps({"query": query})
+
+        def attempt(deadline: Deadline) -> _Answer:
+            per_read = max(0.05, min(self.timeout, deadline.left()))
+            with requests.post(self.url, headers=headers, data=payload, timeout=per_read, stream=True) as resp:
+                resp.raw.decode_content = True  # gzip, if the server sends it, is undone by read1
+                length = resp.headers.get("Content-Length", "")
+                encoded = resp.headers.get("Content-Encoding", "identity").lower() != "identity"
+                body = read_body(resp.raw, deadline, length=int(length) if length.isdigit() and not encoded else None)
+                return _Answer(resp.status_code, resp.headers, body)
+
         try:
-            resp = requests.post(self.url, headers=headers, data=json.dumps({"query": query}), timeout=self.timeout)
-        except requests.Timeout as exc:
-            raise AmbiguousError(f"RunPod API at {self.url} did not answer within {self.timeout:.0f} s "
-                                 f"({type(exc).__name__}).") from None
+            answer = call_with_deadline(attempt, self.timeout, f"the RunPod API at {self.url}")
+        except (requests.Timeout, DeadlineExceeded) as exc:
+            raise AmbiguousError(f"RunPod API at {self.url} did not send its whole answer within {self.timeout:g} s, "
+                                 f"the limit for one try ({type(exc).__name__}).") from None
+        except BadResponse as exc:
+            raise AmbiguousError(f"RunPod API at {self.url} sent an incomplete answer ({exc}).") from None
         except requests.ConnectionError as exc:
             raise AmbiguousError(f"cannot reach the RunPod API at {self.url} ({_short(exc)}). Check your network "
                                  "connection (and RUNPOD_API_BASE_URL if you set it).") from None
+        return self._data(answer)
+
+    def _data(self, resp: _Answer) -> dict[str, Any]:
+        """The ``data`` of a GraphQL answer, or the error that fits its status and body."""
         code = resp.status_code
         if code in (401, 403):
             raise RunPodError(
@@ -125,8 +157,11 @@ class RunPodApi:
             err.retry_after = _seconds(retry_after)  # type: ignore[attr-defined]
             raise err
         try:
-            body = resp.json()
-        except ValueError:
+            body = json_body(resp.content, "the RunPod API")
+        except BadResponse:
+            if code < 300:  # a 200 cut short (or mangled on the way) is transient: retried
+                raise AmbiguousError(f"RunPod API answered HTTP {code} with a body that is not complete JSON: "
+                                     f"{_body_snippet(resp.text)}") from None
             raise RunPodError(f"RunPod API answered HTTP {code} with something that is not JSON: "
                               f"{_body_snippet(resp.text)}") from None
         errors = body.get("errors") if isinstance(body, dict) else None
@@ -264,6 +299,19 @@ class RunPodApi:
 
 
 # --------------------------------------------------------------------------- helpers
+@dataclass
+class _Answer:
+    """One HTTP answer, read in full within its deadline."""
+
+    status_code: int
+    headers: Mapping[str, str]  # case-insensitive, as requests gives them
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+
 def _num(v: Any) -> float | None:
     try:
         f = float(v)

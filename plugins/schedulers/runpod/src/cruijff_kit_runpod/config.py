@@ -16,6 +16,8 @@ from cruijff_kit import PluginConfig, SchedulerConfig, SpecError
 CloudType = Literal["SECURE", "COMMUNITY", "ALL"]
 DEFAULT_IMAGE = "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04"
 DEFAULT_SECRETS = ["HF_TOKEN", "WANDB_API_KEY"]
+#: Credentials of this machine that reach beyond one run; never passed to a pod.
+ACCOUNT_CREDENTIALS = frozenset({"RUNPOD_API_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN"})
 _HMS = re.compile(r"^(?:(\d+)-)?(\d+):(\d{1,2}):(\d{1,2})$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -122,6 +124,12 @@ class RunpodProfile(PluginConfig):
         bad = [n for n in v if not _ENV_NAME.match(n)]
         if bad:
             raise ValueError(f"not environment variable names: {bad}")
+        wide = [n for n in v if n in ACCOUNT_CREDENTIALS]
+        if wide:
+            raise ValueError(f"{', '.join(wide)} would give the pod a credential that reaches every run and "
+                             "every object of your account, not only this run's: RunPod gives each pod its own "
+                             "pod-scoped RUNPOD_API_KEY, and the pod reads and writes the bucket only through "
+                             "short-lived links to this run's objects. Remove it from `runpod.secrets`")
         return v
 
     @field_validator("secret_refs")
@@ -130,6 +138,10 @@ class RunpodProfile(PluginConfig):
         for var, name in v.items():
             if not _ENV_NAME.match(var) or not re.match(r"^[A-Za-z_][A-Za-z0-9_.\-/]*$", name):
                 raise ValueError(f"secret_refs entry {var}: {name} needs a variable name and a RunPod secret name")
+            if var in ACCOUNT_CREDENTIALS:
+                raise ValueError(f"secret_refs entry {var}: the pod must not get a credential that reaches other "
+                                 "runs (RunPod gives each pod its own pod-scoped RUNPOD_API_KEY; the bucket is "
+                                 "reached only through this run's short-lived links)")
         return v
 
     @field_validator("env")

@@ -36,8 +36,11 @@ from cruijff_kit_runpod.store import MAX_PRESIGN_SECONDS, ObjectStore
 RECORD = "runpod.json"
 #: A pod still alive this long after its deadline is terminated by the next refresh.
 OVERDUE_SECONDS = 15 * 60
-#: Pre-signed URLs outlive the pod's deadline by this much (uploads at the very end still work).
-URL_MARGIN_SECONDS = 6 * 3600
+#: Pre-signed URLs outlive the pod's deadline by this much (uploads at the very end still work); a pod
+#: still alive then is terminated by the next refresh (OVERDUE_SECONDS), so no link outlives its use.
+URL_MARGIN_SECONDS = OVERDUE_SECONDS
+#: The bundle is read once, when the pod starts: its link is valid at most this long (plus the margin).
+BUNDLE_LINK_SECONDS = 3600
 #: A pod that reported its stages done gets this long to terminate itself before it is terminated.
 SELF_TERMINATE_GRACE = 120.0
 MAX_ENV_VARS = 50
@@ -254,6 +257,25 @@ def missing_secrets(settings: PodSettings) -> list[str]:
     return [n for n in settings.secrets if n not in settings.secret_refs and not os.environ.get(n)]
 
 
+def link_seconds(seconds: int) -> dict[str, int]:
+    """How long each of a pod's links is valid, for a pod with a time limit of ``seconds``.
+
+    The bundle's GET link covers the pod's start (at most :data:`BUNDLE_LINK_SECONDS`); the PUT links
+    of results, status and done marker last until the pod's deadline; each gets
+    :data:`URL_MARGIN_SECONDS` more, all within S3's limit.
+    """
+    start = min(seconds, BUNDLE_LINK_SECONDS) + URL_MARGIN_SECONDS
+    work = seconds + URL_MARGIN_SECONDS
+    return {"bundle": min(start, MAX_PRESIGN_SECONDS),
+            **{k: min(work, MAX_PRESIGN_SECONDS) for k in ("results", "status", "done")}}
+
+
+def pod_links(store: ObjectStore, keys: dict[str, str], seconds: int) -> dict[str, str]:
+    """Pre-signed links, one per object of this pod launch (GET the bundle; PUT results, status, done)."""
+    valid = link_seconds(seconds)
+    return {k: store.presign("GET" if k == "bundle" else "PUT", keys[k], valid[k]) for k in valid}
+
+
 def launch(group: Group, settings: PodSettings, api: RunPodApi, price: float | None,
            echo: Any = None) -> dict[str, Any]:
     """Upload the group's bundle, create its pod, and record it. Returns the pod record."""
@@ -282,9 +304,8 @@ def launch(group: Group, settings: PodSettings, api: RunPodApi, price: float | N
         archive = Path(tmp) / "bundle.tar.gz"
         size = write_bundle(archive, group.run_dir, manifest, inputs)
         store.put_file(keys["bundle"], archive)
-    valid = min(seconds + URL_MARGIN_SECONDS, MAX_PRESIGN_SECONDS)
-    urls = {"bundle": store.presign("GET", keys["bundle"], valid)}
-    urls.update({k: store.presign("PUT", keys[k], valid) for k in ("results", "status", "done")})
+    urls = pod_links(store, keys, seconds)
+    store.refuse_public(keys["bundle"], urls["bundle"])
     created = time.time()
     deadline = created + seconds
     name = f"ck-{group.run_name}-{token.rsplit('-', 1)[1]}"

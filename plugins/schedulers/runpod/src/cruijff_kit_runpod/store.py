@@ -2,7 +2,9 @@
 
 This machine writes a run's inputs with its own credentials and gives the pod pre-signed URLs for
 exactly the objects it reads and writes (inputs; results, status, done marker), so the pod holds
-no bucket credentials.
+no bucket credentials. Each object lies under a key prefix of its own pod launch (a random token),
+each link signs one object and one method and expires soon after the pod's time limit, and a
+bundle that the bucket would serve without a link is deleted before any pod starts.
 """
 
 from __future__ import annotations
@@ -68,6 +70,39 @@ class ObjectStore:
                                                       ExpiresIn=int(min(seconds, MAX_PRESIGN_SECONDS)))
         except Exception as exc:
             raise self._error("sign a URL for", key, exc) from None
+
+    def delete(self, key: str) -> None:
+        """Remove one object (missing is fine)."""
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            if not _is_missing(exc):
+                raise self._error("delete", key, exc) from None
+
+    def refuse_public(self, key: str, signed_url: str) -> None:
+        """Raise a :class:`StoreError` (after deleting the object) when anyone can read ``key`` without a link.
+
+        ``signed_url`` is a pre-signed GET link of the object: the same URL without its signature must
+        be refused by the bucket. A bucket (or a policy on it) that serves objects to anyone would make
+        every bundle readable without the run's short-lived link.
+        """
+        import urllib.error
+        import urllib.request
+
+        plain = signed_url.split("?", 1)[0]
+        try:
+            with urllib.request.urlopen(urllib.request.Request(plain, method="HEAD"), timeout=30) as resp:
+                public = 200 <= resp.status < 300
+        except (urllib.error.URLError, OSError, ValueError):
+            public = False  # refused (403), unreachable without a signature, or not HTTP: not public
+        if public:
+            self.delete(key)
+            where = self.location.get("endpoint_url") or "AWS S3"
+            raise StoreError(
+                f"the bucket {self.bucket} at {where} lets anyone read s3://{self.bucket}/{key} without a link; "
+                "cruijff-kit never leaves a run's inputs public, so it deleted the object and started no pod. Turn "
+                "off public access on the bucket (no public-read policy or ACL, no public r2.dev/website access) "
+                "or name a private bucket under `runpod.store` in your profile.")
 
     def get_bytes(self, key: str) -> bytes | None:
         """An object's content, or None when it does not exist."""

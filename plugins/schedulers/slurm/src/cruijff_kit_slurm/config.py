@@ -8,9 +8,9 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from cruijff_kit import PluginConfig, Resources, SchedulerConfig
+from cruijff_kit.files import literal_secret
 
 _MEM = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
-_ASSIGN = re.compile(r"(?:^|[\s;&|(])(?:export\s+|setenv\s+)?([A-Za-z_][A-Za-z0-9_]*)(?:=|\s+)(\S*)")
 _TIME = re.compile(r"^(?:(\d+)-)?(\d{1,3}):(\d{2})(?::(\d{2}))?$")
 
 
@@ -108,20 +108,10 @@ class SlurmProfile(PluginConfig):
         for line in v:
             if "\n" in line or "\r" in line:
                 raise ValueError("each item must be one line (make it a list of lines)")
-            name = secret_assignment(line)
-            if name:
-                raise ValueError(f"a line sets the secret {name} to a literal value, which would be "
-                                 f"written into every job script; set {name} in your shell before `ck run` "
-                                 "instead (sbatch passes the environment to the jobs without writing it)")
+            why = literal_secret(line)
+            if why:
+                raise ValueError(f"this item {why}, which would be written into every "
+                                 "job script; name the environment variable instead (`export HF_TOKEN=$HF_TOKEN`, "
+                                 "or set it in your shell before `ck run`: sbatch passes the environment to the "
+                                 "jobs without writing it)")
         return v
-
-
-def secret_assignment(line: str) -> str | None:
-    """The secret variable a shell line assigns a literal value to (``export HF_TOKEN=hf_...``), if any."""
-    from cruijff_kit.files import is_secret_name
-
-    for m in _ASSIGN.finditer(line):
-        name, value = m.group(1), m.group(2).strip("'\"")
-        if is_secret_name(name) and value and not value.startswith("$"):
-            return name
-    return None

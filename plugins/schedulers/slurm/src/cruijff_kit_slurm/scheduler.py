@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from cruijff_kit import ExperimentLayout, PluginConfig, Resources, RunLayout, Scheduler, StageJob, status
-from cruijff_kit.files import atomic_write_json, atomic_write_text
+from cruijff_kit.files import atomic_write_json
 from cruijff_kit_slurm import slurmcli
 from cruijff_kit_slurm.config import SlurmConfig, SlurmProfile
-from cruijff_kit_slurm.script import StageScript, array_script, stage_script
+from cruijff_kit_slurm.script import StageScript, array_script, stage_script, write_script
 
 NAME = "slurm"
 
@@ -153,8 +153,7 @@ class SlurmScheduler(Scheduler):
             spec = StageScript(job.run_dir, job.run_name, job.experiment, job.stage, job.kind, res)
             path = job.run_dir / "slurm" / f"{job.stage}.sbatch"
             RunLayout(job.run_dir).logs_dir.mkdir(parents=True, exist_ok=True)  # sbatch opens the logs there
-            atomic_write_text(path, stage_script(spec, self.cfg, prof, python, self.cfg.array_parallelism))
-            path.chmod(0o755)
+            write_script(path, stage_script(spec, self.cfg, prof, python, self.cfg.array_parallelism))
             task = _Task(job, index[job.run_dir], res, path)
             status.update_stage(job.run_dir, job.stage, script=str(path))
             target = _stage_target(job.stage)
@@ -214,7 +213,7 @@ class SlurmScheduler(Scheduler):
         text = array_script(part.stage, part.tasks[0].job.experiment, [(t.index, t.script) for t in part.tasks],
                             part.resources, self.cfg, prof, folder / "logs", self.cfg.array_parallelism)
         (folder / "logs").mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, text)
+        write_script(path, text)
         return path
 
     # ------------------------------------------------------------------ sending

@@ -4,7 +4,8 @@ A stage script runs ``python -m cruijff_kit stage RUN_DIR STAGE`` (under ``srun 
 multi-node training), forwards SLURM's signals to it, requeues the job after the time-limit warning,
 retries a train stage that ran out of memory with a smaller batch, samples GPUs with nvidia-smi when
 present, and exits with the stage's exit code. Scripts hold no secret values: jobs get secrets from
-the environment ``sbatch`` exports, never from the file.
+the environment ``sbatch`` exports, never from the file; a script that would hold one is refused
+(:func:`write_script`), and scripts are written readable by their owner only (``0o700``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cruijff_kit import Resources
-from cruijff_kit.files import scrub
+from cruijff_kit.files import atomic_write_text, refuse_secret_values
 from cruijff_kit_slurm.config import SlurmConfig, SlurmProfile, memory_mb, time_minutes
 
 #: Columns of ``logs/<stage>.gpu.csv``.
@@ -23,6 +24,8 @@ GPU_QUERY = "timestamp,index,name,utilization.gpu,utilization.memory,memory.used
 GPU_HEADER = "timestamp,index,name,utilization_gpu_pct,utilization_memory_pct,memory_used_mib," \
              "memory_total_mib,power_draw_w,temperature_c"
 GPU_SAMPLE_SECONDS = 15
+#: Permission bits of every script written: the owner reads, writes and runs it; no one else reads it.
+SCRIPT_MODE = 0o700
 
 
 @dataclass
@@ -199,7 +202,7 @@ def stage_script(job: StageScript, config: SlurmConfig, profile: SlurmProfile, p
         'exit "$code"',
         "",
     ]
-    return scrub("\n".join(lines))
+    return "\n".join(lines)
 
 
 def array_script(stage: str, experiment: str, tasks: list[tuple[int, Path]], resources: Resources,
@@ -223,4 +226,14 @@ def array_script(stage: str, experiment: str, tasks: list[tuple[int, Path]], res
         'exec bash "$ck_script"',
         "",
     ]
-    return scrub("\n".join(lines))
+    return "\n".join(lines)
+
+
+def write_script(path: Path, text: str) -> None:
+    """Write a batch script with mode ``0o700`` (whatever the umask), refusing one that holds a secret.
+
+    A secret's value can only get into a script through a name or a path the user chose (an account
+    named like a password); replacing it would break the job, so the script is refused instead.
+    """
+    refuse_secret_values(text, file=str(path), what="job script")
+    atomic_write_text(path, text, mode=SCRIPT_MODE)

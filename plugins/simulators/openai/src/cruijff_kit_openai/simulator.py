@@ -4,6 +4,10 @@ Works with any server speaking the chat-completions API (vLLM, llama.cpp server,
 ``base_url`` picks it, ``model`` the model. The API key is read from the environment variable named
 by ``api_key_env`` when the simulation starts; it is never written anywhere. The client's own
 retries are off: the core retries transient failures (429, 5xx, timeouts) with backoff.
+
+``timeout`` is each try's total deadline (:func:`cruijff_kit.within_deadline`), not only the client's
+per-read timeout, so a server that trickles bytes or never closes cannot hold a call; a 200 whose
+body is truncated or not JSON is a :class:`cruijff_kit.BadResponse`, retried like a 5xx.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from cruijff_kit import CkError, Simulator, SimulatorConfig
+from cruijff_kit import BadResponse, CkError, DeadlineExceeded, Simulator, SimulatorConfig, within_deadline
 
 
 class OpenAIConfig(SimulatorConfig):
@@ -25,7 +29,8 @@ class OpenAIConfig(SimulatorConfig):
                                  "$OPENAI_BASE_URL, else the client's default).")
     api_key_env: str | None = Field("OPENAI_API_KEY", description="Environment variable holding the API "
                                     "key; null for endpoints without keys.")
-    timeout: float = Field(60.0, gt=0, description="Seconds per request before it counts as timed out.")
+    timeout: float = Field(60.0, gt=0, description="Seconds per request, in total (connecting, waiting and "
+                           "reading the whole reply), before it counts as timed out and is retried.")
     top_p: float | None = Field(None, gt=0, le=1)
     extra_body: dict[str, Any] = Field(default_factory=dict, description="Extra request fields the "
                                        "endpoint understands (e.g. top_k, repetition_penalty).")
@@ -116,7 +121,13 @@ class OpenAISimulator(Simulator):
         # The client's documented request method with a plain JSON body: the same auth, base URL, timeouts
         # and typed errors as `chat.completions.create`, without its per-call schema transforms (which
         # cost more CPU than the request itself when hundreds of calls are in flight).
-        data = await client.post("/chat/completions", body=kwargs, cast_to=object)
+        try:
+            data = await within_deadline(client.post("/chat/completions", body=kwargs, cast_to=object),
+                                         cfg.timeout, f"a request to {self.label()}")
+        except DeadlineExceeded as exc:  # counted with the client's own timeouts: the same failure
+            raise _timed_out(client, str(exc)) from None
+        except ValueError as exc:  # the client's JSON decoding of a truncated or invalid 200 body
+            raise BadResponse(f"{self.label()} answered with a body that is not complete JSON ({exc})") from None
         self._usage["calls"] += 1
         usage = data.get("usage") if isinstance(data, dict) else None
         if isinstance(usage, dict):
@@ -159,6 +170,17 @@ class OpenAISimulator(Simulator):
 
     def stats(self) -> dict[str, Any]:
         return dict(self._usage)
+
+
+def _timed_out(client: Any, why: str) -> Exception:
+    """The client's own timeout error (``APITimeoutError``, retried), saying which deadline passed."""
+    import httpx
+    import openai
+
+    err = openai.APITimeoutError(request=httpx.Request("POST", f"{client.base_url}chat/completions"))
+    err.message = f"Request timed out: {why} (the `timeout` option)."
+    err.args = (err.message,)
+    return err
 
 
 class EmptyReply(Exception):

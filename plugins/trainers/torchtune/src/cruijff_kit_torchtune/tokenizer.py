@@ -86,18 +86,25 @@ class HFChatTokenizer:
 
         Cut to ``max_seq_len``. Raises DataError when the template renders no assistant text.
         """
-        msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
-        if self.has_generation_markers:
-            out = self.hf.apply_chat_template(msgs, tokenize=True, return_dict=True,
-                                              return_assistant_tokens_mask=True)
-            tokens = list(out["input_ids"])
-            mask = [bool(x) for x in out["assistant_masks"]]
-        else:
-            tokens, mask = self._mask_by_prefixes(msgs)
+        tokens, mask = self.tokens_and_mask(messages)
         if self.max_seq_len is not None:
             tokens, mask = tokens[: self.max_seq_len], mask[: self.max_seq_len]
         labels = [t if m else IGNORE_INDEX for t, m in zip(tokens, mask, strict=True)]
         return tokens, labels
+
+    def tokens_and_mask(self, messages: list[dict[str, Any]]) -> tuple[list[int], list[bool]]:
+        """One conversation's tokens and assistant flags, before any cut at ``max_seq_len``."""
+        msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
+        if self.has_generation_markers:
+            out = self.hf.apply_chat_template(msgs, tokenize=True, return_dict=True,
+                                              return_assistant_tokens_mask=True)
+            return list(out["input_ids"]), [bool(x) for x in out["assistant_masks"]]
+        return self._mask_by_prefixes(msgs)
+
+    def target_mask(self, messages: list[dict[str, Any]]) -> list[bool]:
+        """True for each token the loss trains on (the assistant turns), before any cut: the trainer's
+        :meth:`~cruijff_kit.Trainer.target_masker`."""
+        return self.tokens_and_mask(messages)[1]
 
     def _render(self, msgs: list[dict[str, Any]], generation_prompt: bool) -> str:
         return str(self.hf.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation_prompt))

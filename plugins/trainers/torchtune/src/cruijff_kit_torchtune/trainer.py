@@ -6,6 +6,7 @@ Importing this module is cheap (no torch, no torchtune): the work happens in :mo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,14 +70,29 @@ class TorchtuneTrainer(Trainer):
 
         return estimate_run(run, self.config)  # type: ignore[arg-type]
 
+    def target_masker(self, model_path: str, revision: str | None = None) -> Callable[[list[dict[str, Any]]],
+                                                                                      list[bool]]:
+        """Target flags per token, from the tokenizer the recipe trains with (:class:`HFChatTokenizer`)."""
+        from cruijff_kit.training import chat_template_text
+        from cruijff_kit_torchtune.run import local_model_dir
+        from cruijff_kit_torchtune.tokenizer import HFChatTokenizer
+
+        cfg: TorchtuneConfig = self.config  # type: ignore[assignment]
+        template = chat_template_text(cfg.chat_template, self.path)
+        return HFChatTokenizer(str(local_model_dir(model_path)), chat_template=template).target_mask
+
     def train(self, ctx: StageContext) -> None:
-        """Run the train stage; relaunch under torchrun first when the run asks for several processes."""
+        """Run the train stage; relaunch under torchrun first when the run asks for several processes.
+
+        Before training, rows whose target tokens ``max_seq_length`` cuts are refused unless allowed.
+        """
         from cruijff_kit import training
 
         resources = ctx.resources
         if training.needs_launch(resources):
             training.relaunch(Path(ctx.run_dir), ctx.stage.name, resources, launcher="torchrun")
             return
+        training.require_truncation_allowed(ctx, self, ctx.dataset())
         from cruijff_kit_torchtune.run import run_training
 
         run_training(self, ctx)

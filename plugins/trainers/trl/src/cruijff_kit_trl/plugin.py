@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from cruijff_kit import Estimate, Trainer
 from cruijff_kit_trl.config import TrlConfig
@@ -37,14 +38,25 @@ class TrlTrainer(Trainer):
 
         return chat_template_text(self.config.chat_template, self.path)
 
+    def target_masker(self, model_path: str, revision: str | None = None) -> Callable[[list[dict[str, Any]]],
+                                                                                      list[bool]] | None:
+        """Target flags per token, tokenized as ``SFTTrainer`` does (None for dpo: pairs are not counted)."""
+        from cruijff_kit_trl.masks import sft_masker
+
+        return sft_masker(model_path, self.config, self.chat_template(), revision)
+
     def train(self, ctx: StageContext) -> None:
-        """Train; with more than one process, relaunch this stage under ``accelerate launch`` first."""
+        """Train; with more than one process, relaunch this stage under ``accelerate launch`` first.
+
+        Before training, rows whose target tokens ``max_seq_length`` cuts are refused unless allowed.
+        """
         from cruijff_kit import training
 
         resources = ctx.resources
         if training.needs_launch(resources):
             training.relaunch(ctx.run_dir, ctx.stage.name, resources, launcher="accelerate")
             return
+        training.require_truncation_allowed(ctx, self, ctx.dataset())
         if self.config.objective == "dpo":
             from cruijff_kit_trl.dpo import run_dpo
 

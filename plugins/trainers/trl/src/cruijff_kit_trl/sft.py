@@ -42,10 +42,12 @@ def load_tokenizer(model_path: str, chat_template: str | None, revision: str | N
 
 def supports_assistant_mask(tokenizer: Any) -> bool:
     """True when TRL can mask non-assistant tokens with this chat template (markers present or patchable)."""
-    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+    from cruijff_kit_trl.masks import has_generation_markers
 
     if has_generation_markers(tokenizer.chat_template):
         return True
+    from trl.chat_template_utils import get_training_chat_template
+
     try:
         get_training_chat_template(tokenizer)
     except ValueError:
@@ -98,16 +100,19 @@ def prepare_data(data: Any, tokenizer: Any, config: TrlConfig) -> tuple[Any, Any
         if len(ds) == 0:
             raise DataError(f"the `{name}` split is empty.")
         splits[name] = ds.select_columns(["messages"])
-    mode = "all"
-    if config.assistant_only_loss:
-        if supports_assistant_mask(tokenizer):
-            mode = "assistant"
-        else:
-            mode = "completion"
-            _say("the chat template has no {% generation %} markers and TRL cannot patch it: training on the "
-                 "last assistant turn of each conversation only (prompt/completion loss).")
-            splits = {k: _to_prompt_completion(v, k) for k, v in splits.items()}
+    mode = loss_mode(tokenizer, config)
+    if mode == "completion":
+        _say("the chat template has no {% generation %} markers and TRL cannot patch it: training on the "
+             "last assistant turn of each conversation only (prompt/completion loss).")
+        splits = {k: _to_prompt_completion(v, k) for k, v in splits.items()}
     return splits["train"], splits.get("validation"), mode
+
+
+def loss_mode(tokenizer: Any, config: TrlConfig) -> str:
+    """``assistant``, ``completion`` or ``all``: which tokens SFT trains on (see :func:`prepare_data`)."""
+    if not config.assistant_only_loss:
+        return "all"
+    return "assistant" if supports_assistant_mask(tokenizer) else "completion"
 
 
 # --------------------------------------------------------------------------- model
