@@ -336,3 +336,86 @@ def test_a_damaged_hub_cache_ref_names_the_file_and_the_download_command(tmp_pat
     from cruijff_kit._engine.hubcache import find_cached
 
     assert find_cached("some-org/some-model", tmp_path / "cache") == repo / "snapshots" / commit
+
+
+# --------------------------------------------------------------------------- ck cancel, ck stage writing results
+SPEC_WITH_BASE = SPEC.replace("include_base: false", "include_base: true")
+QUICK_DAMAGE = {k: COMMON[k] for k in ("truncated", "list-not-object")}
+
+
+@pytest.fixture
+def written(tmp_path: Path, with_toy: Path) -> Experiment:
+    """Two planned toy runs (base and epoch_0 evaluations), folders written in this process, nothing run."""
+    from cruijff_kit.engine import load_spec, make_plan, write_experiment
+
+    spec = write_spec(tmp_path, SPEC_WITH_BASE)
+    plan = make_plan(load_spec(spec))
+    write_experiment(plan)
+    runs = sorted(r.layout.root for r in plan.runs)
+    return Experiment(spec, plan.layout.root, runs[0], runs[1])
+
+
+@pytest.mark.parametrize("kind", list(QUICK_DAMAGE))
+def test_ck_cancel_cancels_every_run_it_can_and_names_the_damaged_one(written, ck, kind):
+    """The first run's status.json is damaged; the second run's train stage runs in a live local process.
+    `ck cancel` stops that process and marks it cancelled, then exits non-zero naming the damaged file."""
+    from cruijff_kit import status
+
+    exp = written
+    # a stage process as the local scheduler starts it (a session of its own; its pid is its group)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+    try:
+        status.update_stage(exp.good, "train", state="running", scheduler="local", job_id=str(proc.pid),
+                            pid=proc.pid, host=os.uname().nodename)
+        path = exp.bad / "status.json"
+        bad = damage(path, QUICK_DAMAGE[kind])
+        res = ck("cancel", str(exp.spec))
+        assert res.returncode == 2, res.stdout + res.stderr
+        assert_clear(res, path, f"run {exp.bad.name}", "Cancelled 1 stage(s)", "could not cancel",
+                     str(exp.bad / ".claims"))
+        assert proc.wait(timeout=60) == -15  # SIGTERM, sent by the local scheduler's cancel
+        assert status.read(exp.good)["stages"]["train"]["state"] == "cancelled"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # nothing else was touched: the damaged file stays as it was, for the user to recover
+    assert path.read_bytes() == bad
+    assert not list(exp.bad.glob("status.json.damaged-*"))
+
+
+RESULTS_WRITE_DAMAGE: dict[str, Damage] = {
+    **COMMON,
+    "target-entry-is-a-string": lambda raw: b'{"exact": {"epoch_0": "1.0"}}',
+}
+
+
+@pytest.mark.parametrize("kind", list(RESULTS_WRITE_DAMAGE))
+def test_ck_stage_moves_a_damaged_results_json_aside_then_writes_and_ck_run_redoes_the_rest(written, ck, kind):
+    """`ck stage` of an eval stage finds results.json damaged: it says so naming the file and the recovery,
+    moves it aside byte for byte, writes its own result, and `ck run` evaluates the other target again."""
+    from cruijff_kit import status
+    from cruijff_kit.engine import run_stage
+
+    exp = written
+    for stage in ("train", "eval.exact.base", "eval.exact.epoch_0"):
+        run_stage(exp.bad, stage)
+    path = exp.bad / "eval" / "results.json"
+    assert set(json.loads(path.read_text())["exact"]) == {"base", "epoch_0"}
+    bad = damage(path, RESULTS_WRITE_DAMAGE[kind])
+
+    res = ck("stage", str(exp.bad), "eval.exact.base")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert_clear(res, path, "is damaged", "moved aside to results.json.damaged-", "`ck run SPEC`")
+    (aside,) = exp.bad.glob("eval/results.json.damaged-*")
+    assert aside.read_bytes() == bad  # kept, never deleted
+    # the toy evaluator scores 0.5 on the base model; epoch_0's result is in the moved-aside file only
+    written_now = json.loads(path.read_text())
+    assert list(written_now) == ["exact"] and list(written_now["exact"]) == ["base"]
+    assert written_now["exact"]["base"]["accuracy"] == {"value": 0.5, "stderr": 0.0}
+    assert status.read(exp.bad)["stages"]["eval.exact.base"]["state"] == "done"
+
+    res = run_again(ck, exp)  # the good run's 3 stages, and the bad run's epoch_0 evaluation again
+    assert "4 stage(s) submitted, 2 already done" in res.stdout, res.stdout
+    results = json.loads(path.read_text())["exact"]
+    assert results["base"]["accuracy"]["value"] == 0.5 and results["epoch_0"]["accuracy"]["value"] == 1.0

@@ -108,6 +108,8 @@ class BadServer:
                 length = int(value.strip())
             if name.strip().lower() == "range" and value.strip().startswith("bytes="):
                 start = int(value.strip()[6:].split("-")[0])
+            if name.strip().lower() == "expect" and value.strip().lower() == "100-continue":
+                conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")  # as S3 does: botocore sends its body after it
         while len(body) < length:
             chunk = conn.recv(65536)
             if not chunk:
@@ -461,3 +463,215 @@ def test_models_download_slow_but_steady_is_never_cut(tmp_path: Path, bad_server
     assert server.count("steady") == 1  # one request, never cut or resumed
     snap = hub.find_cached(HUB_REPO, cache)
     assert snap is not None and (snap / "model.safetensors").read_bytes() == HUB_FILES["model.safetensors"]
+
+
+# --------------------------------------------------------------------------- the RunPod object store (boto3)
+STORE_SCRIPT = """
+import json, sys
+from pathlib import Path
+from cruijff_kit_runpod.store import ObjectStore
+# small calls: 1 s per try in total; large transfers: 1 KiB per 1 s stall window; 2 tries each
+ObjectStore.call_seconds, ObjectStore.stall_seconds, ObjectStore.attempts, ObjectStore.backoff = 1.0, 1.0, 2, 0.01
+ObjectStore.stall_bytes = 1024
+what, endpoint, dest = sys.argv[1:4]
+if what == "ck":  # the real `ck` command line, with the windows above
+    from cruijff_kit._cli import main
+    main(sys.argv[4:])
+store = ObjectStore({"bucket": "ck-bucket", "prefix": "ck", "endpoint_url": endpoint, "region": "us-east-1",
+                     "addressing_style": "path"})
+try:
+    if what == "get":
+        value = store.get_json("ck/run/status.json")
+    elif what == "download":
+        value = store.download("ck/run/results.tar.gz", Path(dest))
+    else:
+        value = store.delete("ck/run/bundle.tar.gz")
+    print(json.dumps({"value": value}))
+except Exception as exc:
+    print(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
+"""
+
+
+def _store_env() -> dict[str, str]:
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "AKIDFAKE", "AWS_SECRET_ACCESS_KEY": "fake-secret-key",
+           "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+           "AWS_EC2_METADATA_DISABLED": "true"}
+    env.pop("AWS_PROFILE", None)
+    return env
+
+
+def _store(server: BadServer, what: str, dest: Path) -> dict[str, Any]:
+    """One call of the RunPod plugin's bucket client in a fresh process against ``server``, under the hang guard."""
+    res = subprocess.run([sys.executable, "-c", STORE_SCRIPT, what, server.url, str(dest)], capture_output=True,
+                         text=True, env=_store_env(), timeout=HANG_GUARD)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("what", ["get", "delete"])
+def test_runpod_store_small_call_gives_up_on_a_trickling_bucket(
+        tmp_path: Path, bad_server: Callable[..., BadServer], what: str) -> None:
+    server = bad_server(lambda m, p, body: ("trickle", b""))
+    out = _store(server, what, tmp_path / "unused")
+    assert out.get("error") == "StoreError", out
+    assert f"the bucket endpoint {server.url} did not answer in time" in out["message"]
+    assert "did not finish within its deadline of 1 s" in out["message"]
+    assert "gave up after 2 tries" in out["message"] and "runpod.store.endpoint_url" in out["message"]
+    assert server.count("trickle") == 2  # timeout x attempts: each try cut at its 1 s deadline
+
+
+def test_runpod_store_read_retries_a_truncated_body(tmp_path: Path, bad_server: Callable[..., BadServer]) -> None:
+    answers = iter(["truncated"])
+    body = json.dumps({"stages": {"train": {"state": "running"}}}).encode()
+    server = bad_server(lambda m, p, b: (next(answers, "ok"), body))
+    out = _store(server, "get", tmp_path / "unused")
+    assert out == {"value": {"stages": {"train": {"state": "running"}}}}
+    assert (server.count("truncated"), server.count("ok")) == (1, 1)
+
+
+@pytest.mark.parametrize("mode", ["trickle", "stall"])
+def test_runpod_results_download_stalled_is_given_up_and_leaves_no_file(
+        tmp_path: Path, bad_server: Callable[..., BadServer], mode: str) -> None:
+    state = {"mode": mode}
+    server = bad_server(lambda m, p, body: ("ok" if m == "HEAD" else state["mode"], BUNDLE))
+    dest = tmp_path / "results.tar.gz"
+    out = _store(server, "download", dest)
+    assert out.get("error") == "StoreError", out
+    assert "stalled: fewer than 1024 bytes" in out["message"] and "gave up after 2 tries" in out["message"]
+    assert server.url in out["message"]
+    assert list(tmp_path.iterdir()) == []  # nothing half-written, not even a partial file beside it
+    assert server.count(mode) == 2
+    # slow but steady is never cut: 16 KiB at 2 KiB every 0.25 s takes 2 s, twice the 1 s stall window,
+    # each window with over 1 KiB
+    state["mode"] = "steady"
+    out = _store(server, "download", dest)
+    assert out == {"value": True}
+    assert dest.read_bytes() == BUNDLE and server.count("steady") == 1
+
+
+def test_ck_run_gives_up_on_a_bucket_that_trickles_its_answer_to_the_bundle_upload(
+        tmp_path: Path, bad_server: Callable[..., BadServer], with_toy: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from runpod_fixtures import run_dirs, running_fake_runpod, stages, write_profile, write_toy_spec
+
+    fake = running_fake_runpod(with_toy, tmp_path, monkeypatch)
+    api = next(fake)  # the RunPod API on 127.0.0.1 (its environment set for the subprocess)
+    try:
+        # the bucket takes the whole bundle, then answers one byte every 0.2 s and never closes
+        server = bad_server(lambda m, p, body: ("trickle" if m == "PUT" else "notfound", b""))
+        spec = write_toy_spec(tmp_path)
+        write_profile(tmp_path, server)  # type: ignore[arg-type] - only its url is read
+        res = subprocess.run([sys.executable, "-c", STORE_SCRIPT, "ck", server.url, "-", "run", str(spec)],
+                             capture_output=True, text=True, env=_store_env(), cwd=tmp_path, timeout=HANG_GUARD)
+        out = res.stdout + res.stderr
+        assert res.returncode != 0, out
+        assert "Traceback" not in out
+        assert f"the bucket endpoint {server.url} did not answer in time" in out, out
+        assert "stalled: fewer than 1024 bytes" in out and "gave up after 2 tries" in out
+        assert server.count("trickle") == 2  # two tries of the upload, each cut at its 1 s stall window
+        # nothing recorded as started: no pod, no stage submitted
+        assert api.calls("podFindAndDeployOnDemand") == []
+        (run,) = run_dirs(tmp_path)
+        assert {e["state"] for e in stages(run).values()} <= {"pending"}, stages(run)
+    finally:
+        next(fake, None)
+
+
+# --------------------------------------------------------------------------- half-downloaded hub snapshots
+HUB_SPEC = """
+experiment: toy
+model: {path: %s, revision: %s}
+dataset: {plugin: toy-data}
+train: {plugin: toy, epochs: 1, steps_per_epoch: 2}
+eval:
+  - {plugin: toy-eval, task: exact, checkpoints: last, include_base: false}
+"""
+
+
+def test_spec_naming_a_commit_never_resolves_to_a_stalled_download(
+        tmp_path: Path, bad_server: Callable[..., BadServer], with_toy: Path) -> None:
+    from conftest import write_spec
+
+    from cruijff_kit._models import hub
+
+    state = {"info": "ok", "weights": "stall"}
+    server = bad_server(_hub_choose(state))
+    cache = tmp_path / "cache"
+    assert _models_download(server, cache, "--stall-timeout", "0.5").returncode == 2
+    snap = hub.repo_folder(cache, HUB_REPO) / "snapshots" / HUB_COMMIT
+    assert (snap / "config.json").is_file() and not (snap / "model.safetensors").exists()  # half a model
+    (tmp_path / "ck.profile.yaml").write_text(f"models_cache: {cache}\n")
+    spec = write_spec(tmp_path, HUB_SPEC % (HUB_REPO, HUB_COMMIT))
+    res = run_ck("validate", str(spec), cwd=tmp_path)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr
+    assert f"{snap} is not a complete download of {HUB_REPO}" in res.stderr
+    assert f"`ck models download {HUB_REPO} --revision {HUB_COMMIT}` finishes it" in res.stderr
+    # the command it names finishes the download; then the spec resolves to the verified snapshot
+    state["weights"] = "ok"
+    assert _models_download(server, cache, "--revision", HUB_COMMIT).returncode == 0
+    assert hub.find_cached(HUB_REPO, cache, HUB_COMMIT) == snap
+    assert (snap / "model.safetensors").read_bytes() == HUB_FILES["model.safetensors"]
+
+
+@pytest.mark.parametrize("damage", ["incomplete-blob", "missing-blob"])
+def test_find_cached_refuses_a_snapshot_with_a_partial_or_missing_blob(tmp_path: Path, damage: str) -> None:
+    from cruijff_kit import CkError
+    from cruijff_kit._models import hub
+
+    cache = tmp_path / "cache"
+    repo = hub.repo_folder(cache, HUB_REPO)
+    snap = repo / "snapshots" / HUB_COMMIT
+    (repo / "blobs").mkdir(parents=True)
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(HUB_COMMIT)  # the ref the hub library writes before its files
+    (repo / "blobs" / "aaaa").write_bytes(HUB_FILES["config.json"])
+    (snap / "config.json").symlink_to("../../blobs/aaaa")
+    assert hub.find_cached(HUB_REPO, cache) == snap  # a whole (if small) snapshot: found by ref and by commit
+    assert hub.find_cached(HUB_REPO, cache, HUB_COMMIT) == snap
+    if damage == "incomplete-blob":  # a download of the weights stopped midway (killed)
+        (repo / "blobs" / "bbbb.incomplete").write_bytes(HUB_FILES["model.safetensors"][:100])
+        why = "1 file(s) in"
+    else:  # the weights' blob was deleted after the snapshot was recorded as verified
+        hub.record(cache, HUB_REPO, "main", HUB_COMMIT)
+        (snap / "model.safetensors").symlink_to("../../blobs/bbbb")
+        why = "its file model.safetensors links to a blob that is not there"
+    for rev in (None, HUB_COMMIT):
+        with pytest.raises(CkError) as err:
+            hub.find_cached(HUB_REPO, cache, rev)
+        assert why in str(err.value) and f"ck models download {HUB_REPO}" in str(err.value)
+
+
+# --------------------------------------------------------------------------- the trl plugin's push_to_hub
+PUSH_SCRIPT = """
+import json, sys
+from pathlib import Path
+from cruijff_kit_trl import sft
+sft.HUB_CALL_SECONDS, sft.HUB_ATTEMPTS, sft.HUB_BACKOFF = 1.0, 2, 0.01  # 1 s per try, 2 tries
+folder = Path(sys.argv[1])
+try:
+    sft.push_folder(folder, "acme/adapter", private=True, message="run epoch 0", kept=folder)
+    print(json.dumps({"value": None}))
+except Exception as exc:
+    print(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
+"""
+
+
+def test_push_to_hub_gives_up_on_a_trickling_hub(tmp_path: Path, bad_server: Callable[..., BadServer]) -> None:
+    server = bad_server(lambda m, p, body: ("trickle", b"{}"))
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    env = {**os.environ, "HF_ENDPOINT": server.url, "HF_TOKEN": "hf_test", "HF_HUB_DISABLE_XET": "1",
+           "HF_HUB_OFFLINE": "", "TRANSFORMERS_OFFLINE": "", "HF_DATASETS_OFFLINE": ""}
+    res = subprocess.run([sys.executable, "-c", PUSH_SCRIPT, str(adapter)], capture_output=True, text=True,
+                         env=env, timeout=HANG_GUARD)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.splitlines()[-1])
+    assert out.get("error") == "StageError", out
+    assert "creating the hub repo acme/adapter did not finish within its deadline of 1 s" in out["message"]
+    assert f"at {server.url}; gave up after 2 tries" in out["message"]
+    assert f"adapter is kept in {adapter}" in out["message"]
+    assert server.count("trickle") == 2  # two tries of creating the repo, each cut at its deadline; no upload
+    assert (adapter / "adapter_config.json").read_text() == "{}"

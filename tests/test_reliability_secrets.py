@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
+import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -304,3 +307,131 @@ def test_runpod_refuses_a_public_bucket_and_account_credentials(fake_runpod, fak
     assert "Traceback" not in out
     assert not fake_runpod.calls("podFindAndDeployOnDemand") and fake_store.keys(BUCKET) == []
 
+
+
+# --------------------------------------------------------------------------- what a stage prints (its logs)
+LOG_SECRET = {"MY_DB_PASS": "pg-pass-Q7w8e9r0"}
+LOG_SPEC = """
+experiment: {name}
+model: {{path: org/m}}
+dataset: {{plugin: toy-data}}
+train: {{plugin: toy, epochs: 1, print_env: MY_DB_PASS{extra}}}
+eval: [{{plugin: toy-eval, task: t}}]
+"""
+
+
+def _logs(run: Path, stage: str = "train") -> tuple[str, str]:
+    # bytes decoded as they are: read_text() would turn each \r into \n
+    return tuple((run / "logs" / f"{stage}.{s}").read_bytes().decode() for s in ("out", "err"))  # type: ignore[return-value]
+
+
+def test_what_a_stage_and_its_child_print_reaches_the_logs_with_the_secret_named(tmp_path, with_toy, ck):
+    """Through `ck run` (local scheduler): the toy trainer prints $MY_DB_PASS on stdout, stderr, in a
+    progress line redrawn with \r, and from a child process (also a last line without its end): the logs
+    hold `<MY_DB_PASS>` in each place, every line where it was printed, and no file holds the value."""
+    spec = write_spec(tmp_path, LOG_SPEC.format(name="logs", extra=""))
+    res = ck("run", str(spec), env=LOG_SECRET)
+    assert res.returncode == 0, res.stdout + res.stderr
+    (run,) = (tmp_path / "runs" / "logs" / "runs").iterdir()
+    out, err = _logs(run)
+    assert "stage out MY_DB_PASS=<MY_DB_PASS>\n" in out
+    assert "child out <MY_DB_PASS>\nchild partial <MY_DB_PASS>\n" in out
+    assert "stage err MY_DB_PASS=<MY_DB_PASS>\n" in err and "child err <MY_DB_PASS>\n" in err
+    assert "\r50% <MY_DB_PASS>\r100% <MY_DB_PASS>\n" in err
+    assert "stage train of run" in out and out.rstrip().endswith("done")  # its last line, written before exit
+    assert files_holding(tmp_path / "runs", LOG_SECRET) == []
+    assert LOG_SECRET["MY_DB_PASS"] not in res.stdout + res.stderr
+
+
+def test_a_failing_or_refused_stage_keeps_its_exit_code_and_message_without_the_secret(tmp_path, with_toy, ck):
+    """A stage that fails with the secret in its error: `ck run` exits 1 and names the failure, the log
+    holds the traceback with `<MY_DB_PASS>`; `ck stage` of a stage claimed by another process still exits
+    75 with its message (both through the log filter)."""
+    from cruijff_kit import status
+    from cruijff_kit._base.layout import RunLayout
+    from cruijff_kit._engine.stage import claim_path
+
+    spec = write_spec(tmp_path, LOG_SPEC.format(name="fails", extra=", fail_at_step: 1"))
+    res = ck("run", str(spec), env=LOG_SECRET)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "RuntimeError: toy failure at step 1 (<MY_DB_PASS>)" in res.stderr, res.stderr
+    (run,) = (tmp_path / "runs" / "fails" / "runs").iterdir()
+    _out, err = _logs(run)
+    assert "Traceback" in err and "RuntimeError: toy failure at step 1 (<MY_DB_PASS>)\n" in err, err
+    entry = status.read(run)["stages"]["train"]
+    assert entry["state"] == "failed" and entry["exit_code"] == 1
+    assert files_holding(tmp_path / "runs", LOG_SECRET) == []
+
+    fd = status.hold_lock(claim_path(RunLayout(run), "train"), {"pid": os.getpid(), "host": os.uname().nodename})
+    assert fd is not None
+    try:
+        res = ck("stage", str(run), "train", env=LOG_SECRET)
+    finally:
+        status.release_lock(fd)
+    assert res.returncode == 75, res.stdout + res.stderr
+    assert f"already being run by pid {os.getpid()}" in res.stderr and "Traceback" not in res.stderr
+    assert LOG_SECRET["MY_DB_PASS"] not in res.stdout + res.stderr
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (nobody may reap an orphan in a container)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_a_sigkilled_ck_stage_leaves_no_worker_alive(tmp_path, with_toy):
+    """`ck run` starts the stage; the toy trainer starts a worker (as a launcher would) that records its
+    pid and its parent's (the `ck stage` process) and sleeps. SIGKILL of `ck stage`: the worker is ended
+    (not orphaned), the log says why, `ck run` reports the stage interrupted, and no secret is written."""
+    spec = write_spec(tmp_path, LOG_SPEC.format(name="killed", extra=", worker_seconds: 600"))
+    proc = subprocess.Popen([sys.executable, "-m", "cruijff_kit", "run", str(spec)], cwd=tmp_path, text=True,
+                            env={**os.environ, **LOG_SECRET}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    pids: dict[str, int] = {}
+    try:
+        deadline = time.monotonic() + 300  # a hang guard: the handshake is the file the worker writes
+        while not pids and proc.poll() is None and time.monotonic() < deadline:
+            for path in (tmp_path / "runs" / "killed" / "runs").glob("*/toy-pids.json"):
+                pids = json.loads(path.read_text())
+            time.sleep(0.05)
+        assert pids, proc.communicate()
+        os.kill(pids["stage"], signal.SIGKILL)
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 1, out + err
+        assert "INTERRUPTED" in err and "code -9" in err, err
+        deadline = time.monotonic() + 60
+        while _alive(pids["worker"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pids["worker"]), "the worker of the killed stage lives on"
+    finally:
+        for pid in (pids.get("worker"), pids.get("stage")):
+            if pid and _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    (run,) = (tmp_path / "runs" / "killed" / "runs").iterdir()
+    _out, log_err = _logs(run)
+    assert f"the `ck stage` process {pids['stage']} ended without finishing (killed?)" in log_err
+    assert "stage err MY_DB_PASS=<MY_DB_PASS>" in log_err
+    assert files_holding(tmp_path / "runs", LOG_SECRET) == []
+
+
+def test_a_stream_cut_anywhere_is_scrubbed_like_the_whole_text(tmp_path):
+    """The log filter's scrubber: the same text fed in two pieces cut at every position, with a pause
+    (a flush of the partial line) at the cut, comes out as the whole text scrubbed at once; a secret
+    that spans lines (a PEM key) is named line by line; bytes that are not UTF-8 pass unchanged."""
+    from cruijff_kit._base.secrets import StreamScrubber
+
+    env = {"MY_DB_PASS": "pg-pass-Q7w8e9r0", "X_CREDENTIALS": "abc1",
+           "SSH_PRIVATE_KEY": "-----BEGIN KEY-----\nAAAABBBBCCCCDDDD\n-----END KEY-----"}
+    text = ("pw pg-pass-Q7w8e9r0; abc1 but not xabc12\r50% pg-pass-Q7w8e9r0\nkey:\nAAAABBBBCCCCDDDD\n"
+            "caf\u00e9 ").encode() + b"\xff\xc3 tail pg-pass-Q7w8e9r0"
+    expected = ("pw <MY_DB_PASS>; <X_CREDENTIALS> but not xabc12\r50% <MY_DB_PASS>\nkey:\n<SSH_PRIVATE_KEY>\n"
+                "caf\u00e9 ").encode() + b"\xff\xc3 tail <MY_DB_PASS>"
+    for cut in range(len(text) + 1):
+        s = StreamScrubber(env)
+        out = s.feed(text[:cut]) + s.flush() + s.feed(text[cut:]) + s.flush(final=True)
+        assert out == expected, cut

@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only: the names below load lazily
         RetryPolicy,
         StallGuard,
         call_with_deadline,
+        call_with_stall_guard,
         json_body,
         read_body,
         within_deadline,
@@ -68,14 +69,14 @@ _WHERE = {
     **dict.fromkeys(["Registry", "registry", "plugin_class"], "cruijff_kit._api.registry"),
     **dict.fromkeys(["Caller", "CallFailed", "RetryPolicy", "Deadline", "DeadlineExceeded", "BadResponse",
                      "DownloadStalled", "StallGuard", "call_with_deadline", "within_deadline", "read_body",
-                     "json_body"], "cruijff_kit._api.retry"),
+                     "json_body", "call_with_stall_guard"], "cruijff_kit._api.retry"),
     **dict.fromkeys(["SpecSection"], "cruijff_kit._api.sections"),
     **dict.fromkeys(["spec_error_from"], "cruijff_kit._base.yamlfile"),
 }
 
 __all__ = [
     "BadResponse", "Deadline", "DeadlineExceeded", "DownloadStalled", "StallGuard", "call_with_deadline",
-    "json_body", "read_body", "within_deadline",
+    "call_with_stall_guard", "json_body", "read_body", "within_deadline",
     "CallFailed", "Caller", "CkError", "DataError", "Dataset", "DatasetConfig", "Estimate", "EvalConfig",
     "Evaluator", "ExperimentLayout", "LoraOptions", "PlannedRun", "Plugin", "PluginConfig", "PluginError",
     "Prompt", "Registry", "Resources", "RetryPolicy", "RunInfo", "RunLayout", "Scheduler",

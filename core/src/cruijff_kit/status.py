@@ -153,7 +153,8 @@ def stage_state(run_dir: Path, stage: str) -> str:
 
 def update_stage(run_dir: Path, stage: str, *, when: Callable[[dict[str, Any]], bool] | None = None,
                  **fields: Any) -> dict[str, Any]:
-    """Merge ``fields`` into a stage's entry (secrets scrubbed); returns the stage entry.
+    """Merge ``fields`` into a stage's entry (secrets scrubbed); a field given as None is removed from
+    the entry (a stage claimed again forgets its old job id). Returns the stage entry.
 
     With ``when``, only if ``when(entry)`` holds, in the same locked read-modify-write (a
     compare-and-set: nobody changes the entry in between); returns an empty dict when it does not.
@@ -166,7 +167,9 @@ def update_stage(run_dir: Path, stage: str, *, when: Callable[[dict[str, Any]], 
         entry = data.setdefault("stages", {}).setdefault(stage, {"state": PENDING})
         if when is not None and not when(dict(entry)):
             return
-        entry.update(fields)
+        entry.update({k: v for k, v in fields.items() if v is not None})
+        for key in [k for k, v in fields.items() if v is None]:
+            entry.pop(key, None)
         entry["updated"] = now()
         result.update(entry)
 

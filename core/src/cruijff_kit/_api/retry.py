@@ -240,3 +240,55 @@ class StallGuard:
             raise DownloadStalled(
                 f"{self.what} stalled: fewer than {self.min_bytes} bytes arrived in {self.stall_seconds:g} s "
                 f"({self.total} bytes received in all)")
+
+
+def call_with_stall_guard(fn: Callable[[Callable[[int], None]], T], stall_seconds: float,
+                          what: str = "the transfer", min_bytes: int = 1) -> T:
+    """``fn(progress)`` run in a worker thread, where ``fn`` calls ``progress(n)`` each time ``n`` more
+    bytes moved (a transfer library's progress callback); the stall deadline of a large transfer.
+
+    Raises :class:`DownloadStalled` once fewer than ``min_bytes`` moved within ``stall_seconds``
+    (nothing at all, a trickle, or a server that never answers after the last byte), never because
+    the whole transfer is slow but steady. The worker is then abandoned (a daemon thread) and its
+    next ``progress`` call raises, so the transfer stops at its next chunk; ``fn`` should write to a
+    temporary file that the caller moves into place only after a success.
+    """
+    guard = StallGuard(stall_seconds, what, min_bytes)
+    lock = threading.Lock()
+    stopped = threading.Event()
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def progress(n: int) -> None:
+        with lock:
+            if stopped.is_set():
+                raise DownloadStalled(f"{what} was given up on")
+            try:
+                guard.feed(int(n))
+            except DownloadStalled:
+                stopped.set()
+                raise
+
+    def work() -> None:
+        try:
+            box["value"] = fn(progress)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread as is
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name=f"ck-stall: {what}"[:60], daemon=True).start()
+    poll = min(1.0, max(0.01, guard.stall_seconds / 10))
+    while not done.wait(poll):
+        with lock:
+            try:
+                guard.check()
+            except DownloadStalled:
+                stopped.set()
+                raise
+    if "error" in box:
+        if stopped.is_set():  # the transfer library may wrap the error that progress() raised
+            raise DownloadStalled(f"{what} stalled: fewer than {guard.min_bytes} bytes arrived in "
+                                  f"{guard.stall_seconds:g} s ({guard.total} bytes moved in all)") from None
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]

@@ -281,3 +281,183 @@ def refuse_literal_secrets(obj: Any, *, file: str, where: str = "", env: dict[st
         raise SpecError(f"this value holds the value of the secret environment variable ${name}.", file=file,
                         path=at or None, hint=f"Do not write its value: name the environment variable instead "
                         f"(`${name}`); if the match is a coincidence, change {name} or unset it for this command.")
+
+
+# --------------------------------------------------------------------------- streams (a stage's own output)
+#: A partial line (no ``\n`` or ``\r`` yet) is written out after this many seconds without its end.
+PARTIAL_AFTER = 0.2
+#: A partial line longer than this is written out at once (less a possible start of a secret).
+MAX_PARTIAL = 65536
+
+
+def stream_values(env: dict[str, str] | None = None) -> dict[str, str]:
+    """:func:`secret_values`, plus each line (of 8 characters or more) of a value that spans lines (a
+    PEM key): a stream is scrubbed line by line, so a value cut by a line break is matched by its lines."""
+    values = secret_values(env)
+    for value, name in list(values.items()):
+        for line in re.split(r"[\r\n]+", value):
+            line = line.strip()
+            if len(line) >= SUBSTRING_MIN and line != value and _scrubbable(line):
+                values.setdefault(line, name)
+    return values
+
+
+def _cut_char(data: bytes) -> int:
+    """How many bytes at the end of ``data`` start a UTF-8 character that is not complete yet (0 to 3)."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 != 0x80:  # a lead byte (or ASCII)
+            need = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else 4 if byte & 0xF8 == 0xF0 else 1
+            return back if need > back else 0
+    return 0
+
+
+class StreamScrubber:
+    """Scrubs secret values (by :func:`scrub`'s rules) out of a byte stream that arrives in pieces cut
+    anywhere: whole lines (ending in ``\\n`` or ``\\r``, so progress bars still redraw) are written at once;
+    a partial line only when :meth:`flush` is asked, less any end of it that could be the start of a
+    secret (that waits for the rest). Bytes that are not UTF-8 pass unchanged."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        values = stream_values(env)
+        self._patterns = _patterns(values)
+        self._values = sorted(values, key=len, reverse=True)
+        self._starts = [v for v in self._values if "\n" not in v and "\r" not in v]  # a line cannot hold the others
+        self._names = values
+        self._buf = b""
+
+    @property
+    def pending(self) -> bool:
+        """Whether a partial line waits to be written."""
+        return bool(self._buf)
+
+    def feed(self, data: bytes) -> bytes:
+        """Take ``data``; return the scrubbed bytes that can be written now (whole lines)."""
+        self._buf += data
+        cut = max(self._buf.rfind(b"\n"), self._buf.rfind(b"\r")) + 1
+        if len(self._buf) - cut > MAX_PARTIAL:
+            return self._take(cut) + self.flush()
+        return self._take(cut)
+
+    def flush(self, final: bool = False) -> bytes:
+        """The partial line, scrubbed; unless ``final``, an end that could start a secret is kept back."""
+        if final:
+            return self._take(len(self._buf))
+        keep = _cut_char(self._buf)
+        text = self._buf[:len(self._buf) - keep].decode("utf-8", "surrogateescape")
+        held = self._held(text)
+        return self._take(len(self._buf) - keep - len(held.encode("utf-8", "surrogateescape")))
+
+    def _held(self, text: str) -> str:
+        """The longest end of ``text`` that is the start of a secret value (a whole short one included:
+        whether it is a word depends on the next character)."""
+        best = 0
+        for value in self._starts:
+            top = len(value) if len(value) < SUBSTRING_MIN else len(value) - 1
+            best = max([best, *(k for k in range(best + 1, min(top, len(text)) + 1) if text.endswith(value[:k]))])
+        return text[len(text) - best:]
+
+    def _take(self, n: int) -> bytes:
+        out, self._buf = self._buf[:n], self._buf[n:]
+        if not out or not self._patterns:
+            return out
+        try:
+            text = out.decode("utf-8", "surrogateescape")
+            return _scrub_text(text, self._patterns).encode("utf-8", "surrogateescape")
+        except Exception:  # never let a stage's output through unscrubbed: plain replacement instead
+            for value in self._values:
+                out = out.replace(value.encode("utf-8", "surrogateescape"), f"<{self._names[value]}>".encode())
+            return out
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd``; a full disk or a closed log loses this piece, never the filter."""
+    while data:
+        try:
+            data = data[os.write(fd, data):]
+        except InterruptedError:
+            continue
+        except OSError:
+            return
+
+
+def filter_log_streams(pairs: list[tuple[int, int]], *, parent: int, control: int, group: bool,
+                       env: dict[str, str] | None = None) -> None:
+    """The log filter of ``ck stage``: copy each ``(read_fd, write_fd)`` pipe to its log through a
+    :class:`StreamScrubber` until every writer has closed it.
+
+    ``parent`` is the ``ck stage`` process. A byte on ``control`` means it is ending normally. When it
+    is gone without that (SIGKILL, a crash), and ``group`` (it led its process group), the processes
+    left in its group (workers, launchers) get SIGTERM, and SIGKILL 10 s later, so none lives on
+    unnoticed; a note saying so is written to the last log. SIGTERM/SIGINT/SIGHUP are ignored here, so
+    the last lines a stopped stage prints still reach its log; the filter ends at most 15 s after the
+    stage when something it started keeps the pipes open.
+    """
+    import select
+    import signal
+    import time
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    scrubbers = {r: (w, StreamScrubber(env)) for r, w in pairs}
+    waiting: dict[int, float] = {}  # read fd -> since when its partial line waits
+    watched = [*scrubbers, control]
+    clean, gone_at, stopping = False, 0.0, ""
+    while scrubbers:
+        for fd in select.select(watched, [], [], PARTIAL_AFTER / 2)[0]:
+            data = os.read(fd, 65536)
+            if fd == control:
+                clean = clean or bool(data)
+                if not data:
+                    watched.remove(control)
+                continue
+            out, scrubber = scrubbers[fd]
+            _write_all(out, scrubber.feed(data) if data else scrubber.flush(final=True))
+            if not data:  # every writer closed it
+                del scrubbers[fd]
+                watched.remove(fd)
+            if scrubber.pending and data:
+                waiting.setdefault(fd, time.monotonic())
+            else:
+                waiting.pop(fd, None)
+        now = time.monotonic()
+        for fd, start in list(waiting.items()):
+            if now - start >= PARTIAL_AFTER:
+                out, scrubber = scrubbers[fd]
+                _write_all(out, scrubber.flush())
+                if scrubber.pending:  # the start of a secret, kept back: try again later
+                    waiting[fd] = now
+                else:
+                    waiting.pop(fd)
+        if not gone_at and os.getppid() != parent:
+            gone_at = now
+            if group and not clean:
+                _write_all(pairs[-1][1], f"[ck] the `ck stage` process {parent} ended without finishing (killed?); "
+                                         f"stopping the processes it started (process group {parent}).\n".encode())
+                stopping = "term" if _signal_group(parent, signal.SIGTERM) else ""
+        if stopping == "term" and now - gone_at >= 10:
+            _signal_group(parent, signal.SIGKILL)
+            stopping = "kill"
+        if gone_at and now - gone_at >= 15:
+            break
+    for out, scrubber in scrubbers.values():
+        _write_all(out, scrubber.flush(final=True))
+
+
+def _signal_group(pgid: int, sig: int) -> int:
+    """Send ``sig`` to process group ``pgid``; 1 when it had members, 0 when it is empty."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return 0
+    return 1
+
+
+def log_filter_main(argv: list[str] | None = None) -> None:
+    """Entry of the log filter process: ``PARENT CONTROL GROUP READ:WRITE [READ:WRITE]`` (see
+    :func:`filter_log_streams`)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    pairs = [(int(r), int(w)) for r, w in (a.split(":") for a in args[3:])]
+    filter_log_streams(pairs, parent=int(args[0]), control=int(args[1]), group=args[2] == "1")

@@ -250,8 +250,9 @@ def cancel(target: str) -> None:
 @click.argument("stage")
 def stage(run_dir: str, stage: str) -> None:
     """Execute one STAGE of the run in RUN_DIR (what every scheduler runs)."""
-    from cruijff_kit._engine.stage import Interrupted, run_stage
+    from cruijff_kit._engine.stage import Interrupted, filter_output, run_stage
 
+    filter_output()  # secret values never reach the stage's logs, whoever prints them
     try:
         run_stage(run_dir, stage)
     except Interrupted as exc:

@@ -497,32 +497,57 @@ def damaged_row(run: str, stage: str | None, exc: DamagedState, sweep: dict[str,
 
 
 def cancel_experiment(exp: ExperimentLayout) -> int:
-    """Cancel every active stage of an experiment; returns how many were cancelled."""
+    """Cancel every active stage of an experiment; returns how many were cancelled.
+
+    Every run it can read is cancelled, whatever happens to the others. A run whose ``status.json``
+    is damaged (its stages, processes and jobs cannot be read), or a scheduler that fails to cancel,
+    is named afterwards in one :class:`CkError` (after all the rest is done) saying how many stages
+    were cancelled, what was not and how to stop it.
+    """
     from cruijff_kit._api.registry import plugin_class
-    from cruijff_kit._engine.stage import load_run
 
     by_scheduler: dict[str, list[StageJob]] = {}
     active_stages: set[tuple[Path, str]] = set()
-    for layout in exp.run_layouts():
-        run = load_run(layout.root)
-        for name, entry in status.read(layout.root)["stages"].items():
+    problems: list[str] = []
+    for layout in run_folders(exp):  # a run's spec.yaml is not needed: a lost one does not stop this
+        try:
+            entries = status.read(layout.root)["stages"]
+        except DamagedState as exc:
+            problems.append(f"run {layout.name}: {exc.path} is damaged ({exc.reason}), so its stages, processes "
+                            f"and jobs cannot be read; stop what still runs of it by hand (the lock files in "
+                            f"{layout.root / '.claims'} name the pid, host and job of each running stage), then "
+                            "`ck reset RUN_DIR STAGE` or `ck run SPEC` rebuilds the file")
+            continue
+        for name, entry in entries.items():
             state = entry.get("state")
             active = state in status.ACTIVE_STATES or state == status.PENDING and entry.get("job_id")
             if active or entry.get("live"):  # live: a billed resource still held for a settled stage
                 kind = "train" if name == "train" else "eval"
                 by_scheduler.setdefault(entry.get("scheduler") or "local", []).append(
-                    StageJob(exp.root.name, run.name, layout.root, name, [], None, kind))  # type: ignore[arg-type]
+                    StageJob(exp.root.name, layout.name, layout.root, name, [], None, kind))  # type: ignore[arg-type]
                 if active:
                     active_stages.add((layout.root, name))
     count = 0
     for name, jobs in by_scheduler.items():
-        cls = plugin_class("scheduler", name)
-        cls(cls.Config()).cancel(jobs)
+        try:
+            cls = plugin_class("scheduler", name)
+            cls(cls.Config()).cancel(jobs)
+        except CkError as exc:
+            problems.append(f"the {name} scheduler could not cancel {len(jobs)} stage(s) "
+                            f"({', '.join(f'{j.run_name} {j.stage}' for j in jobs)}): {exc}")
+            continue
         for job in jobs:
             if (job.run_dir, job.stage) not in active_stages:
                 continue
+            try:
+                # a stage the scheduler found finished while cancelling (results came back) keeps its state
+                if status.stage_state(job.run_dir, job.stage) not in (status.DONE, status.FAILED):
+                    status.update_stage(job.run_dir, job.stage, state=status.CANCELLED, ended=status.now())
+            except DamagedState as exc:  # damaged meanwhile: it was stopped, but cannot be marked
+                problems.append(f"run {job.run_name} {job.stage}: stopped, but {exc.path} is damaged "
+                                f"({exc.reason}) and cannot say so; {exc.fix}")
             count += 1
-            # a stage the scheduler found finished while cancelling (results came back) keeps its state
-            if status.stage_state(job.run_dir, job.stage) not in (status.DONE, status.FAILED):
-                status.update_stage(job.run_dir, job.stage, state=status.CANCELLED, ended=status.now())
+    if problems:
+        raise CkError(f"Cancelled {count} stage(s) of {exp.root.name}; could not cancel everything: "
+                      + "; ".join(problems) + ".")
     return count

@@ -1,14 +1,19 @@
 """``ck stage RUN_DIR STAGE``: the one entry point that executes work, on every scheduler.
 
 It reads the run's resolved spec, builds the stage's plugin and :class:`StageContext`, records
-status and environment, runs the plugin, and marks the stage done only after it returned.
+status and environment, runs the plugin, and marks the stage done only after it returned. What it
+and the processes it starts print goes through a log filter that scrubs secret values
+(:func:`filter_output`).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -19,8 +24,10 @@ from cruijff_kit import status
 from cruijff_kit._api.context import RunInfo, StageContext
 from cruijff_kit._api.records import PlannedRun, StageDef
 from cruijff_kit._base.errors import CkError, StageError, clip
-from cruijff_kit._base.fileio import atomic_write_json, load_yaml, locked, read_json
+from cruijff_kit._base.fileio import atomic_write_json, load_yaml, locked
 from cruijff_kit._base.layout import RunLayout
+from cruijff_kit._base.secrets import secret_values
+from cruijff_kit._engine.damage import read_results
 from cruijff_kit.training._distributed import CHILD_ENV, leave_worker_error
 
 
@@ -107,10 +114,24 @@ def _on_signal(signum: int, _frame: Any) -> None:
 
 
 def record_results(layout: RunLayout, task: str, target: str, results: dict[str, Any]) -> None:
-    """Merge one eval stage's results into ``eval/results.json`` (locked, atomic)."""
+    """Merge one eval stage's results into ``eval/results.json`` (locked, atomic).
+
+    A damaged file (empty, cut short, not text, of the wrong shape: see
+    :func:`~cruijff_kit._engine.damage.read_results`) is moved aside to ``results.json.damaged-<time>``
+    (kept, as ``ck run`` does) and a warning naming it and the recovery goes to stderr (the stage's
+    log); this result is then written to a new file, and ``ck run`` evaluates the other finished eval
+    stages of the run again.
+    """
     path = layout.results
     with locked(path):
-        data = read_json(path, default={}) or {}
+        try:
+            data = read_results(layout)
+        except status.DamagedState as exc:
+            moved = status.move_aside(exc.path)
+            print(f"Warning: {exc.path} is damaged: {exc.reason}. It was moved aside to {moved.name} (kept, "
+                  f"never deleted) and the result of {task}/{target} written to a new {path.name}; `ck run SPEC` "
+                  "evaluates the other finished eval stages of this run again.", file=sys.stderr, flush=True)
+            data = {}
         data.setdefault(task, {})[target] = results
         atomic_write_json(path, data)
 
@@ -170,6 +191,105 @@ def claim_stage(run: PlannedRun, stage_name: str) -> int:
                            "`ck stage` would do the same work twice, so this one stops without touching it. "
                            "Wait for it to finish, or stop it with `ck cancel`; its claim ends with its process.")
     return fd
+
+
+#: Set in a ``ck stage`` whose output goes through its log filter, and so in every process it starts
+#: (relaunched workers, launchers, tools), which write into the same filtered pipes.
+LOG_FILTER_ENV = "CK_LOG_FILTERED"
+#: How long a ``ck stage`` that ends waits for its log filter to write the last lines.
+FILTER_DRAIN_SECONDS = 5.0
+_FILTER_CODE = "from cruijff_kit._base.secrets import log_filter_main; log_filter_main()"
+
+
+def _is_log(fd: int) -> bool:
+    """Whether ``fd`` is open and not a terminal (a file or pipe a scheduler gave: the stage's log)."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return not os.isatty(fd)
+
+
+def _std_descriptors() -> bool:
+    """Whether Python's stdout and stderr are descriptors 1 and 2 (not captured in-process by a caller)."""
+    try:
+        return sys.stdout.fileno() == 1 and sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def filter_output() -> None:
+    """Send what this ``ck stage`` process, and every process it starts, writes to stdout and stderr
+    (the stage's ``logs/<stage>.out|.err`` under every scheduler) through a log filter process that
+    replaces secret values with ``<NAME>`` (:class:`cruijff_kit._base.secrets.StreamScrubber`).
+
+    The stage's work stays in this process (its pid, claim, signals and exit code are unchanged); only
+    its descriptors 1 and 2 become pipes to the filter. Nothing is done for a terminal, or in a process
+    whose output is already filtered or captured in-process. The filter ends when every writer has closed the pipes; when this
+    process dies without ending normally (SIGKILL), the filter stops the processes left in its process
+    group (see :func:`cruijff_kit._base.secrets.filter_log_streams`), secrets set or not.
+    """
+    if os.environ.get(LOG_FILTER_ENV) == "1" or not _std_descriptors():
+        return
+    streams = [fd for fd in (1, 2) if _is_log(fd)]
+    if not streams:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pipes = {fd: os.pipe() for fd in streams}  # not inheritable until placed on 1 and 2
+    ctl_r, ctl_w = os.pipe()
+    args = [str(os.getpid()), str(ctl_r), "1" if os.getpgrp() == os.getpid() else "0",
+            *(f"{r}:{fd}" for fd, (r, _w) in pipes.items())]
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", _FILTER_CODE, *args], stdin=subprocess.DEVNULL,
+                                pass_fds=[ctl_r, *(r for r, _w in pipes.values())], start_new_session=True)
+    except OSError as exc:
+        for fd in (ctl_r, ctl_w, *(f for pair in pipes.values() for f in pair)):
+            os.close(fd)
+        if not secret_values():
+            return  # nothing to keep out: the stage runs as it always did
+        raise StageError(f"cannot start the log filter that keeps secret values out of this stage's logs: "
+                         f"{exc.strerror or exc}. Free memory or processes, or unset the secret environment "
+                         "variables this stage does not need, then run it again.") from None
+    os.close(ctl_r)
+    saved = {}
+    for fd, (r, w) in pipes.items():
+        os.close(r)
+        saved[fd] = os.dup(fd)  # the log itself, not inherited: written again at the end
+        os.dup2(w, fd)
+        os.close(w)
+    os.environ[LOG_FILTER_ENV] = "1"
+    atexit.register(_end_filter, proc, ctl_w, saved, os.getpid())
+
+
+def _end_filter(proc: subprocess.Popen[bytes], control: int, saved: dict[int, int], owner: int) -> None:
+    """At exit: flush, tell the filter this is a normal end, give the logs back to 1 and 2 (closing the
+    pipes), and wait a little for the filter to write the last lines."""
+    if os.getpid() != owner:  # a forked child that exits through atexit: not its filter
+        return
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)  # C and C++ libraries' buffered output, still to the filter
+    except (OSError, AttributeError):
+        pass
+    try:
+        os.write(control, b"x")
+    except OSError:
+        pass
+    for fd, log in saved.items():
+        os.dup2(log, fd)
+        os.close(log)
+    os.close(control)
+    try:
+        proc.wait(timeout=FILTER_DRAIN_SECONDS)
+    except subprocess.TimeoutExpired:  # a process this stage started still holds the pipes
+        pass
 
 
 def run_stage(run_dir: str | Path, stage_name: str, *, extra_plugins: list[object] | None = None) -> dict[str, Any]:

@@ -186,11 +186,6 @@ def download(hub_id: str, revision: str | None = None, cache: Path | None = None
         if not _is_hub_failure(exc):
             raise
         raise _hub_error(hub_id, exc) from None
-    ref_name = revision or "main"
-    if not _COMMIT.match(ref_name):  # the snapshot was fetched by commit: keep the branch/tag usable offline
-        ref = repo_folder(cache, hub_id) / "refs" / ref_name
-        ref.parent.mkdir(parents=True, exist_ok=True)
-        ref.write_text(commit)
     if allow_patterns:
         from fnmatch import fnmatch
 
@@ -200,6 +195,11 @@ def download(hub_id: str, revision: str | None = None, cache: Path | None = None
         raise HubError(f"Downloaded {hub_id} at {commit} but {len(problems)} file(s) fail verification: "
                        + "; ".join(problems[:5]) + ". Delete " + str(repo_folder(cache, hub_id))
                        + " and download again.")
+    ref_name = revision or "main"
+    if not _COMMIT.match(ref_name):  # named only once verified: keep the branch/tag usable offline
+        ref = repo_folder(cache, hub_id) / "refs" / ref_name
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        ref.write_text(commit)
     record(cache, hub_id, revision or "main", commit)
     return snap
 

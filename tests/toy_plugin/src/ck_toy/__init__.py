@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -20,6 +22,29 @@ class ToyTrainConfig(TrainConfig):
     steps_per_epoch: int = Field(3, gt=0)
     step_seconds: float = 0.0
     fail_at_step: int | None = None
+    #: print this environment variable's value (stdout, stderr, a progress line, a child process)
+    print_env: str | None = None
+    #: start a worker process that records its pid and sleeps this long, and wait for it
+    worker_seconds: float = 0.0
+
+
+#: What the child of ``print_env`` runs: the value on both streams, and a last line without its end.
+_CHILD = ("import os, sys; v = os.environ[sys.argv[1]]; print('child out', v, flush=True); "
+          "print('child err', v, file=sys.stderr, flush=True); os.write(1, ('child partial ' + v).encode())")
+#: What the worker of ``worker_seconds`` runs: record its pid (the handshake), then sleep.
+_WORKER = ("import json, os, sys, time; open(sys.argv[1] + '.tmp', 'w').write(json.dumps({'worker': os.getpid(), "
+           "'stage': os.getppid()})); os.replace(sys.argv[1] + '.tmp', sys.argv[1]); time.sleep(float(sys.argv[2]))")
+
+
+def _print_env(name: str) -> None:
+    value = os.environ.get(name, "")
+    print(f"stage out {name}={value}", flush=True)
+    print(f"stage err {name}={value}", file=sys.stderr, flush=True)
+    for pct in (50, 100):  # a progress bar that redraws its line
+        print(f"\r{pct}% {value}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, "-c", _CHILD, name], check=True)
+    print(flush=True)
 
 
 class ToyTrainer(Trainer):
@@ -34,11 +59,17 @@ class ToyTrainer(Trainer):
         if ctx.resume_from() is not None and state_file.exists():
             step = json.loads(state_file.read_text())["step"]
             print(f"resuming from step {step}", flush=True)
+        if cfg.print_env:
+            _print_env(cfg.print_env)
+        if cfg.worker_seconds:  # like a launcher's worker; subprocess.run ends it when this stage is stopped
+            subprocess.run([sys.executable, "-c", _WORKER, str(ctx.run_dir / "toy-pids.json"),
+                            str(cfg.worker_seconds)], check=True)
         total = cfg.epochs * cfg.steps_per_epoch
         saved = set(cfg.saved_epochs())
         while step < total:
             if cfg.fail_at_step is not None and step == cfg.fail_at_step:
-                raise RuntimeError(f"toy failure at step {step}")
+                raise RuntimeError(f"toy failure at step {step}" + (
+                    f" ({os.environ.get(cfg.print_env, '')})" if cfg.print_env else ""))
             time.sleep(cfg.step_seconds)
             step += 1
             epoch = (step - 1) // cfg.steps_per_epoch

@@ -8,11 +8,19 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cruijff_kit import DataError, StageError, training
+from cruijff_kit import DataError, DeadlineExceeded, StageError, call_with_deadline, training
 from cruijff_kit_trl.config import TrlConfig
+
+#: Total seconds of one try of a hub API call of ``push_to_hub`` (creating the repo), and the tries of each call.
+HUB_CALL_SECONDS, HUB_ATTEMPTS, HUB_BACKOFF = 60.0, 3, 1.0
+#: The upload is given up on past ``HUB_CALL_SECONDS`` plus one second per this many bytes (an average under
+#: 64 KiB/s): the hub library reports no progress of an upload that a stall deadline could watch.
+HUB_MIN_BYTES_PER_SECOND = 64 * 1024
 
 
 def _say(text: str) -> None:
@@ -323,13 +331,40 @@ def push_adapter(ctx: Any, config: TrlConfig) -> None:
     """Upload the last saved adapter, base model named by its hub id, to ``config.push_to_hub``."""
     import tempfile
 
-    from huggingface_hub import HfApi
-
     epoch = config.saved_epochs()[-1]
     with tempfile.TemporaryDirectory() as tmp:
         out = training.export_adapter(ctx.adapter_dir(epoch), Path(tmp) / "adapter")
-        api = HfApi(token=os.environ.get("HF_TOKEN"))
-        api.create_repo(config.push_to_hub, private=config.hub_private, exist_ok=True)
-        api.upload_folder(repo_id=config.push_to_hub, folder_path=str(out),
-                          commit_message=f"{ctx.run.name} epoch {epoch}")
+        push_folder(out, config.push_to_hub, private=config.hub_private, message=f"{ctx.run.name} epoch {epoch}",
+                    kept=ctx.adapter_dir(epoch))
     _say(f"pushed the epoch {epoch} adapter to {config.push_to_hub}")
+
+
+def push_folder(folder: Path, repo_id: str, *, private: bool, message: str, kept: Path) -> None:
+    """Create ``repo_id`` on the hub (if needed) and upload ``folder`` to it, each call within its deadline
+    (:data:`HUB_CALL_SECONDS` per try for creating the repo; the upload that plus a second per
+    :data:`HUB_MIN_BYTES_PER_SECOND` bytes), :data:`HUB_ATTEMPTS` tries each. A hub that trickles or never
+    answers is a :class:`StageError` naming the endpoint and ``kept`` (the adapter, which stays there)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=os.environ.get("HF_TOKEN"))
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    _hub_call(lambda: api.create_repo(repo_id, private=private, exist_ok=True), HUB_CALL_SECONDS,
+              f"creating the hub repo {repo_id}", kept)
+    _hub_call(lambda: api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=message),
+              HUB_CALL_SECONDS + size / HUB_MIN_BYTES_PER_SECOND, f"the upload of the adapter to {repo_id}", kept)
+
+
+def _hub_call(call: Callable[[], Any], seconds: float, what: str, kept: Path) -> Any:
+    """``call()`` tried :data:`HUB_ATTEMPTS` times, each within ``seconds`` in total."""
+    for attempt in range(1, HUB_ATTEMPTS + 1):
+        try:
+            return call_with_deadline(lambda _deadline: call(), seconds, what)
+        except DeadlineExceeded as exc:
+            if attempt == HUB_ATTEMPTS:
+                endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+                raise StageError(f"push_to_hub: {exc} at {endpoint}; gave up after {HUB_ATTEMPTS} tries. The "
+                                 f"trained adapter is kept in {kept}: upload it later (`hf upload`), or leave "
+                                 "`push_to_hub` out of the spec on a machine without a working link to the hub.") \
+                    from None
+        time.sleep(HUB_BACKOFF * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")  # pragma: no cover
