@@ -15,6 +15,9 @@ Deterministic replies (the same request body always gets the same reply), chosen
 * anything else, an assistant: for a task with ``A+B`` it answers ``The answer is S.``, asks a
   clarifying question, or works it out step by step, depending on the request's ``seed`` (mod 3).
 
+``POST /v1/responses`` (OpenAI's responses API) gets the same reply as one ``output_text`` message;
+``stats.routes`` counts the requests per ``METHOD /path``.
+
 Injectable latency (every request waits ``latency`` seconds) and faults: ``faults=("429", "500")``
 makes the first try of a request get 429, its second 500, its third the reply (``timeout`` holds a
 try for ``hang`` seconds instead); ``fault_percent`` limits the faults to that share of distinct
@@ -54,6 +57,7 @@ class Stats:
     inflight: int = 0
     max_inflight: int = 0
     auth: Counter[str] = field(default_factory=Counter)
+    routes: Counter[str] = field(default_factory=Counter)  # "POST /v1/chat/completions": times requested
 
     def as_dict(self) -> dict[str, Any]:
         return {"requests": self.requests, "statuses": dict(self.statuses), "models": dict(self.models),
@@ -259,8 +263,11 @@ class FakeOpenAI:
         if method == "GET" and path.endswith("/models"):
             return 200, {"object": "list", "data": [{"id": "fake", "object": "model", "created": 0,
                                                      "owned_by": "fake"}]}, None
+        self.stats.routes[f"{method} {path}"] += 1
         if method == "GET" and path == "/stats":
             return 200, self.stats.as_dict(), None
+        if method == "POST" and path.endswith("/responses"):
+            return self._responses(body)
         if method != "POST" or not path.endswith("/chat/completions"):
             return 404, {"error": {"message": f"no route {method} {path}", "type": "not_found"}}, None
         if self.api_key is not None and headers.get("authorization") != f"Bearer {self.api_key}":
@@ -310,6 +317,34 @@ class FakeOpenAI:
                 }, None
             finally:
                 st.inflight -= 1
+
+    def _responses(self, body: bytes) -> tuple[int, Any, dict[str, str] | None]:
+        """A minimal OpenAI responses-API reply (``POST /v1/responses``): the reply that the same messages
+        get from chat completions, as one ``output_text`` message. No faults or latency."""
+        try:
+            req = json.loads(body)
+        except json.JSONDecodeError:
+            return 400, {"error": {"message": "body is not JSON", "type": "invalid_request_error"}}, None
+        items = req.get("input")
+        items = [{"role": "user", "content": items}] if isinstance(items, str) else items or []
+        messages = [{"role": i.get("role"), "content": i.get("content")} for i in items
+                    if isinstance(i, dict) and i.get("role")]
+        text = reply_for({"model": req.get("model"), "messages": messages}, first=True)
+        self.stats.requests += 1
+        self.stats.models[str(req.get("model"))] += 1
+        self.stats.statuses[200] += 1
+        key = _digest(req)
+        return 200, {
+            "id": "resp_" + key[:24], "object": "response", "created_at": int(time.time()), "model": req.get("model"),
+            "status": "completed", "error": None, "incomplete_details": None, "instructions": None, "metadata": {},
+            "output": [{"type": "message", "id": "msg_" + key[:24], "role": "assistant", "status": "completed",
+                        "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+            "parallel_tool_calls": False, "temperature": None, "top_p": None, "tool_choice": "auto", "tools": [],
+            "text": {"format": {"type": "text"}},
+            "usage": {"input_tokens": len(body) // 4, "output_tokens": len(text) // 4,
+                      "total_tokens": (len(body) + len(text)) // 4, "input_tokens_details": {"cached_tokens": 0},
+                      "output_tokens_details": {"reasoning_tokens": 0}},
+        }, None
 
 
 def main(argv: list[str] | None = None) -> None:

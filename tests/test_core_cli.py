@@ -69,7 +69,7 @@ def test_user_error_is_one_paragraph_without_traceback(tmp_path, with_toy, ck):
 
 def test_schema_includes_plugins(with_toy, ck):
     schema = json.loads(ck("schema", check=True).stdout)
-    train_variants = schema["properties"]["train"]["anyOf"][0]["oneOf"]
+    train_variants = [branch["then"] for branch in schema["properties"]["train"]["allOf"]]
     toy = next(v for v in train_variants if v["properties"]["plugin"].get("const") == "toy")
     assert "steps_per_epoch" in toy["properties"] and toy["additionalProperties"] is False
     assert schema["additionalProperties"] is False

@@ -106,7 +106,8 @@ def test_failed_stage_is_reported_and_blocks_its_evals(tmp_path, with_toy, ck):
     assert st["eval.exact.base"]["state"] == "done"  # does not need training
     assert st["eval.exact.epoch_0"]["state"] == "pending"
     assert "did not finish" in st["eval.exact.epoch_0"]["error"]
-    res = ck("status", str(tmp_path / "runs" / "toy"), check=True)
+    res = ck("status", str(tmp_path / "runs" / "toy"))
+    assert res.returncode == 1  # a stage failed (docs/cli.md, "Exit codes")
     assert "failed" in res.stdout and "toy failure" in res.stdout
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("*.yaml"))
+#: The shape of SmolLM2-135M-Instruct (its config.json on the hub).
+SMOLLM2_CONFIG = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 49152,
+                  "hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+                  "intermediate_size": 1536, "tie_word_embeddings": True}
 
 
 
@@ -21,6 +26,11 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(ROOT / "examples", root / "examples")
     shutil.copytree(ROOT / "tests" / "data" / "census", root / "tests" / "data" / "census")  # tabular example
     write_capitalize(root / ".cache" / "data" / "capitalize.json")
+    # the model folder the examples name (`ck validate` refuses a local model path that does not exist):
+    # SmolLM2-135M-Instruct's config.json, all that validating reads of it
+    model = root / ".cache" / "models" / "smollm2-135m-instruct"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text(json.dumps(SMOLLM2_CONFIG))
     return root
 
 

@@ -187,7 +187,7 @@ BASE = """
     ("", "", "task: exact-macth", "Did you mean `exact-match`"),
     ("", "", "task: nope.py@t", "nope.py does not exist"),
     ("", "", "task: tasks.py@missing", "has no function `missing`"),
-    ("", ", adapter: no-such-adapter", "task: includes", "not a PEFT adapter folder"),
+    ("", ", adapter: .", "task: includes", "not a PEFT adapter folder"),  # a folder, no adapter_config.json
     ("train: {plugin: trl, epochs: 1}", "", "task: includes, checkpoints: [2]", "never saved"),
     ("", "", "task: includes, split: tset", "split `tset`"),
     ("", "", "task: includes, backend: vllm", "needs the vllm package"),

@@ -130,9 +130,9 @@ def test_numeric_risk_continuous_and_classification(tmp_path: Path) -> None:
     got = _metrics(log, "classification")
     assert got["accuracy"] == pytest.approx(0.25)
     assert got["balanced_accuracy"] == pytest.approx((0.5 + 0) / 2)
-    assert got["confusion/no/yes"] == 1 and got["confusion/no/maybe"] == 1 and got["confusion/yes/no"] == 1
+    assert got["confusion/no/yes"] == 1 and got["confusion/no/other"] == 1 and got["confusion/yes/no"] == 1
     entry = results_from_log(log, tmp_path)
-    assert entry["confusion_matrix"]["classification"] == {"labels": ["yes", "no", "maybe"],
+    assert entry["confusion_matrix"]["classification"] == {"labels": ["yes", "no", "other"],  # "maybe" is off-label
                                                            "matrix": [[1, 1, 0], [1, 0, 1], [0, 0, 0]]}
     assert entry["samples"] == 8  # two epochs; the metrics count each sample once
 

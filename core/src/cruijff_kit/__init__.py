@@ -52,6 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only: the names below load lazily
         within_deadline,
     )
     from cruijff_kit._api.sections import SpecSection
+    from cruijff_kit._api.units import parse_memory, parse_slurm_time
     from cruijff_kit._base.errors import CkError, DataError, PluginError, SpecError, StageError, did_you_mean
     from cruijff_kit._base.layout import ExperimentLayout, RunLayout
     from cruijff_kit._base.yamlfile import spec_error_from
@@ -71,6 +72,7 @@ _WHERE = {
                      "DownloadStalled", "StallGuard", "call_with_deadline", "within_deadline", "read_body",
                      "json_body", "call_with_stall_guard"], "cruijff_kit._api.retry"),
     **dict.fromkeys(["SpecSection"], "cruijff_kit._api.sections"),
+    **dict.fromkeys(["parse_memory", "parse_slurm_time"], "cruijff_kit._api.units"),
     **dict.fromkeys(["spec_error_from"], "cruijff_kit._base.yamlfile"),
 }
 
@@ -82,7 +84,7 @@ __all__ = [
     "Prompt", "Registry", "Resources", "RetryPolicy", "RunInfo", "RunLayout", "Scheduler",
     "SchedulerConfig", "Simulator", "SimulatorConfig", "SpecError", "SpecSection", "StageContext",
     "StageDef", "StageError", "StageJob", "Target", "TrainConfig", "Trainer", "__version__",
-    "did_you_mean", "hookimpl", "plugin_class", "registry", "spec_error_from",
+    "did_you_mean", "hookimpl", "parse_memory", "parse_slurm_time", "plugin_class", "registry", "spec_error_from",
 ]
 
 __getattr__, __dir__ = lazy_exports(__name__, _WHERE)

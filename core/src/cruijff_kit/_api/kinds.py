@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from cruijff_kit._api.units import parse_memory, parse_slurm_time
 
 if TYPE_CHECKING:  # pragma: no cover
     from cruijff_kit._api.context import StageContext
@@ -168,12 +170,21 @@ class Resources(PluginConfig):
 
     gpus: int = Field(0, ge=0)
     cpus: int = Field(1, gt=0)
-    memory: str = Field("8GB", description="e.g. 32GB")
-    time: str = Field("01:00:00", description="Wall-time limit HH:MM:SS")
+    memory: str = Field("8GB", description="Memory per node as sbatch --mem reads it: 32GB, 1.5G, 800M; units K, M, "
+                        "G, T are binary (1G = 1024M); a bare number is megabytes.")
+    time: str = Field("01:00:00", description="Wall-time limit of one stage in one of sbatch's --time formats: MM, "
+                      "MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS (\"30:00\" is 30 minutes; quote it in YAML).")
     nodes: int = Field(1, gt=0)
     processes: int | None = Field(
         None, gt=0, description="Training processes per node (data parallel); default one per GPU. "
         "Set it on CPU to run the distributed path with gloo.")
+
+    @field_validator("memory", "time", mode="before")
+    @classmethod
+    def _slurm_units(cls, v: Any, info: ValidationInfo) -> Any:
+        """Held to sbatch's meanings (:mod:`cruijff_kit._api.units`); a whole number is kept as its text."""
+        (parse_memory if info.field_name == "memory" else parse_slurm_time)(v)
+        return str(v) if isinstance(v, int) else v
 
 
 class SchedulerConfig(PluginConfig):

@@ -10,16 +10,41 @@ from __future__ import annotations
 import difflib
 import reprlib
 from collections.abc import Iterable
+from enum import IntEnum
 from typing import Any
 
 #: Most characters of a user's input quoted in one message (:func:`clip`, :func:`short_repr`).
 EXCERPT_CHARS = 200
 
 
-class CkError(Exception):
-    """An error caused by the user's input, with a message that says what to fix."""
+class ExitCode(IntEnum):
+    """The exit statuses of ``ck`` (documented in docs/cli.md, "Exit codes"); every command uses these."""
 
-    exit_code = 2
+    #: Everything asked for was done (``ck status``: no stage failed).
+    OK = 0
+    #: A stage failed: ``ck run`` on a scheduler that waits (local) saw one fail or be interrupted;
+    #: ``ck status`` lists a failed one.
+    STAGE_FAILED = 1
+    #: Nothing was done: the spec, an option or a file is wrong, or it is unsafe (another ``ck run`` holds
+    #: the experiment, a file ck did not write would be overwritten). Click's usage errors use 2 too.
+    USAGE = 2
+    #: ``ck stage`` found its stage claimed by another live process (EX_TEMPFAIL): it did nothing.
+    CLAIMED = 75
+    #: Interrupted (Ctrl-C, SIGINT or SIGTERM): what finished is kept, ``ck run`` resumes the rest.
+    INTERRUPTED = 130
+
+
+class CkError(Exception):
+    """An error caused by the user's input, with a message that says what to fix.
+
+    ``option`` names the option of a plugin's section the error is about (e.g. ``task``) when a
+    plugin's plan-time check raises it; the planner then names the field (``eval[0].task``)."""
+
+    exit_code: int = ExitCode.USAGE
+
+    def __init__(self, *args: object, option: str | None = None) -> None:
+        super().__init__(*args)
+        self.option = option
 
 
 class SpecError(CkError):

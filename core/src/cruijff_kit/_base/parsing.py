@@ -10,6 +10,9 @@ task file) is read through :func:`parse_yaml_text` or :func:`parse_json_text`:
 - YAML aliases are bounded: at most :data:`MAX_ALIASES` uses and :data:`MAX_ALIAS_NODES` values
   reached through them, so an alias bomb ("billion laughs") fails after reading a few lines; an alias
   inside the value it names (a recursive structure) is an error;
+- a plain scalar YAML 1.1 reads as a base-60 number (an unquoted ``30:00`` is the integer 1800,
+  ``1:30:00`` is 5400) is an error saying to quote it, so that ``time: 30:00`` can never become
+  1800 minutes;
 - messages quote the input only through :func:`~cruijff_kit._base.errors.clip` (at most
   ``EXCERPT_CHARS`` characters), never whole.
 
@@ -59,6 +62,8 @@ class _Refused(Exception):
 
 
 _NOT_SCALAR = object()
+#: Tags YAML 1.1 gives plain scalars such as ``30:00`` (int 1800) and ``1:30.5`` (float 90.5).
+_BASE_60_TAGS = frozenset({"tag:yaml.org,2002:int", "tag:yaml.org,2002:float"})
 
 
 class _CheckedComposer(Composer):
@@ -97,6 +102,7 @@ class _CheckedComposer(Composer):
         self._count += 1
         if isinstance(event, ScalarEvent):
             node = super().compose_node(parent, index)
+            self._refuse_sexagesimal(node, event)
             if event.anchor is not None:
                 self._done[id(node)] = (1, 0)
             return node
@@ -114,6 +120,20 @@ class _CheckedComposer(Composer):
             self._done[id(node)] = (self._count - start, self._reach - self._depth)
         self._reach = max(outer_reach, self._reach)
         return node
+
+    def _refuse_sexagesimal(self, node: Any, event: Any) -> None:
+        """An unquoted ``30:00`` or ``1:30:00`` is refused: YAML 1.1 reads it as a base-60 number (1800,
+        5400), never what a person means by it (thirty minutes, a time of day, a ratio)."""
+        if node.tag not in _BASE_60_TAGS or ":" not in node.value or not event.implicit[0]:
+            return
+        number = self.construct_object(node)  # type: ignore[attr-defined]
+        key = self._path[-1] if self._path and isinstance(self._path[-1], str) else None
+        text = clip(node.value, 40)
+        fix = f'{key}: "{text}"' if key else f'"{text}"'
+        raise _Refused(f"the unquoted value `{text}` at line {event.start_mark.line + 1} is a base-60 number to "
+                       f"YAML 1.1, which reads it as {clip(number, 40)}, not as the text written.",
+                       f"Quote it: {fix} (a time like \"30:00\" is then read as sbatch reads it: 30 minutes).",
+                       self._where())
 
     def _use_alias(self, target: Any, event: Any) -> None:
         name = clip(event.anchor, 40)
@@ -240,8 +260,9 @@ else:
 def parse_yaml_text(text: str, *, file: str | None = None, loader: type | None = None) -> Any:
     """One YAML document, as ``yaml.safe_load`` reads it, within the bounds of this module.
 
-    A duplicate key, nesting beyond :data:`MAX_DEPTH` or an alias bomb raises :class:`SpecError` naming
-    ``file``, the line(s) and the fix; a syntax error raises ``yaml.YAMLError`` as ``safe_load`` does.
+    A duplicate key, nesting beyond :data:`MAX_DEPTH`, an alias bomb or an unquoted base-60 number raises
+    :class:`SpecError` naming ``file``, the line(s) and the fix; a syntax error raises ``yaml.YAMLError`` as
+    ``safe_load`` does.
     """
     try:
         return yaml.load(text, Loader=loader or CheckedLoader)  # noqa: S506 - a safe loader

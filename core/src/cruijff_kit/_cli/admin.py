@@ -61,7 +61,11 @@ def archive_cmd(experiment: str, dest: str, keep_adapters: bool, remove: bool) -
 @click.command()
 @click.option("--markdown", is_flag=True, help="Print the spec reference page instead (docs/spec-reference.md).")
 def schema(markdown: bool) -> None:
-    """Print the JSON Schema of a run spec, installed plugins' options included."""
+    """Print the JSON Schema (draft 2020-12) of a run spec, installed plugins' options included.
+
+    Write it with `ck schema > ck-schema.json` and point an editor's YAML language server at it for
+    completion and checking (see docs/spec-reference.md).
+    """
     if markdown:
         from cruijff_kit._engine.reference import spec_reference
 

@@ -1,10 +1,11 @@
-"""Helpers shared by the ``ck`` area modules: the rich console, ``--set`` help, loading a spec."""
+"""Helpers shared by the ``ck`` area modules: the rich console, ``--set`` help, loading a spec, ``--json``."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from cruijff_kit._base.console import console  # noqa: F401 - shared by the area modules
+from cruijff_kit._base.jsonout import json_flag, json_output  # noqa: F401 - shared by the area modules
 from cruijff_kit._engine.spec import (  # noqa: F401 - shared by the area modules
     ALLOW_LARGE_SWEEP_HELP,
     ALLOW_MANY_EPOCHS_HELP,
@@ -27,3 +28,4 @@ def load(spec: str, sets: tuple[str, ...], scheduler: str | None = None) -> Any:
         loaded.overrides = {k: v for k, v in loaded.overrides.items() if not k.startswith("scheduler")}
         loaded.overrides["scheduler"] = section
     return loaded
+

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from cruijff_kit._base.errors import CkError
+from cruijff_kit._base.errors import CkError, ExitCode
 from cruijff_kit._base.version import __version__
 from cruijff_kit._cli import admin, runs
 
@@ -57,7 +57,8 @@ def shown_error(exc: CkError) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the CLI, turning user errors into one-paragraph messages."""
+    """Entry point: run the CLI, turning user errors into one-paragraph messages and the exit codes of
+    :class:`~cruijff_kit._base.errors.ExitCode`."""
     try:
         _add_plugin_commands()
     except CkError as exc:
@@ -69,16 +70,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
-        sys.exit(130)
+        sys.exit(ExitCode.INTERRUPTED)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
-        sys.exit(130)
+        sys.exit(ExitCode.INTERRUPTED)
     except OSError as exc:
         if exc.filename is None:
             raise
         click.echo(f"Error: cannot use {exc.filename}: {exc.strerror or exc}. Check that the path exists, "
                    "is writable, and that the disk is not full.", err=True)
-        sys.exit(2)
+        sys.exit(ExitCode.USAGE)

@@ -3,15 +3,22 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from cruijff_kit._base.errors import CkError
-from cruijff_kit._cli.common import ALLOW_LARGE_SWEEP_HELP, ALLOW_MANY_EPOCHS_HELP, SET_HELP, console, load
+from cruijff_kit._base.errors import CkError, ExitCode
+from cruijff_kit._cli.common import (
+    ALLOW_LARGE_SWEEP_HELP,
+    ALLOW_MANY_EPOCHS_HELP,
+    SET_HELP,
+    console,
+    json_flag,
+    json_output,
+    load,
+)
 
 
 def confirmations(command: Any) -> Any:
@@ -20,16 +27,47 @@ def confirmations(command: Any) -> Any:
     return click.option("--allow-large-sweep", is_flag=True, help=ALLOW_LARGE_SWEEP_HELP)(command)
 
 
+def plan_document(plan: Any, *, estimates: bool = False) -> dict[str, Any]:
+    """The keys ``ck validate --json`` and ``ck plan --json`` print about a plan (docs/cli.md)."""
+    from dataclasses import asdict
+
+    runs = []
+    for run in plan.runs:
+        row: dict[str, Any] = {"name": run.name, "type": run.type, "dir": str(run.layout.root),
+                               "sweep": run.sweep_values, "stages": [s.name for s in run.stages]}
+        if estimates:
+            check = plan.truncation.get(run.name)
+            row.update(estimate=asdict(run.estimate) if run.estimate is not None else None,
+                       columns=run.plan_columns, truncation=check.summary() if check is not None else None)
+        runs.append(row)
+    return {"ok": True, "exit_code": int(ExitCode.OK), "spec": str(plan.loaded.file), "experiment": plan.experiment,
+            "experiment_dir": str(plan.layout.root), "run_count": len(plan.runs),
+            "stage_count": sum(len(r.stages) for r in plan.runs), "swept": plan.swept_keys(), "runs": runs,
+            "notes": list(plan.notes)}
+
+
+def show_notes(plan: Any) -> None:
+    """The plan's notes (e.g. a hub model that is not downloaded yet) on stderr."""
+    for note in plan.notes:
+        click.echo(f"Note: {note}", err=True)
+
+
 @click.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--set", "sets", multiple=True, help=SET_HELP)
 @confirmations
-def validate(spec: str, sets: tuple[str, ...], allow_large_sweep: bool, allow_many_epochs: bool) -> None:
-    """Check SPEC: its keys, every plugin's options, and plan-time checks."""
+@json_flag
+def validate(spec: str, sets: tuple[str, ...], allow_large_sweep: bool, allow_many_epochs: bool,
+             as_json: bool) -> None:
+    """Check SPEC: its keys, every plugin's options, the files it names, and plan-time checks."""
     from cruijff_kit._engine.planner import make_plan
 
-    plan = make_plan(load(spec, sets), allow_large_sweep=allow_large_sweep, allow_many_epochs=allow_many_epochs)
-    click.echo(f"{spec}: valid. {len(plan.runs)} run(s), {sum(len(r.stages) for r in plan.runs)} stage(s).")
+    with json_output(as_json) as emit:
+        plan = make_plan(load(spec, sets), allow_large_sweep=allow_large_sweep, allow_many_epochs=allow_many_epochs)
+        emit(plan_document(plan))
+    if not as_json:
+        show_notes(plan)
+        click.echo(f"{spec}: valid. {len(plan.runs)} run(s), {sum(len(r.stages) for r in plan.runs)} stage(s).")
 
 
 @click.command()
@@ -37,7 +75,9 @@ def validate(spec: str, sets: tuple[str, ...], allow_large_sweep: bool, allow_ma
 @click.option("--set", "sets", multiple=True, help=SET_HELP)
 @click.option("--no-write", is_flag=True, help="Print the plan without writing plan.md.")
 @confirmations
-def plan(spec: str, sets: tuple[str, ...], no_write: bool, allow_large_sweep: bool, allow_many_epochs: bool) -> None:
+@json_flag
+def plan(spec: str, sets: tuple[str, ...], no_write: bool, allow_large_sweep: bool, allow_many_epochs: bool,
+         as_json: bool) -> None:
     """Expand the sweep into runs, estimate each, write and print plan.md."""
     from rich.markdown import Markdown
 
@@ -45,11 +85,16 @@ def plan(spec: str, sets: tuple[str, ...], no_write: bool, allow_large_sweep: bo
     from cruijff_kit._engine.planner import make_plan
     from cruijff_kit._engine.report import plan_markdown
 
-    p = make_plan(load(spec, sets), estimate=True, allow_large_sweep=allow_large_sweep,
-                  allow_many_epochs=allow_many_epochs)
-    text = plan_markdown(p)
-    if not no_write:
-        atomic_write_text(p.layout.plan, text)
+    with json_output(as_json) as emit:
+        p = make_plan(load(spec, sets), estimate=True, allow_large_sweep=allow_large_sweep,
+                      allow_many_epochs=allow_many_epochs)
+        text = plan_markdown(p)
+        if not no_write:
+            atomic_write_text(p.layout.plan, text)
+        emit({**plan_document(p, estimates=True), "plan_file": None if no_write else str(p.layout.plan)})
+    if as_json:
+        return
+    show_notes(p)
     # a terminal table of a thousand rows helps nobody: the file has them all
     console().print(Markdown(text if len(p.runs) <= 50 or no_write else plan_markdown(p, max_rows=20)))
     if not no_write:
@@ -65,20 +110,39 @@ def plan(spec: str, sets: tuple[str, ...], no_write: bool, allow_large_sweep: bo
 @click.option("--retry-failed", is_flag=True, default=None,
               help="Submit failed (and timed-out) stages again; cluster schedulers only do so when asked.")
 @confirmations
+@json_flag
 def run(spec: str, sets: tuple[str, ...], scheduler: str | None, force: bool, dry_run: bool,
-        retry_failed: bool | None, allow_large_sweep: bool, allow_many_epochs: bool) -> None:
+        retry_failed: bool | None, allow_large_sweep: bool, allow_many_epochs: bool, as_json: bool) -> None:
     """Run every stage of SPEC's runs; finished stages are skipped, interrupted ones resume."""
     from cruijff_kit._engine.planner import make_plan
     from cruijff_kit._engine.runner import run_plan
 
-    p = make_plan(load(spec, sets, scheduler), allow_large_sweep=allow_large_sweep,
-                  allow_many_epochs=allow_many_epochs)
-    sel = run_plan(p, force=force, dry_run=dry_run, retry_failed=retry_failed or None)
+    with json_output(as_json) as emit:
+        p = make_plan(load(spec, sets, scheduler), allow_large_sweep=allow_large_sweep,
+                      allow_many_epochs=allow_many_epochs)
+        sel = run_plan(p, force=force, dry_run=dry_run, retry_failed=retry_failed or None)
+        blocking = bool(p.runs) and p.runs[0].scheduler().blocking
+        bad = _unfinished_rows(p.layout) if blocking and not dry_run else []
+        code = ExitCode.STAGE_FAILED if bad else ExitCode.OK
+        emit({"ok": code == ExitCode.OK, "exit_code": int(code), "experiment": p.experiment,
+              "experiment_dir": str(p.layout.root), "run_count": len(p.runs), "dry_run": dry_run,
+              "submitted": [{"run": j.run_name, "stage": j.stage} for j in sel.jobs],
+              "already_done": sel.skipped_done, "still_running": sel.skipped_active,
+              "failed_not_retried": sel.skipped_failed, "waiting": sel.skipped_waiting, "held_by": sel.held_by,
+              "unfinished": [{k: r.get(k) for k in ("run", "stage", "state", "error")} for r in bad]})
+    if not as_json:
+        _say_run(p, sel, dry_run, bad)
+    if bad:
+        sys.exit(code)
+
+
+def _say_run(p: Any, sel: Any, dry_run: bool, bad: list[dict[str, Any]]) -> None:
+    """What ``ck run`` did, as lines (stdout) and the stages that failed (stderr)."""
     msg = (f"{p.experiment}: {len(p.runs)} run(s); {len(sel.jobs)} stage(s) "
            f"{'planned (dry run)' if dry_run else 'submitted'}, {sel.skipped_done} already done, "
            f"{sel.skipped_active} still running.")
     click.echo(msg)
-    if getattr(sel, "skipped_failed", 0):
+    if sel.skipped_failed:
         click.echo(f"{sel.skipped_failed} failed stage(s) not submitted again: see `ck status`, then "
                    "`ck run --retry-failed` to retry them.")
     if sel.skipped_waiting:
@@ -88,13 +152,10 @@ def run(spec: str, sets: tuple[str, ...], scheduler: str | None, force: bool, dr
         click.echo(f"Another `ck run` ({'; '.join(sel.held_by)}) is running this experiment; the stages it "
                    "holds were left to it.")
     click.echo(f"Output: {p.layout.root}")
-    blocking = bool(p.runs) and p.runs[0].scheduler().blocking
-    bad = _unfinished_rows(p.layout) if blocking and not dry_run else []
+    for row in bad:
+        click.echo(f"{row['state'].upper()} {row['run']} {row['stage']}: {row.get('error') or ''}", err=True)
     if bad:
-        for row in bad:
-            click.echo(f"{row['state'].upper()} {row['run']} {row['stage']}: {row.get('error') or ''}", err=True)
         click.echo("Fix the cause and run the same command again: finished stages are kept.", err=True)
-        sys.exit(1)
 
 
 def _unfinished_rows(layout: Any) -> list[dict[str, Any]]:
@@ -105,22 +166,32 @@ def _unfinished_rows(layout: Any) -> list[dict[str, Any]]:
 
 @click.command()
 @click.argument("target", default=".", type=click.Path())
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable rows.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the rows (one per run x stage) as one JSON list on stdout; keys in docs/cli.md.")
 def status(target: str, as_json: bool) -> None:
-    """Runs x stages with their states. TARGET: a spec file or an experiment folder."""
+    """Runs x stages with their states. TARGET: a spec file or an experiment folder.
+
+    Exits 1 when a stage failed (its row says why), else 0."""
+    from cruijff_kit._engine.runner import experiment_status, find_experiment
+
+    with json_output(as_json) as emit:
+        exp = find_experiment(target)
+        rows = experiment_status(exp)
+        warnings = _damage_warnings(exp, rows)
+        emit(rows)
+    if not as_json:
+        _show_status(exp, rows, target)
+    for line in warnings:
+        click.echo(line, err=True)
+    if any(r.get("state") == "failed" for r in rows):
+        sys.exit(ExitCode.STAGE_FAILED)
+
+
+def _show_status(exp: Any, rows: list[dict[str, Any]], target: str) -> None:
+    """The table of runs x stages, the stages still billed, and each failure with its log tail."""
     from rich.markup import escape
     from rich.table import Table
 
-    from cruijff_kit._engine.runner import experiment_status, find_experiment
-
-    exp = find_experiment(target)
-    rows = experiment_status(exp)
-    warnings = _damage_warnings(exp, rows)
-    if as_json:
-        click.echo(json.dumps(rows, indent=2, default=str))
-        for line in warnings:
-            click.echo(line, err=True)
-        return
     stages = []
     for r in rows:
         if r["stage"] not in stages and r["stage"] is not None:
@@ -151,13 +222,12 @@ def status(target: str, as_json: bool) -> None:
             out.print(f"[red]{r['run']} {r['stage']}[/]: {r.get('error', '')}")
             if r.get("error_tail"):
                 out.print(r["error_tail"], markup=False)
-    for line in warnings:
-        click.echo(line, err=True)
 
 
 def _damage_warnings(exp: Any, rows: list[dict[str, Any]]) -> list[str]:
     """``Warning:`` lines for damaged state files: one per file, then how many runs they hide. ``ck status``
-    still lists every run and exits 0 (a listing, not a failure); the rows say ``damaged``."""
+    still lists every run and a damaged one does not change its exit code (a listing: the rows say
+    ``damaged``); only a failed stage makes it exit 1."""
     from cruijff_kit._engine.runner import experiment_damage
 
     lines = [f"Warning: {line}" for line in experiment_damage(exp)]
@@ -257,7 +327,7 @@ def stage(run_dir: str, stage: str) -> None:
         run_stage(run_dir, stage)
     except Interrupted as exc:
         click.echo(f"Stage {stage} interrupted ({exc}); `ck run` resumes it.", err=True)
-        sys.exit(130)
+        sys.exit(ExitCode.INTERRUPTED)
 
 
 COMMANDS = (validate, plan, run, status, logs, cancel, reset, stage)

@@ -10,6 +10,7 @@ import copy
 import itertools
 import json
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from cruijff_kit._api.kinds import (
 from cruijff_kit._api.records import PlannedRun, StageDef, StageJob
 from cruijff_kit._api.registry import registry
 from cruijff_kit._api.sections import dump_section, validate_section
-from cruijff_kit._base.errors import SpecError
+from cruijff_kit._base.errors import SpecError, clip
 from cruijff_kit._base.layout import ExperimentLayout
 from cruijff_kit._base.naming import run_name, spec_hash
 from cruijff_kit._engine.spec import (
@@ -55,6 +56,8 @@ class Plan:
     runs: list[PlannedRun]
     #: Run name -> the count of target tokens ``max_seq_length`` cuts (runs that train), by :func:`check_truncation`.
     truncation: dict[str, TruncationCheck] = field(default_factory=dict)
+    #: Things to know that are not errors (a hub model not downloaded yet), by :func:`plan_notes`.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def layout(self) -> ExperimentLayout:
@@ -144,13 +147,56 @@ def _cached_hub_model(model: dict[str, Any], base_dir: Path | None = None) -> st
     return str(snap) if snap is not None else None
 
 
-def _resolve_model(model: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+#: A name the hub may hold: ``org/name``, or a bare ``name`` (the hub's oldest models, e.g. ``gpt2``).
+_HUB_NAME = re.compile(r"^[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9])?$")
+
+
+def could_be_hub_id(path: str) -> bool:
+    """True when ``path`` may name a hub model (``org/name`` or a bare ``name``, without ``--`` or ``..``);
+    False for what can only be a local path (``./x``, ``../x``, ``/x``, ``~/x``, ``a/b/c``)."""
+    from cruijff_kit._engine.hubcache import looks_like_hub_id
+
+    parts = path.split("/")
+    if "--" in path or ".." in path or not 1 <= len(parts) <= 2:
+        return False
+    return (len(parts) == 1 or looks_like_hub_id(path)) and all(_HUB_NAME.match(p) for p in parts)
+
+
+def _resolve_model(model: dict[str, Any], base_dir: Path, file: str) -> dict[str, Any]:
+    """``model`` with ``local_path`` (the folder, or the cached snapshot of a hub id, or None when the hub
+    id is not downloaded yet) and ``adapter`` made absolute. SpecError, naming the field, for a local
+    path or an adapter folder that does not exist."""
     out = dict(model)
     local = (base_dir / Path(model["path"]).expanduser())
     out["local_path"] = str(local.resolve()) if local.exists() else _cached_hub_model(model, base_dir)
+    if out["local_path"] is None and not could_be_hub_id(str(model["path"])):
+        raise SpecError(f"the model folder {local.resolve()} does not exist, and `{clip(model['path'], 200)}` "
+                        "cannot be a hub id (hub ids look like org/name).", file=file, path="model.path",
+                        hint="Fix the path (a relative path is relative to the spec's folder), or name a hub "
+                             "model as org/name (`ck models download org/name` fetches one).")
     if model.get("adapter"):
-        out["adapter"] = str((base_dir / Path(model["adapter"]).expanduser()).resolve())
+        adapter = (base_dir / Path(model["adapter"]).expanduser()).resolve()
+        if not adapter.is_dir():
+            what = "is a file, not a folder" if adapter.exists() else "does not exist"
+            raise SpecError(f"the adapter folder {adapter} {what}.", file=file, path="model.adapter",
+                            hint="Give the folder a trainer wrote (train/epoch_<N>/adapter of a run; a "
+                                 "relative path is relative to the spec's folder).")
+        out["adapter"] = str(adapter)
     return out
+
+
+def plan_notes(plan: Plan) -> list[str]:
+    """One note per model named by hub id that is neither a local folder nor in the hub cache: valid,
+    and downloaded by the first stage that loads it (where the machine may reach the hub)."""
+    notes: dict[str, None] = {}
+    for run in plan.runs:
+        model = run.spec["model"]
+        if model.get("local_path") is None:
+            rev = f" --revision {model['revision']}" if model.get("revision") else ""
+            notes[f"model.path `{model['path']}` is not a folder here and not in the hub cache; the first stage "
+                  f"that loads it downloads it from the hub (`ck models download {model['path']}{rev}` fetches "
+                  "it now, for machines that cannot reach the hub)."] = None
+    return list(notes)
 
 
 def _eval_targets(i: int, cfg: EvalConfig, run_type: str, train: TrainConfig | None, file: str,
@@ -282,7 +328,7 @@ def _resolve_run(loaded: LoadedSpec, combo: dict[str, Any], layout: ExperimentLa
     if resolved["train"] is not None:  # allowing truncation changes no result: run names stay as they were
         hashed["train"] = {k: v for k, v in resolved["train"].items() if k != "allow_truncation"}
     name = run_name(hashed)
-    resolved["model"] = _resolve_model(resolved["model"], base_dir)
+    resolved["model"] = _resolve_model(resolved["model"], base_dir, file)
     for key, owner in registry().spec_sections.items():  # not hashed (e.g. a simulation's output path)
         if getattr(top, key, None) is not None:
             resolved[key] = owner.resolve(getattr(top, key), loaded)
@@ -315,6 +361,7 @@ def make_plan(loaded: LoadedSpec, *, estimate: bool = False, check: bool = True,
         run = resolve_run(loaded, combo, layout, cache, allow_many_epochs=allow_many_epochs)
         runs.setdefault(run.name, run)  # --set may collapse sweep points into one run
     plan = Plan(loaded, list(runs.values()))
+    plan.notes = plan_notes(plan)
     if check:
         check_plan(plan)
         check_truncation(plan)
@@ -353,8 +400,10 @@ def check_plan(plan: Plan) -> None:
             except Exception as exc:
                 from cruijff_kit._base.errors import CkError
 
-                if isinstance(exc, CkError):
-                    raise SpecError(str(exc), file=str(plan.loaded.file), path=where) from None
+                if isinstance(exc, CkError):  # named by the plugin's option, when the check says which
+                    option = getattr(exc, "option", None)
+                    raise SpecError(str(exc), file=str(plan.loaded.file),
+                                    path=f"{where}.{option}" if option else where) from None
                 raise
 
 

@@ -53,6 +53,37 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
 ]
 
 
+#: How to wire ``ck schema`` to an editor: a section of the reference page.
+EDITOR_SECTION = [
+    "## Editor completion and checking",
+    "",
+    "`ck schema > ck-schema.json` writes the JSON Schema (draft 2020-12) of a spec, with the options of",
+    "every installed plugin and of `simulate` (write it again after installing or upgrading a plugin).",
+    "An editor using the YAML language server (version 1.20 or later, e.g. VS Code's YAML extension)",
+    "then completes keys and plugin names, shows each key's description, and marks a misspelt key at",
+    "the top level, inside a plugin's options and inside `simulate`. Wire it for one spec with a first line",
+    "",
+    "```yaml",
+    "# yaml-language-server: $schema=./ck-schema.json",
+    "```",
+    "",
+    "(the path is relative to the spec), or for every spec of a workspace in VS Code's",
+    "`.vscode/settings.json` (paths relative to the workspace folder):",
+    "",
+    "```json",
+    "{",
+    '  "yaml.schemas": {"./ck-schema.json": ["experiments/*.yaml"]},',
+    '  "yaml.yamlVersion": "1.1"',
+    "}",
+    "```",
+    "",
+    "`yaml.yamlVersion: 1.1` makes the editor read `yes`, `no`, `on` and `off` as true and false, as",
+    "`ck` does. The schema is a guide while typing; `ck validate` is the judge (it also checks what a",
+    "schema cannot, such as files that must exist and values that must fit together).",
+    "",
+]
+
+
 def spec_reference() -> str:
     """The whole reference page."""
     out = [
@@ -67,6 +98,7 @@ def spec_reference() -> str:
         "runs are the cartesian product, crossed with the `variants` list (each a mapping of dotted paths).",
         "Precedence: the file < sweep and variant values < `--set` on the command line.",
         "",
+        *EDITOR_SECTION,
     ]
     owned = [table for owner in registry().spec_sections.values() for table in owner.reference()]
     for title, model, text in SECTIONS + owned:

@@ -129,6 +129,19 @@ class SimulateConfig(_Model):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def simulate_json_schema() -> dict[str, Any]:
+    """JSON Schema of the ``simulate`` section: :class:`SimulateConfig` with every participant typed by
+    the installed simulator plugins (the assistant's spec-model option may be left out)."""
+    from cruijff_kit._api.sections import plugin_section_schema
+
+    schema = SimulateConfig.model_json_schema()
+    defs = schema["$defs"]
+    defs["ParticipantSection"] = plugin_section_schema("simulator", defs)
+    assistant = plugin_section_schema("simulator", defs, optional=lambda cls: tuple(filter(None, [cls.spec_model_option])))
+    schema["properties"]["assistant"] = {**assistant, "description": schema["properties"]["assistant"]["description"]}
+    return schema
+
+
 # --------------------------------------------------------------------------- participants
 def simulator_class(name: str, *, file: str | None, path: str) -> type[Simulator]:
     """The simulator class registered as ``plugin: name``."""

@@ -41,10 +41,16 @@ def _reference() -> list[ReferenceTable]:
     ]
 
 
+def _schema() -> dict[str, Any]:
+    from cruijff_kit._simulate.config import simulate_json_schema
+
+    return simulate_json_schema()
+
+
 @hookimpl
 def register_spec_sections(register: Callable[[SpecSection], None]) -> None:
     """The ``simulate`` section: checked at plan time, copied into each run's spec with ``output`` absolute."""
-    register(SpecSection(key="simulate", check=_check, resolve=_resolve, reference=_reference))
+    register(SpecSection(key="simulate", check=_check, resolve=_resolve, reference=_reference, schema=_schema))
 
 
 @click.command()

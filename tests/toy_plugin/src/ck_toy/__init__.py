@@ -76,7 +76,9 @@ class ToyTrainer(Trainer):
             ctx.log_metrics(step, epoch=epoch, train_loss=1.0 / step, learning_rate=cfg.learning_rate,
                             pid=os.getpid(), cuda=os.environ.get("CUDA_VISIBLE_DEVICES"), time=time.time())
             ctx.state_dir.mkdir(parents=True, exist_ok=True)
-            state_file.write_text(json.dumps({"step": step}))
+            tmp = state_file.with_name("state.json.tmp")  # atomic: a reader or a kill never sees it half written
+            tmp.write_text(json.dumps({"step": step}))
+            os.replace(tmp, state_file)
             if step % cfg.steps_per_epoch == 0 and epoch in saved:
                 out = ctx.adapter_dir(epoch)
                 out.mkdir(parents=True, exist_ok=True)

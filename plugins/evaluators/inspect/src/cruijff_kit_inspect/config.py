@@ -147,7 +147,9 @@ class InspectConfig(EvalConfig):
     model: str | None = Field(None, description="An inspect model string (openai/..., hf/..., vllm/...) "
                               "to evaluate instead of the run's model; base target only.")
     model_args: dict[str, Any] = Field(default_factory=dict, description="Model args of `model` (e.g. "
-                                       "responses_api: false for an OpenAI-compatible server).")
+                                       "responses_api: true to use OpenAI's responses API at a custom base_url).")
+    base_url: str | None = Field(None, description="Base URL of `model`'s API, e.g. an OpenAI-compatible server "
+                                 "http://127.0.0.1:8000/v1; default: the provider's variable (OPENAI_BASE_URL).")
     grader: str | None = Field(None, description="Inspect model string of the grader (task model-graded).")
     task_args: dict[str, Any] = Field(default_factory=dict, description="Arguments of a user task file.")
 
@@ -210,6 +212,12 @@ class InspectConfig(EvalConfig):
         if secret:
             raise ValueError(f"model_args.{secret[0]} would be written into every eval log; set it in the "
                              "environment instead (e.g. OPENAI_API_KEY), which the provider reads")
+        if "base_url" in self.model_args:
+            raise ValueError("model_args.base_url: set the eval's `base_url:` instead (it is passed to inspect "
+                             "as the model's base URL)")
+        if self.base_url is not None and not self.model:
+            raise ValueError("base_url applies to `model` (an inspect model string such as openai/my-model); "
+                             "set `model:` too, or remove base_url")
         if self.model_args and not self.model:
             raise ValueError("model_args apply to `model` (an inspect model string); for the run's own "
                              "model use device, dtype and batch_size")

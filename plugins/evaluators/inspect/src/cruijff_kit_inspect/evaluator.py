@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import urlsplit
 
 from cruijff_kit import CkError, Evaluator, StageError
 from cruijff_kit.files import scrub
@@ -14,11 +16,38 @@ if TYPE_CHECKING:  # pragma: no cover
     from cruijff_kit import PlannedRun, StageContext
 
 
+OPENAI_HOST = "api.openai.com"
+BASE_URL_VARS = ("OPENAI_BASE_URL", "INSPECT_EVAL_MODEL_BASE_URL")
+"""Where inspect's ``openai`` provider reads its base URL when the eval sets no ``base_url``."""
+
+
+def compatible_base_url(cfg: InspectConfig) -> str | None:
+    """The base URL of an ``openai/`` model when it is not OpenAI's own API, else None.
+
+    ``base_url`` of the eval, else ``$OPENAI_BASE_URL`` (or ``$INSPECT_EVAL_MODEL_BASE_URL``), as
+    inspect resolves it; Azure and Bedrock deployments (``openai/azure/...``) are OpenAI's service.
+    """
+    if not cfg.model or not cfg.model.startswith("openai/") or cfg.model.split("/")[1] in ("azure", "bedrock"):
+        return None
+    url = cfg.base_url or next((os.environ[v] for v in BASE_URL_VARS if os.environ.get(v)), None)
+    if not url or (urlsplit(url).hostname or "").lower() == OPENAI_HOST:
+        return None
+    return url
+
+
 def model_for(cfg: InspectConfig, model_path: str, adapter: Path | None,
               chat_template: str | None = None) -> tuple[str, dict[str, Any]]:
-    """The inspect model string and model args that evaluate ``model_path`` (+ ``adapter``)."""
+    """The inspect model string and model args that evaluate ``model_path`` (+ ``adapter``).
+
+    An ``openai/`` model served at another base URL (an OpenAI-compatible server) speaks chat
+    completions unless ``model_args.responses_api`` asks for the responses API: inspect would pick the
+    responses API by the model's name, which such servers rarely offer.
+    """
     if cfg.model:
-        return cfg.model, dict(cfg.model_args)
+        args = dict(cfg.model_args)
+        if "responses_api" not in args and compatible_base_url(cfg) is not None:
+            args["responses_api"] = False
+        return cfg.model, args
     if cfg.backend == "vllm":
         name = f"vllm/{model_path}" + (f":{adapter}" if adapter else "")
         args: dict[str, Any] = {}
@@ -92,16 +121,17 @@ class InspectEvaluator(Evaluator):
             path = self.path(file)
             if not path.is_file():
                 raise CkError(f"task file {path} does not exist (task: {cfg.task}). Paths are relative to the "
-                              "spec file's folder.")
+                              "spec file's folder.", option="task")
             try:
                 names = task_functions(path)
             except SyntaxError as exc:
-                raise CkError(f"task file {path} is not valid Python (line {exc.lineno}: {exc.msg}).") from None
+                raise CkError(f"task file {path} is not valid Python (line {exc.lineno}: {exc.msg}).",
+                              option="task") from None
             if fn not in names:
                 from cruijff_kit import did_you_mean
 
                 raise CkError(f"task file {path} has no function `{fn}` (task: {cfg.task}). "
-                              f"{did_you_mean(fn, names)}")
+                              f"{did_you_mean(fn, names)}", option="task")
         else:
             splits = run.dataset().splits()
             if splits is not None and cfg.split not in splits:
@@ -159,7 +189,7 @@ class InspectEvaluator(Evaluator):
         try:
             logs = inspect_eval(
                 task, model=model, model_args=model_args, log_dir=str(out), log_format="eval",
-                display="none", limit=cfg.limit, epochs=cfg.epochs, metadata=metadata,
+                model_base_url=cfg.base_url, display="none", limit=cfg.limit, epochs=cfg.epochs, metadata=metadata,
                 tags=[str(ctx.spec.get("experiment")), ctx.run.name, target.name], score_display=False,
                 **generate_args(cfg, seed, local=model.startswith("ck/")),
             )

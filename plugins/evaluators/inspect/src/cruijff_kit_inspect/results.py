@@ -52,6 +52,20 @@ def _relative(path: str, root: Path | None) -> str:
     return p
 
 
+def scored_risk(meta: dict[str, Any]) -> tuple[float, int] | None:
+    """(risk, outcome) of a risk score's metadata, or None when the sample is not scored.
+
+    A risk that is missing, not a number (NaN) or outside [0, 1], or an outcome other than 0/1, makes
+    the sample unscored: it is counted in ``n_unscored``, never averaged into the metrics.
+    """
+    risk, outcome = meta.get("risk"), meta.get("outcome")
+    if isinstance(risk, bool) or not isinstance(risk, int | float) or not 0.0 <= risk <= 1.0:
+        return None  # NaN fails the range test too
+    if isinstance(outcome, bool) or outcome not in (0, 1):
+        return None
+    return float(risk), int(outcome)
+
+
 def _first_epoch_scores(log: Any) -> list[tuple[str, Any]]:
     """(scorer name, Score) of every sample's first epoch (the metadata the metrics use)."""
     return [(name, score) for sample in (log.samples or []) if getattr(sample, "epoch", 1) == 1
@@ -62,10 +76,11 @@ def _risks(log: Any) -> dict[str, tuple[list[float], list[int], int]]:
     data: dict[str, tuple[list[float], list[int], int]] = {}
     for name, score in _first_epoch_scores(log):
         meta = score.metadata or {}
-        if meta.get("risk") is not None and "outcome" in meta:
+        pair = scored_risk(meta)
+        if pair is not None:
             risks, outcomes, _ = data.setdefault(name, ([], [], int(meta.get("n_bins", 10))))
-            risks.append(float(meta["risk"]))
-            outcomes.append(int(meta["outcome"]))
+            risks.append(pair[0])
+            outcomes.append(pair[1])
     return data
 
 

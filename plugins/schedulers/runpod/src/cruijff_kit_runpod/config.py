@@ -7,28 +7,18 @@ override the pod shape (``gpu_type``, ``image``, disks, ``cloud_type``) when an 
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from cruijff_kit import PluginConfig, SchedulerConfig, SpecError
+from cruijff_kit import PluginConfig, SchedulerConfig, SpecError, parse_slurm_time
 
 CloudType = Literal["SECURE", "COMMUNITY", "ALL"]
 DEFAULT_IMAGE = "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04"
 DEFAULT_SECRETS = ["HF_TOKEN", "WANDB_API_KEY"]
 #: Credentials of this machine that reach beyond one run; never passed to a pod.
 ACCOUNT_CREDENTIALS = frozenset({"RUNPOD_API_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN"})
-_HMS = re.compile(r"^(?:(\d+)-)?(\d+):(\d{1,2}):(\d{1,2})$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def parse_hms(value: str) -> int:
-    """``"HH:MM:SS"`` or ``"D-HH:MM:SS"`` -> seconds."""
-    m = _HMS.match(str(value).strip())
-    if not m:
-        raise ValueError(f"time must look like HH:MM:SS (got {value!r})")
-    days, h, mi, s = (int(g) if g else 0 for g in m.groups())
-    return ((days * 24 + h) * 60 + mi) * 60 + s
 
 
 def format_hms(seconds: float) -> str:
@@ -52,7 +42,8 @@ class RunpodConfig(SchedulerConfig):
     pod_per: Literal["run", "stage"] = Field(
         "run", description="run: one pod does a run's train and evals in a row; stage: one pod per stage.")
     time_limit: str | None = Field(
-        None, description="Wall-time limit of one pod, HH:MM:SS; default resources.time x its stages. "
+        None, description="Wall-time limit of one pod, in sbatch's --time formats as resources.time (MM, MM:SS, "
+        "HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS); default resources.time x its stages. "
         "The pod stops its stages and terminates itself when it is reached.")
     max_spend_per_run: float | None = Field(
         None, gt=0, description="Refuse to start a run whose pods could cost more (USD; price x GPUs x time limit).")
@@ -64,12 +55,12 @@ class RunpodConfig(SchedulerConfig):
     public_access: bool = Field(False, description="Give the pod a public IP and start SSH, for debugging only "
                                 "(batch stages need neither; off keeps the pod unreachable from outside).")
 
-    @field_validator("time_limit")
+    @field_validator("time_limit", mode="before")
     @classmethod
-    def _time(cls, v: str | None) -> str | None:
+    def _time(cls, v: Any) -> Any:
         if v is not None:
-            parse_hms(v)
-        return v
+            parse_slurm_time(v)
+        return str(v) if isinstance(v, int) else v
 
 
 class StoreProfile(PluginConfig):

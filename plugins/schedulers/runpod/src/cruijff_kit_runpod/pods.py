@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cruijff_kit import CkError, RunLayout, status
+from cruijff_kit import CkError, RunLayout, parse_slurm_time, status
 from cruijff_kit.files import read_json, update_json
 from cruijff_kit_runpod.api import AmbiguousError, PodRequest, RunPodApi, RunPodError
 from cruijff_kit_runpod.bundle import (
@@ -30,7 +30,7 @@ from cruijff_kit_runpod.bundle import (
     size_of,
     write_bundle,
 )
-from cruijff_kit_runpod.config import RunpodConfig, RunpodProfile, format_hms, parse_hms
+from cruijff_kit_runpod.config import RunpodConfig, RunpodProfile, format_hms
 from cruijff_kit_runpod.store import MAX_PRESIGN_SECONDS, ObjectStore
 
 RECORD = "runpod.json"
@@ -90,8 +90,8 @@ class PodSettings:
             data_center_id=profile.data_center_id, install=profile.install, pip_args=list(profile.pip_args),
             secrets=list(profile.secrets), secret_refs=dict(profile.secret_refs), env=dict(profile.env),
             pod_root=profile.pod_root, store=profile.store.model_dump() if profile.store else None,
-            stage_seconds=parse_hms(cfg.resources.time),
-            time_limit_seconds=parse_hms(cfg.time_limit) if cfg.time_limit else None,
+            stage_seconds=parse_slurm_time(cfg.resources.time),
+            time_limit_seconds=parse_slurm_time(cfg.time_limit) if cfg.time_limit else None,
             max_spend_per_run=min(spends) if spends else None, prices=dict(profile.prices),
             prices_from_api=profile.prices_from_api, max_upload_gb=profile.max_upload_gb,
             upload=list(cfg.upload), spec_dir=str(spec_dir), public_access=cfg.public_access)

@@ -2,36 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from cruijff_kit import PluginConfig, Resources, SchedulerConfig
 from cruijff_kit.files import literal_secret
-
-_MEM = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
-_TIME = re.compile(r"^(?:(\d+)-)?(\d{1,3}):(\d{2})(?::(\d{2}))?$")
-
-
-def memory_mb(text: str) -> int:
-    """``"32GB"``, ``"1.5G"``, ``"800M"``, ``"512"`` (MB) -> whole megabytes for ``sbatch --mem``."""
-    m = _MEM.match(str(text))
-    if not m:
-        raise ValueError(f"memory {text!r} is not a size like 32GB, 1.5GB or 800MB")
-    value, unit = float(m.group(1)), (m.group(2) or "M").upper()
-    factor = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}[unit]
-    return max(1, int(round(value * factor)))
-
-
-def time_minutes(text: str) -> int:
-    """``"HH:MM:SS"``, ``"D-HH:MM:SS"`` or ``"HH:MM"`` -> whole minutes (rounded up)."""
-    m = _TIME.match(str(text).strip())
-    if not m:
-        raise ValueError(f"time {text!r} is not HH:MM:SS or D-HH:MM:SS")
-    days, hours, minutes, seconds = (int(g) if g else 0 for g in m.groups())
-    total = days * 24 * 60 + hours * 60 + minutes + (1 if seconds else 0)
-    return max(1, total)
 
 
 class SlurmConfig(SchedulerConfig):
@@ -62,14 +38,6 @@ class SlurmConfig(SchedulerConfig):
                                 "for room under the profile's max_queued.")
     cancel_wait_seconds: float = Field(30.0, ge=0, description="`ck cancel` waits up to this long for "
                                        "cancelled jobs to leave the queue.")
-
-    @model_validator(mode="after")
-    def _sizes(self) -> SlurmConfig:
-        for res in (self.resources, self.eval_resources):
-            if res is not None:
-                memory_mb(res.memory)
-                time_minutes(res.time)
-        return self
 
     @field_validator("constraint", "gres")
     @classmethod

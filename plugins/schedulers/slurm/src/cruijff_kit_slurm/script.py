@@ -14,9 +14,9 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from cruijff_kit import Resources
+from cruijff_kit import Resources, parse_memory, parse_slurm_time
 from cruijff_kit.files import atomic_write_text, refuse_secret_values
-from cruijff_kit_slurm.config import SlurmConfig, SlurmProfile, memory_mb, time_minutes
+from cruijff_kit_slurm.config import SlurmConfig, SlurmProfile
 
 #: Columns of ``logs/<stage>.gpu.csv``.
 GPU_QUERY = "timestamp,index,name,utilization.gpu,utilization.memory,memory.used,memory.total,power.draw," \
@@ -56,6 +56,16 @@ def gpu_request(resources: Resources, config: SlurmConfig, profile: SlurmProfile
     return [f"--gpus-per-node={resources.gpus}"]
 
 
+def time_minutes(resources: Resources) -> int:
+    """``resources.time`` as sbatch books it: whole minutes, rounded up (``"0:30"`` -> 1)."""
+    return -(-parse_slurm_time(resources.time) // 60)
+
+
+def memory_mb(resources: Resources) -> int:
+    """``resources.memory`` in whole megabytes (MiB, as ``--mem`` counts them), rounded up."""
+    return -(-parse_memory(resources.memory) // 2**20)
+
+
 def header_options(job_name: str, resources: Resources, config: SlurmConfig, profile: SlurmProfile) -> list[str]:
     """``#SBATCH`` options shared by a stage's own script and the array it is part of."""
     opts = [
@@ -63,8 +73,8 @@ def header_options(job_name: str, resources: Resources, config: SlurmConfig, pro
         f"--nodes={resources.nodes}",
         "--ntasks-per-node=1",
         f"--cpus-per-task={resources.cpus}",
-        f"--mem={memory_mb(resources.memory)}M",
-        f"--time={time_minutes(resources.time)}",
+        f"--mem={memory_mb(resources)}M",
+        f"--time={time_minutes(resources)}",
         *gpu_request(resources, config, profile),
     ]
     if config.constraint:
@@ -74,7 +84,7 @@ def header_options(job_name: str, resources: Resources, config: SlurmConfig, pro
         if value:
             opts.append(f"--{name}={value}")
     # the warning comes signal_seconds before the limit, but never in the first half of the job
-    warn = min(config.signal_seconds, max(10, time_minutes(resources.time) * 30))
+    warn = min(config.signal_seconds, max(10, time_minutes(resources) * 30))
     opts += ["--requeue", f"--signal=B:USR2@{warn}", "--kill-on-invalid-dep=yes",
              "--open-mode=append"]
     for line in profile.sbatch:

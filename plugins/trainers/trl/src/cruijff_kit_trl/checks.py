@@ -1,12 +1,14 @@
-"""Plan-time checks of a ``trl`` run that need no heavy import: quantization backend, trackers, splits."""
+"""Plan-time checks of a ``trl`` run: quantization backend, trackers, splits (no heavy import), and a chat
+template that cannot mark the assistant's tokens of multi-turn data (loads the tokenizer only then)."""
 
 from __future__ import annotations
 
+import json
 from importlib.util import find_spec
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from cruijff_kit import Resources, SpecError
+from cruijff_kit import CkError, Prompt, Resources, SpecError
 from cruijff_kit_trl.config import TRACKER_MODULES, TrlConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -71,3 +73,75 @@ def check_run(run: PlannedRun, config: TrlConfig) -> None:
                         path="train.report_to",
                         hint=f"Install it with `pip install 'cruijff-kit-trl[{missing[0]}]'`, or remove it.")
     check_validation_split(run, config)
+    check_assistant_mask(run, config)
+
+
+def _model_template(folder: Path) -> str | dict[str, str] | None:
+    """The chat template saved with a model (``chat_template.jinja`` or ``tokenizer_config.json``), if readable."""
+    try:
+        if (folder / "chat_template.jinja").is_file():
+            return (folder / "chat_template.jinja").read_text(encoding="utf-8")
+        saved = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return saved if isinstance(saved, str | dict) else None
+
+
+def _multi_turn_rows(run: PlannedRun, config: TrlConfig) -> tuple[str, int, int, int] | None:
+    """The first split SFT reads with conversations of more than one assistant turn: (split, how many, of
+    how many rows, the first row's index); None when there is none, or the data cannot be loaded here."""
+    try:
+        data: Any = run.dataset().load(Prompt.model_validate(run.spec["prompt"]))
+    except CkError:
+        raise
+    except Exception:  # data that cannot be loaded here (a library, a hub dataset): the stage loads it
+        return None
+    for split in ("train", "validation") if config.validation else ("train",):
+        if split not in data:
+            continue
+        rows = [list(r.get("messages") or []) for r in data[split]]
+        multi = [i for i, m in enumerate(rows) if sum(1 for t in m if t.get("role") == "assistant") > 1]
+        if multi:
+            return split, len(multi), len(rows), multi[0]
+    return None
+
+
+def check_assistant_mask(run: PlannedRun, config: TrlConfig) -> None:
+    """SpecError when ``assistant_only_loss`` (sft) meets a chat template without ``{% generation %}`` markers
+    that TRL cannot patch, and conversations with more than one assistant turn: the trainer would train on
+    the last assistant turn of each only (its fallback), leaving the earlier ones untrained without a word.
+
+    Single-turn data is not refused (the last turn is the only one). Not checked when no chat template is
+    on this machine (the stage says so) or the tokenizer cannot be loaded (the truncation count says so).
+    Cheap first: the template's text, then the data; the tokenizer and TRL only for multi-turn data."""
+    from cruijff_kit_trl.masks import has_generation_markers
+
+    local = run.spec["model"].get("local_path")
+    trainer = run.trainer()
+    if config.objective != "sft" or not config.assistant_only_loss or not local or trainer is None:
+        return
+    spec_template = trainer.chat_template()  # type: ignore[attr-defined]
+    template = spec_template or _model_template(Path(local))
+    if template is None or has_generation_markers(template):
+        return
+    found = _multi_turn_rows(run, config)
+    if found is None:
+        return
+    try:
+        from cruijff_kit_trl.sft import load_tokenizer, supports_assistant_mask
+
+        if supports_assistant_mask(load_tokenizer(local, spec_template)):
+            return
+    except Exception:  # a tokenizer that cannot be loaded here: the stage says so, in the same words
+        return
+    split, count, total, first = found
+    whose = "train.chat_template" if config.chat_template else f"the chat template of {local}"
+    raise SpecError(
+        f"{whose} has no {{% generation %}} markers and TRL cannot add them, so assistant_only_loss cannot mark "
+        f"the assistant's tokens: the trainer would train on the last assistant turn of each conversation only, "
+        f"and {count} of {total} `{split}` conversations (the first: row {first + 1}) have earlier assistant turns "
+        "that would silently go untrained.", file=run.spec.get("run", {}).get("spec_file"),
+        path="train.chat_template" if config.chat_template else "train.assistant_only_loss",
+        hint="Set train.chat_template to a template that wraps each assistant turn in {% generation %}..."
+             "{% endgeneration %} (inline, or a .jinja file), or set train.assistant_only_loss: false to train on "
+             "the whole conversation.")
