@@ -270,3 +270,15 @@ def test_a_plugin_option_json_schema_cannot_express_leaves_that_plugin_unchecked
     assert errors(jsonschema.Draft202012Validator(schema), spec) == []
     spec["train"]["plugin"] = "trl"  # the other trainers are still checked
     assert refused(jsonschema.Draft202012Validator(schema), spec, ["train"], "anything")
+
+
+def test_scorer_names_as_shorthand_validate_and_a_misspelt_one_is_refused(validator):
+    spec = load("tabular-classifier.yaml")
+    short = copy.deepcopy(spec)
+    short["eval"][0]["scorers"] = ["match", {"name": "classification", "labels": ["yes", "no"]}]
+    assert errors(validator, short) == []
+    short["eval"][0]["scorers"] = "includes"
+    assert errors(validator, short) == []
+    typo = copy.deepcopy(spec)
+    typo["eval"][0]["scorers"] = ["mtach"]
+    assert errors(validator, typo) != []

@@ -98,6 +98,10 @@ SCORER_NAMES = ("match", "includes", "choice", "model-graded", "risk", "numeric-
                 "classification")
 LOGPROB_SCORERS = ("risk",)
 """Scorers that read log-probabilities; they turn them on for their task."""
+ScorerName = Literal["match", "includes", "choice", "model-graded", "risk", "numeric-risk", "continuous",
+                     "classification"]
+#: What a spec may write for ``scorers`` (a name stands for ``{name: NAME}``), as the JSON Schema shows it.
+ScorersInput = ScorerName | list[ScorerName | ScorerSpec] | None
 
 
 # --------------------------------------------------------------------------- generation
@@ -153,7 +157,7 @@ class InspectConfig(EvalConfig):
     grader: str | None = Field(None, description="Inspect model string of the grader (task model-graded).")
     task_args: dict[str, Any] = Field(default_factory=dict, description="Arguments of a user task file.")
 
-    @field_validator("scorers", mode="before")
+    @field_validator("scorers", mode="before", json_schema_input_type=ScorersInput)
     @classmethod
     def _names_to_mappings(cls, v: Any) -> Any:
         if isinstance(v, str):
