@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import write_spec
+from kill_fixtures import KILL_AFTER
 
 from cruijff_kit import status
 from cruijff_kit._base.fileio import read_jsonl
@@ -30,26 +31,6 @@ sweep:
 """
 STAGES = {"train", "eval.exact.base", "eval.exact.epoch_0"}
 
-#: `ck run`, made to SIGKILL itself right after the N-th call of one of its bookkeeping functions.
-KILL_AFTER = """
-import importlib, os, signal, sys
-module, attr, after = sys.argv[1], sys.argv[2], int(sys.argv[3])
-owner = importlib.import_module(module)
-*parents, name = attr.split(".")
-for p in parents:
-    owner = getattr(owner, p)
-original = getattr(owner, name)
-calls = [0]
-def wrapped(*args, **kwargs):
-    out = original(*args, **kwargs)
-    calls[0] += 1
-    if calls[0] >= after:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return out
-setattr(owner, name, wrapped)
-from cruijff_kit._cli import main
-main(sys.argv[4:])
-"""
 
 
 def run_dirs(exp: Path) -> list[Path]:

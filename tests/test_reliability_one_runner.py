@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import write_spec
+from kill_fixtures import KILL_AFTER
 from runpod_fixtures import (
     run_ck,
     run_dirs,
@@ -50,26 +51,6 @@ eval:
 """
 STAGES = ("train", "eval.exact.base", "eval.exact.epoch_0")
 
-#: `ck run`, made to SIGKILL itself right after the N-th call of a function (module, attribute, N).
-KILL_AFTER = """
-import importlib, os, signal, sys
-module, attr, after = sys.argv[1], sys.argv[2], int(sys.argv[3])
-owner = importlib.import_module(module)
-*parents, name = attr.split(".")
-for p in parents:
-    owner = getattr(owner, p)
-original = getattr(owner, name)
-calls = [0]
-def wrapped(*args, **kwargs):
-    out = original(*args, **kwargs)
-    calls[0] += 1
-    if calls[0] >= after:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return out
-setattr(owner, name, wrapped)
-from cruijff_kit._cli import main
-main(sys.argv[4:])
-"""
 
 
 def ck_cmd(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
