@@ -130,6 +130,24 @@ class Deadline:
             raise self.error()
 
 
+def _in_worker(call: Callable[[], Any], name: str) -> tuple[dict[str, Any], threading.Event]:
+    """Start ``call()`` in a daemon thread; returns the box that receives its ``value`` or ``error``
+    and the event set when it ends (the caller waits on it, bounded, and may abandon the thread)."""
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread as is
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name=name[:60], daemon=True).start()
+    return box, done
+
+
 def call_with_deadline(fn: Callable[[Deadline], T], seconds: float, what: str = "the call") -> T:
     """``fn(deadline)`` run in a worker thread, bounded by ``seconds`` of wall-clock time in total.
 
@@ -140,18 +158,7 @@ def call_with_deadline(fn: Callable[[Deadline], T], seconds: float, what: str = 
     state after the deadline (write to a temporary file, and let the caller move it into place).
     """
     deadline = Deadline(seconds, what)
-    box: dict[str, Any] = {}
-    done = threading.Event()
-
-    def work() -> None:
-        try:
-            box["value"] = fn(deadline)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread as is
-            box["error"] = exc
-        finally:
-            done.set()
-
-    threading.Thread(target=work, name=f"ck-deadline: {what}"[:60], daemon=True).start()
+    box, done = _in_worker(lambda: fn(deadline), f"ck-deadline: {what}")
     if not done.wait(deadline.seconds):
         raise deadline.error()
     if "error" in box:
@@ -256,8 +263,6 @@ def call_with_stall_guard(fn: Callable[[Callable[[int], None]], T], stall_second
     guard = StallGuard(stall_seconds, what, min_bytes)
     lock = threading.Lock()
     stopped = threading.Event()
-    box: dict[str, Any] = {}
-    done = threading.Event()
 
     def progress(n: int) -> None:
         with lock:
@@ -269,15 +274,7 @@ def call_with_stall_guard(fn: Callable[[Callable[[int], None]], T], stall_second
                 stopped.set()
                 raise
 
-    def work() -> None:
-        try:
-            box["value"] = fn(progress)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread as is
-            box["error"] = exc
-        finally:
-            done.set()
-
-    threading.Thread(target=work, name=f"ck-stall: {what}"[:60], daemon=True).start()
+    box, done = _in_worker(lambda: fn(progress), f"ck-stall: {what}")
     poll = min(1.0, max(0.01, guard.stall_seconds / 10))
     while not done.wait(poll):
         with lock:
