@@ -203,13 +203,14 @@ def test_torchtune_count_agrees_with_the_recipes_dataset(tiny_llama: Path) -> No
 # --------------------------------------------------------------------------- the stage
 def test_stage_refuses_cut_rows_when_the_plan_could_not_count(tmp_path: Path, tiny_llama: Path, ck) -> None:
     write_chat(tmp_path, TRAIN)
-    model = tmp_path / "model"  # not there yet when planning: the tokenizer is not available
+    model = tmp_path / "model"  # an empty folder when planning (filled later): no tokenizer to count with
+    model.mkdir()
     spec = write_spec(tmp_path, model, f"plugin: trl, max_seq_length: {LIMIT}, validation: false")
     res = ck("run", str(spec), "--dry-run")
     assert res.returncode == 0, res.stdout + res.stderr
     res = ck("plan", str(spec), "--no-write")
     assert "not checked: tokenizer not available here" in " ".join(res.stdout.split()), res.stdout + res.stderr
-    shutil.copytree(tiny_llama, model)
+    shutil.copytree(tiny_llama, model, dirs_exist_ok=True)
     run_dir = next((tmp_path / "out" / "cut" / "runs").iterdir())
     out = assert_clean_error(ck("stage", str(run_dir), "train"))
     assert f"3 of 5 rows are longer than train.max_seq_length = {LIMIT} tokens" in out
