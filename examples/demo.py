@@ -17,12 +17,18 @@ SPEC = ROOT / "examples" / "demo.yaml"
 CACHE = ROOT / ".cache"
 
 
-def ck(*args: str) -> None:
-    """Run a ck command, stopping the demo when it fails."""
+def ck(*args: str, capture: bool = False) -> str:
+    """Run a ck command, stopping the demo when it fails; with ``capture``, return its last output line
+    (progress still shows: it goes to stderr)."""
     print(f"\n$ ck {' '.join(args)}", flush=True)
-    res = subprocess.run([sys.executable, "-m", "cruijff_kit", *args], cwd=ROOT)
+    res = subprocess.run([sys.executable, "-m", "cruijff_kit", *args], cwd=ROOT,
+                         stdout=subprocess.PIPE if capture else None, text=True)
     if res.returncode != 0:
         sys.exit(res.returncode)
+    lines = (res.stdout or "").strip().splitlines()
+    if capture:
+        print("\n".join(lines), flush=True)
+    return lines[-1] if lines else ""
 
 
 def main() -> None:
@@ -38,9 +44,7 @@ def main() -> None:
         sets = ["--set", f"model.path={model}", "--set", "experiment=capitalize-demo-fast",
                 "--set", "train.learning_rate=1e-2"]
     else:
-        from cruijff_kit._models import ensure_smollm2
-
-        model = ensure_smollm2(CACHE / "models")
+        model = Path(ck("models", "smollm2", "--cache-dir", str(CACHE / "models"), capture=True))
         sets = ["--set", f"model.path={model}"]
     if not data.exists():
         ck("data", "capitalize", str(data))

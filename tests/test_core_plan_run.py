@@ -41,8 +41,12 @@ def test_sweep_2x2_runs_through_ck_with_third_party_plugin(tmp_path, with_toy, c
     assert "train.lora.rank" in plan_md and plan_md.count("| finetune |") == 4
 
     res = ck("run", str(spec), check=True)
-    assert "4 run(s); 16 stage(s) submitted" in res.stdout
+    # 4 runs x (train, epoch_0, epoch_1) + the base eval, the same in every run: once (shared) = 13
+    assert "4 run(s); 13 stage(s) submitted" in res.stdout
     exp = tmp_path / "runs" / "toy"
+    (shared,) = (exp / "shared").iterdir()
+    assert status.read(shared)["stages"]["eval.exact.base"]["state"] == "done"
+    assert json.loads((shared / "eval" / "results.json").read_text())["exact"]["base"]["accuracy"]["value"] == 0.5
     dirs = run_dirs(exp)
     assert len(dirs) == 4
     ranks = set()
@@ -51,9 +55,10 @@ def test_sweep_2x2_runs_through_ck_with_third_party_plugin(tmp_path, with_toy, c
         ranks.add((spec_r["train"]["lora"]["rank"], spec_r["train"]["learning_rate"]))
         st = status.read(d)["stages"]
         assert set(st) == {"train", "eval.exact.base", "eval.exact.epoch_0", "eval.exact.epoch_1"}
-        assert all(e["state"] == "done" for e in st.values()), st
+        assert st["eval.exact.base"] == {"shared": f"shared/{shared.name}", "updated": st["eval.exact.base"]["updated"]}
+        assert all(e["state"] == "done" for k, e in st.items() if k != "eval.exact.base"), st
         results = json.loads((d / "eval" / "results.json").read_text())
-        assert results["exact"]["base"]["accuracy"]["value"] == 0.5
+        assert results["exact"]["base"] == {"shared": f"shared/{shared.name}"}
         assert results["exact"]["epoch_1"]["accuracy"]["value"] == 1.0
         assert (d / "train/epoch_1/adapter/adapter_config.json").exists()
         assert not (d / "train/state").exists()  # removed after success (keep_state false)
@@ -73,18 +78,21 @@ def test_sweep_2x2_runs_through_ck_with_third_party_plugin(tmp_path, with_toy, c
     # re-running skips everything that finished
     mtimes = {d: (d / "train/metrics.jsonl").stat().st_mtime for d in dirs}
     res = ck("run", str(spec), check=True)
-    assert "0 stage(s) submitted, 16 already done" in res.stdout
+    assert "0 stage(s) submitted, 13 already done" in res.stdout
     assert all((d / "train/metrics.jsonl").stat().st_mtime == m for d, m in mtimes.items())
 
     # a changed value makes new runs; finished ones stay
     res = ck("run", str(spec), "--set", "train.epochs=1", "--set", "train.save_epochs=last",
              "--set", "eval[0].checkpoints=last", check=True)
-    assert "4 run(s); 12 stage(s) submitted" in res.stdout
-    assert len(run_dirs(exp)) == 8
+    # each new run's train and epoch_0; their base eval is the one already done (same model, task, data, seed)
+    assert "4 run(s); 8 stage(s) submitted, 1 already done" in res.stdout
+    assert len(run_dirs(exp)) == 8 and list((exp / "shared").iterdir()) == [shared]
+    users = yaml.safe_load((shared / "spec.yaml").read_text())["run"]["shared"]["used_by"]
+    assert sorted(users) == [d.name for d in run_dirs(exp)]  # the runs of both plans
 
     # --force redoes
     res = ck("run", str(spec), "--force", check=True)
-    assert "16 stage(s) submitted" in res.stdout
+    assert "13 stage(s) submitted" in res.stdout
 
     # ck status shows the table
     res = ck("status", str(spec), check=True)

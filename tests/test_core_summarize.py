@@ -39,9 +39,21 @@ def test_summarize_table_matches_artifacts_and_plots(tmp_path, with_toy, ck):
         spec_r = yaml.safe_load((run_dir / "spec.yaml").read_text())
         assert float(row["train.lora.rank"]) == spec_r["train"]["lora"]["rank"]
         metrics = read_jsonl(run_dir / "train/metrics.jsonl")
-        assert float(row["final_train_loss"]) == metrics[-1]["train_loss"]
-        assert int(row["steps"]) == metrics[-1]["step"] == 6
+        if row["target"] == "base":  # the base model's row carries no training value
+            assert all(row[c] == "" for c in ("train_loss", "val_loss", "final_train_loss", "steps"))
+        else:  # the toy trainer logs train_loss = 1/step, 3 steps per epoch: epoch N ends at step 3N+3
+            epoch = int(row["target"].removeprefix("epoch_"))
+            assert float(row["train_loss"]) == 1 / (3 * epoch + 3)
+            assert row["val_loss"] == ""  # the toy trainer logs no validation
+            assert float(row["final_train_loss"]) == metrics[-1]["train_loss"] == 1 / 6
+            assert int(row["steps"]) == metrics[-1]["step"] == 6
         results = json.loads((run_dir / "eval/results.json").read_text())
+        pointer = results["exact"][row["target"]].get("shared")
+        if row["target"] == "base":  # the base eval is the same in every run: run once, in shared/, pointed to
+            assert pointer and row["shared"] == pointer
+            results = json.loads((exp / pointer / "eval/results.json").read_text())
+        else:
+            assert pointer is None and row["shared"] == ""
         assert float(row["accuracy"]) == results["exact"][row["target"]]["accuracy"]["value"]
         assert row["state"] == "done"
     md = (exp / "summary.md").read_text()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from inspect_fixtures import mock_eval, mock_output, scorer_metrics
 
 from cruijff_kit import scoring
 
@@ -16,59 +17,13 @@ pytest.importorskip("inspect_ai")
 
 
 def _output(text: str, top: list[tuple[str, float]] | None = None) -> Any:
-    """A mockllm output with usage set (offline) and, optionally, first-token top logprobs."""
-    from inspect_ai.model import (
-        ChatCompletionChoice,
-        ChatMessageAssistant,
-        Logprob,
-        Logprobs,
-        ModelOutput,
-        ModelUsage,
-        TopLogprob,
-    )
-
-    logprobs = None
-    if top is not None:
-        tops = [TopLogprob(token=t, logprob=math.log(p)) for t, p in top]
-        logprobs = Logprobs(content=[Logprob(token=tops[0].token, logprob=tops[0].logprob, top_logprobs=tops)])
-    return ModelOutput(model="mockllm/model",
-                       choices=[ChatCompletionChoice(message=ChatMessageAssistant(content=text, model="mockllm/model"),
-                                                     stop_reason="stop", logprobs=logprobs)],
-                       usage=ModelUsage(input_tokens=1, output_tokens=1, total_tokens=2))
-
-
-def _run(rows: list[tuple[str, str, Any]], scorers: list[Any], tmp_path: Path,
-         seen: list[Any] | None = None, **kwargs: Any) -> Any:
-    """Evaluate (prompt, target, output) rows with mockllm answering each prompt with its output."""
-    from inspect_ai import Task
-    from inspect_ai import eval as inspect_eval
-    from inspect_ai.dataset import Sample
-    from inspect_ai.model import get_model
-    from inspect_ai.solver import generate
-
-    answers = {prompt: out for prompt, _, out in rows}
-
-    def reply(input: list[Any], tools: Any, tool_choice: Any, config: Any) -> Any:
-        if seen is not None:
-            seen.append(config)
-        return answers[input[-1].text]
-
-    model = get_model("mockllm/model", custom_outputs=reply)
-    task = Task(dataset=[Sample(input=p, target=t, id=i + 1) for i, (p, t, _) in enumerate(rows)],
-                solver=[generate()], scorer=scorers)
-    log = inspect_eval(task, model=model, log_dir=str(tmp_path), display="none", **kwargs)[0]
-    assert log.status == "success", log.error
-    return log
-
-
-def _metrics(log: Any, scorer: str) -> dict[str, float]:
-    return {k: m.value for k, m in next(s for s in log.results.scores if s.name == scorer).metrics.items()}
+    """A mockllm output answering ``text``, optionally with the first token's top probabilities."""
+    return mock_output(text, None if top is None else [(top[0][0], [(t, math.log(p)) for t, p in top])])
 
 
 def test_risk_sums_token_variants_and_reports_coverage(tmp_path: Path) -> None:
     from cruijff_kit_inspect.results import results_from_log
     from cruijff_kit_inspect.scorers import risk
-    from inspect_ai.log import read_eval_log
 
     rows = [
         ("q1", "1", _output("1", [("1", 0.5), (" 1", 0.2), ("0", 0.1), ("\u01200", 0.1)])),
@@ -76,8 +31,8 @@ def test_risk_sums_token_variants_and_reports_coverage(tmp_path: Path) -> None:
         ("q3", "1", _output("0", [("0", 0.8), ("\n", 0.1)])),  # no "1" variant: not scored
         ("q4", "0", _output("1", [("1", 0.9), ("0", 0.05)])),
     ]
-    log = read_eval_log(_run(rows, [risk()], tmp_path, logprobs=True).location)
-    got = _metrics(log, "risk")
+    log = mock_eval(rows, [risk()], tmp_path, logprobs=True, read_back=True)
+    got = scorer_metrics(log, "risk")
     risks, outcomes = [0.7 / 0.9, 0.3 / 0.9, 0.9 / 0.95], [1, 0, 0]
     assert got["accuracy"] == pytest.approx(2 / 4)  # the unscored sample counts as wrong
     assert got["coverage"] == pytest.approx(3 / 4)
@@ -112,13 +67,13 @@ def test_numeric_risk_continuous_and_classification(tmp_path: Path) -> None:
 
     rows = [("a", "1", _output("0.8")), ("b", "0", _output("30%")), ("c", "1", _output("I think 0.25")),
             ("d", "0", _output("no idea"))]
-    got = _metrics(_run(rows, [numeric_risk()], tmp_path / "nr"), "numeric_risk")
+    got = scorer_metrics(mock_eval(rows, [numeric_risk()], tmp_path / "nr"), "numeric_risk")
     assert got["coverage"] == pytest.approx(0.75)
     assert got["accuracy"] == pytest.approx(2 / 4)
     assert got["brier"] == pytest.approx(scoring.brier_score([0.8, 0.3, 0.25], [1, 0, 1])[0])
 
     rows = [("a", "40", _output("42")), ("b", "10", _output("about 10.5 units")), ("c", "3", _output("n/a"))]
-    got = _metrics(_run(rows, [continuous()], tmp_path / "c"), "continuous")
+    got = scorer_metrics(mock_eval(rows, [continuous()], tmp_path / "c"), "continuous")
     assert got["parse_rate"] == pytest.approx(2 / 3)
     assert got["mae"] == pytest.approx(1.25)
     assert got["rmse"] == pytest.approx(math.sqrt((4 + 0.25) / 2))
@@ -126,8 +81,8 @@ def test_numeric_risk_continuous_and_classification(tmp_path: Path) -> None:
 
     rows = [("a", "yes", _output("Yes.")), ("b", "yes", _output("no")), ("c", "no", _output("maybe")),
             ("d", "no", _output("YES"))]
-    log = _run(rows, [classification(labels=["yes", "no"])], tmp_path / "cl", epochs=2)
-    got = _metrics(log, "classification")
+    log = mock_eval(rows, [classification(labels=["yes", "no"])], tmp_path / "cl", epochs=2)
+    got = scorer_metrics(log, "classification")
     assert got["accuracy"] == pytest.approx(0.25)
     assert got["balanced_accuracy"] == pytest.approx((0.5 + 0) / 2)
     assert got["confusion/no/yes"] == 1 and got["confusion/no/other"] == 1 and got["confusion/yes/no"] == 1
@@ -154,7 +109,7 @@ def test_every_configured_scorer_is_reported_and_logprobs_turn_on(tmp_path: Path
     rows = [("q1", "Paris", _output("paris is it", [("paris", 0.9)])),
             ("q2", "Rome", _output("rome", [("rome", 0.9)]))]
     seen: list[Any] = []
-    log = _run(rows, build_scorers(cfg), tmp_path, seen=seen, **args)
+    log = mock_eval(rows, build_scorers(cfg), tmp_path, seen=seen, **args)
     assert all(c.logprobs is True for c in seen)
     entry = results_from_log(log, tmp_path)
     assert entry["scorers"] == ["match", "match1", "includes", "risk"]

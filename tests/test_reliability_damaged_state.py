@@ -398,24 +398,27 @@ def test_ck_stage_moves_a_damaged_results_json_aside_then_writes_and_ck_run_redo
     from cruijff_kit.engine import run_stage
 
     exp = written
-    for stage in ("train", "eval.exact.base", "eval.exact.epoch_0"):
+    for stage in ("train", "eval.exact.base", "eval.exact.epoch_0"):  # the base eval runs in its shared folder
         run_stage(exp.bad, stage)
     path = exp.bad / "eval" / "results.json"
+    pointer = json.loads(path.read_text())["exact"]["base"]["shared"]  # the base eval both runs share
     assert set(json.loads(path.read_text())["exact"]) == {"base", "epoch_0"}
     bad = damage(path, RESULTS_WRITE_DAMAGE[kind])
 
-    res = ck("stage", str(exp.bad), "eval.exact.base")
+    res = ck("stage", str(exp.bad), "eval.exact.epoch_0")
     assert res.returncode == 0, res.stdout + res.stderr
     assert_clear(res, path, "is damaged", "moved aside to results.json.damaged-", "`ck run SPEC`")
     (aside,) = exp.bad.glob("eval/results.json.damaged-*")
     assert aside.read_bytes() == bad  # kept, never deleted
-    # the toy evaluator scores 0.5 on the base model; epoch_0's result is in the moved-aside file only
+    # the toy evaluator scores 1.0 on an adapter; the pointer to the shared base result is in the moved-aside file only
     written_now = json.loads(path.read_text())
-    assert list(written_now) == ["exact"] and list(written_now["exact"]) == ["base"]
-    assert written_now["exact"]["base"]["accuracy"] == {"value": 0.5, "stderr": 0.0}
-    assert status.read(exp.bad)["stages"]["eval.exact.base"]["state"] == "done"
+    assert list(written_now) == ["exact"] and list(written_now["exact"]) == ["epoch_0"]
+    assert written_now["exact"]["epoch_0"]["accuracy"] == {"value": 1.0, "stderr": 0.0}
+    assert status.read(exp.bad)["stages"]["eval.exact.epoch_0"]["state"] == "done"
 
-    res = run_again(ck, exp)  # the good run's 3 stages, and the bad run's epoch_0 evaluation again
-    assert "4 stage(s) submitted, 2 already done" in res.stdout, res.stdout
+    res = run_again(ck, exp)  # the good run's train and epoch_0; the bad run's pointer is written again
+    assert "2 stage(s) submitted, 3 already done" in res.stdout, res.stdout
     results = json.loads(path.read_text())["exact"]
-    assert results["base"]["accuracy"]["value"] == 0.5 and results["epoch_0"]["accuracy"]["value"] == 1.0
+    assert results["base"] == {"shared": pointer} and results["epoch_0"]["accuracy"]["value"] == 1.0
+    shared = json.loads((exp.root / pointer / "eval" / "results.json").read_text())["exact"]
+    assert shared["base"]["accuracy"]["value"] == 0.5

@@ -61,7 +61,8 @@ def test_metrics_append_hits_full_disk_stage_fails(tmp_path, with_toy, monkeypat
 
 
 def test_results_write_hits_full_disk_stage_not_done_results_intact(tmp_path, with_toy, monkeypatch):
-    from cruijff_kit._engine.stage import record_results, run_stage
+    from cruijff_kit._engine.damage import record_results
+    from cruijff_kit._engine.stage import run_stage
 
     run_dir = prepare(tmp_path)
     layout_results = run_dir / "eval" / "results.json"

@@ -164,15 +164,29 @@ def test_a_second_ck_run_runs_only_the_stages_the_first_does_not_hold(tmp_path, 
         if first.poll() is None:
             first.kill()
     assert second.returncode == 0, second.stdout + second.stderr
-    assert "3 stage(s) submitted, 0 already done, 3 still running" in second.stdout, second.stdout
+    # the new run's train and epoch eval, and the base eval the two runs now share (run once, in shared/);
+    # the first runner keeps the old run's train and epoch eval, and the old run's own base eval it claimed
+    assert "3 stage(s) submitted, 0 already done, 2 still running" in second.stdout, second.stdout
     assert f"Another `ck run` (pid {first.pid} on host {os.uname().nodename} since " in second.stdout
+    assert "the next `ck run` points it to shared/" in second.stderr, second.stderr
     assert first.returncode == 0, out + err
     runs = [p for p in (tmp_path / "runs" / "one" / "runs").iterdir() if p.is_dir()]
     assert len(runs) == 2
+    (new,) = [r for r in runs if r != old]
     for run_dir in runs:
-        for stage in STAGES:
+        for stage in ("train", "eval.exact.epoch_0"):
             assert status.read(run_dir)["stages"][stage]["state"] == "done", (run_dir.name, stage)
             assert executions(run_dir, stage) == 1, (run_dir.name, stage)
+    (shared,) = (tmp_path / "runs" / "one" / "shared").iterdir()
+    assert status.read(shared)["stages"]["eval.exact.base"]["state"] == "done"
+    assert executions(shared, "eval.exact.base") == 1
+    assert status.read(new)["stages"]["eval.exact.base"]["shared"] == f"shared/{shared.name}"
+    assert status.read(old)["stages"]["eval.exact.base"]["state"] == "done"  # its own copy, run by the first
+    assert executions(old, "eval.exact.base") == 1
+    third = ck_cmd("run", str(spec), cwd=tmp_path)  # points the old run to the shared result too, keeping its own
+    assert third.returncode == 0 and "0 stage(s) submitted" in third.stdout, third.stdout + third.stderr
+    assert status.read(old)["stages"]["eval.exact.base"]["shared"] == f"shared/{shared.name}"
+    assert (old / "eval" / "exact" / "base" / "own-result.json").is_file()
 
 
 def test_killed_ck_run_and_stage_are_shown_stale_and_the_next_ck_run_takes_over(tmp_path, with_toy):

@@ -14,62 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from inspect_fixtures import mock_eval, mock_output, scorer_metrics
 
 pytest.importorskip("inspect_ai")
 
 
 # --------------------------------------------------------------------------- helpers
-def _output(tokens: list[tuple[str, list[tuple[str, float]]]] | None, text: str | None = None) -> Any:
-    """A mockllm output whose completion is the tokens' text; each token has its top log-probabilities
-    (given as (token, logprob) pairs, so NaN and positive log-probabilities can be written)."""
-    from inspect_ai.model import (
-        ChatCompletionChoice,
-        ChatMessageAssistant,
-        Logprob,
-        Logprobs,
-        ModelOutput,
-        ModelUsage,
-        TopLogprob,
-    )
-
-    logprobs = None
-    if tokens is not None:
-        content = []
-        for token, top in tokens:
-            tops = [TopLogprob(token=t, logprob=lp) for t, lp in top]
-            own = next((lp for t, lp in top if t == token), -50.0)
-            content.append(Logprob(token=token, logprob=own, top_logprobs=tops))
-        logprobs = Logprobs(content=content)
-        text = "".join(t for t, _ in tokens) if text is None else text
-    return ModelOutput(model="mockllm/model",
-                       choices=[ChatCompletionChoice(message=ChatMessageAssistant(content=text or "",
-                                                                                  model="mockllm/model"),
-                                                     stop_reason="stop", logprobs=logprobs)],
-                       usage=ModelUsage(input_tokens=1, output_tokens=1, total_tokens=2))
-
-
-def _eval(rows: list[tuple[str, str, Any]], scorers: list[Any], tmp_path: Path, **kwargs: Any) -> Any:
-    """Evaluate (prompt, target, output) rows with mockllm; return the log as read back from disk."""
-    from inspect_ai import Task
-    from inspect_ai import eval as inspect_eval
-    from inspect_ai.dataset import Sample
-    from inspect_ai.log import read_eval_log
-    from inspect_ai.model import get_model
-    from inspect_ai.solver import generate
-
-    answers = {prompt: out for prompt, _, out in rows}
-    model = get_model("mockllm/model", custom_outputs=lambda input, *_: answers[input[-1].text])
-    task = Task(dataset=[Sample(input=p, target=t, id=i + 1) for i, (p, t, _) in enumerate(rows)],
-                solver=[generate()], scorer=scorers)
-    log = inspect_eval(task, model=model, log_dir=str(tmp_path), display="none", **kwargs)[0]
-    assert log.status == "success", log.error
-    return read_eval_log(log.location)
-
-
-def _metrics(log: Any, scorer: str) -> dict[str, float]:
-    return {k: m.value for k, m in next(s for s in log.results.scores if s.name == scorer).metrics.items()}
-
-
 def _score(log: Any, sample_id: int, scorer: str) -> Any:
     return next(s for s in log.samples if s.id == sample_id).scores[scorer]
 
@@ -85,13 +35,13 @@ def test_nan_and_above_one_probabilities_are_unscored_never_averaged(tmp_path: P
     from cruijff_kit_inspect.scorers import risk
 
     rows = [
-        ("q1", "1", _output([("1", [("1", LN(0.6)), ("0", LN(0.2))])])),            # risk 0.75
-        ("q2", "1", _output([("1", [("1", float("nan")), ("0", LN(0.2))])])),       # NaN
-        ("q3", "0", _output([("0", [("0", LN(0.5)), ("1", 0.3)])])),                # P("1") = 1.35
-        ("q4", "0", _output([("0", [("0", LN(0.9)), ("1", LN(0.1))])])),            # risk 0.1
+        ("q1", "1", mock_output(tokens=[("1", [("1", LN(0.6)), ("0", LN(0.2))])])),            # risk 0.75
+        ("q2", "1", mock_output(tokens=[("1", [("1", float("nan")), ("0", LN(0.2))])])),       # NaN
+        ("q3", "0", mock_output(tokens=[("0", [("0", LN(0.5)), ("1", 0.3)])])),                # P("1") = 1.35
+        ("q4", "0", mock_output(tokens=[("0", [("0", LN(0.9)), ("1", LN(0.1))])])),            # risk 0.1
     ]
-    log = _eval(rows, [risk()], tmp_path, logprobs=True)
-    got = _metrics(log, "risk")
+    log = mock_eval(rows, [risk()], tmp_path, logprobs=True, read_back=True)
+    got = scorer_metrics(log, "risk")
     assert got["n_unscored"] == 2 and got["n_scored"] == 2 and got["coverage"] == pytest.approx(0.5)
     assert got["accuracy"] == pytest.approx(2 / 4)                      # unscored samples count as wrong
     assert got["mean_risk"] == pytest.approx((0.75 + 0.1) / 2)
@@ -123,9 +73,9 @@ def test_nan_or_missing_risk_in_metadata_is_counted_unscored(tmp_path: Path) -> 
 
         return score
 
-    rows = [(p, "x", _output(None, "ok")) for p in stated]
-    log = _eval(rows, [my_risk()], tmp_path)
-    got = _metrics(log, "my_risk")
+    rows = [(p, "x", mock_output("ok")) for p in stated]
+    log = mock_eval(rows, [my_risk()], tmp_path, read_back=True)
+    got = scorer_metrics(log, "my_risk")
     assert got["n_scored"] == 2 and got["n_unscored"] == 2
     assert got["mean_risk"] == pytest.approx((0.8 + 0.3) / 2)
     assert got["brier"] == pytest.approx((0.2 ** 2 + 0.3 ** 2) / 2)
@@ -140,11 +90,11 @@ def test_off_label_answers_go_to_one_other_column(tmp_path: Path) -> None:
     from cruijff_kit_inspect.results import results_from_log
     from cruijff_kit_inspect.scorers import classification
 
-    rows = [("a", "yes", _output(None, "Yes.")), ("b", "yes", _output(None, "maybe")),
-            ("c", "no", _output(None, "No")), ("d", "no", _output(None, "I don't know")),
-            ("e", "unsure", _output(None, "yes"))]
-    log = _eval(rows, [classification(labels=["yes", "no"])], tmp_path)
-    got = _metrics(log, "classification")
+    rows = [("a", "yes", mock_output("Yes.")), ("b", "yes", mock_output("maybe")),
+            ("c", "no", mock_output("No")), ("d", "no", mock_output("I don't know")),
+            ("e", "unsure", mock_output("yes"))]
+    log = mock_eval(rows, [classification(labels=["yes", "no"])], tmp_path, read_back=True)
+    got = scorer_metrics(log, "classification")
     # scored: (yes, yes), (yes, other), (no, no), (no, other)
     assert got["n_unscored"] == 1
     assert got["accuracy"] == pytest.approx(2 / 4)
@@ -174,10 +124,11 @@ def test_answers_are_read_after_the_thinking_block(tmp_path: Path) -> None:
              ("1", [("1", LN(0.8)), ("0", LN(0.2))])]                 # the answer: P(1) = 0.8
     unclosed = [("<think>", [("<think>", LN(0.9)), ("0", LN(0.05)), ("1", LN(0.05))]), ("hmm", [("hmm", LN(0.9))])]
     plain = [("0", [("0", LN(0.7)), ("1", LN(0.3))])]                 # P(1) = 0.3
-    rows = [("a", "1", _output(think)), ("b", "0", _output(unclosed)), ("c", "0", _output(plain))]
-    log = _eval(rows, [risk(), continuous()], tmp_path, logprobs=True)
+    rows = [("a", "1", mock_output(tokens=think)), ("b", "0", mock_output(tokens=unclosed)),
+            ("c", "0", mock_output(tokens=plain))]
+    log = mock_eval(rows, [risk(), continuous()], tmp_path, logprobs=True, read_back=True)
 
-    got = _metrics(log, "risk")
+    got = scorer_metrics(log, "risk")
     assert got["n_unscored"] == 1 and got["coverage"] == pytest.approx(2 / 3)
     assert got["mean_risk"] == pytest.approx((0.8 + 0.3) / 2)
     assert got["brier"] == pytest.approx((0.2 ** 2 + 0.3 ** 2) / 2)
@@ -186,7 +137,7 @@ def test_answers_are_read_after_the_thinking_block(tmp_path: Path) -> None:
     assert a.metadata["answer_token_index"] == 6 and a.metadata["risk"] == pytest.approx(0.8)
     assert "thinking block" in _score(log, 2, "risk").metadata["reason"]
 
-    cont = _metrics(log, "continuous")   # answers "1" (after thinking) and "0"; b has no answer
+    cont = scorer_metrics(log, "continuous")   # answers "1" (after thinking) and "0"; b has no answer
     assert cont["parse_rate"] == pytest.approx(2 / 3) and cont["mae"] == pytest.approx(0.0)
     assert "thinking block" in _score(log, 2, "continuous").metadata["reason"]
 

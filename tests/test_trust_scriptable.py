@@ -25,7 +25,8 @@ sweep:
   train.lora.rank: [4, 8]
 """
 #: Per run: train, eval.exact.base, eval.exact.epoch_0 (the eval's defaults: the base model and the
-#: last epoch, epoch 0 of one); 2 runs (the sweep of ranks 4 and 8).
+#: last epoch, epoch 0 of one); 2 runs (the sweep of ranks 4 and 8). The base-model eval is the same in
+#: both runs, so it executes once: 2 trains + 2 epoch evals + 1 shared base eval = 5 stages.
 STAGES = {"train", "eval.exact.base", "eval.exact.epoch_0"}
 
 
@@ -42,7 +43,7 @@ def test_validate_plan_run_status_summarize_json(tmp_path, with_toy, ck):
     assert res.returncode == 0, res.stderr
     valid = document(res)
     assert valid["ok"] is True and valid["exit_code"] == 0 and valid["experiment"] == "toy"
-    assert (valid["run_count"], valid["stage_count"]) == (2, 6) and valid["swept"] == ["train.lora.rank"]
+    assert (valid["run_count"], valid["stage_count"]) == (2, 5) and valid["swept"] == ["train.lora.rank"]
     assert sorted(r["sweep"]["train.lora.rank"] for r in valid["runs"]) == [4, 8]
     assert all(set(r["stages"]) == STAGES and r["type"] == "finetune" for r in valid["runs"])
     names = {r["name"] for r in valid["runs"]}
@@ -51,23 +52,26 @@ def test_validate_plan_run_status_summarize_json(tmp_path, with_toy, ck):
     res = ck("plan", str(spec), "--json")
     assert res.returncode == 0, res.stderr
     planned = document(res)
-    assert {r["name"] for r in planned["runs"]} == names and planned["stage_count"] == 6
+    assert {r["name"] for r in planned["runs"]} == names and planned["stage_count"] == 5
     assert planned["plan_file"] == str(tmp_path / "runs" / "toy" / "plan.md")
     assert Path(planned["plan_file"]).is_file()
 
     res = ck("run", str(spec), "--json")  # the local scheduler's progress lines go to stderr
     assert res.returncode == 0, res.stderr
     ran = document(res)
-    assert ran["ok"] is True and len(ran["submitted"]) == 6 and ran["already_done"] == 0
-    assert {s["run"] for s in ran["submitted"]} == names and ran["unfinished"] == []
+    assert ran["ok"] is True and len(ran["submitted"]) == 5 and ran["already_done"] == 0
+    shared = [s for s in ran["submitted"] if s["run"] not in names]
+    assert [s["stage"] for s in shared] == ["eval.exact.base"] and ran["unfinished"] == []
     assert {s["stage"] for s in ran["submitted"]} == STAGES
     again = document(ck("run", str(spec), "--json"))
-    assert again["submitted"] == [] and again["already_done"] == 6
+    assert again["submitted"] == [] and again["already_done"] == 5
 
     res = ck("status", str(spec), "--json")
     assert res.returncode == 0, res.stderr
-    rows = document(res)
+    rows = document(res)  # one row per run and stage; the shared base eval on each run's row, marked
     assert len(rows) == 6 and {r["state"] for r in rows} == {"done"} and {r["run"] for r in rows} == names
+    assert {r["run"]: r.get("shared") for r in rows if r["stage"] == "eval.exact.base"} == {
+        n: f"shared/{shared[0]['run']}" for n in names}
 
     res = ck("summarize", str(spec), "--json", "--no-plots")
     assert res.returncode == 0, res.stderr

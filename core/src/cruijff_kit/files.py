@@ -1,5 +1,6 @@
 """Safe file helpers for plugins: atomic writes, locked read-modify-write, JSON lines, YAML files that
-fail with a message naming the file, and scrubbing of secrets from anything about to be written.
+fail with a message naming the file, scrubbing of secrets from anything about to be written, and byte
+counts for messages (:func:`human_bytes`).
 
 What a user wrote is read within bounds: a key twice in one mapping or object, nesting deeper than 100
 levels and YAML alias bombs are errors naming the file (:func:`read_yaml`, :func:`read_json`,
@@ -30,11 +31,12 @@ from cruijff_kit._base.secrets import (
     scrub,
     secret_values,
 )
+from cruijff_kit._base.sizes import human_bytes
 from cruijff_kit._base.yamlfile import read_yaml
 
 __all__ = [
     "append_jsonl", "atomic_write_json", "atomic_write_text", "atomic_write_yaml", "check_writable", "dump_yaml",
-    "is_secret_name", "literal_secret", "load_yaml", "locked", "parse_json_text", "read_json", "read_jsonl",
-    "read_yaml", "refuse_literal_secrets", "refuse_secret_values", "scrub", "secret_values",
+    "human_bytes", "is_secret_name", "literal_secret", "load_yaml", "locked", "parse_json_text", "read_json",
+    "read_jsonl", "read_yaml", "refuse_literal_secrets", "refuse_secret_values", "scrub", "secret_values",
     "update_json",
 ]

@@ -152,9 +152,10 @@ def stage_state(run_dir: Path, stage: str) -> str:
 
 
 def update_stage(run_dir: Path, stage: str, *, when: Callable[[dict[str, Any]], bool] | None = None,
-                 **fields: Any) -> dict[str, Any]:
+                 replace: bool = False, **fields: Any) -> dict[str, Any]:
     """Merge ``fields`` into a stage's entry (secrets scrubbed); a field given as None is removed from
-    the entry (a stage claimed again forgets its old job id). Returns the stage entry.
+    the entry (a stage claimed again forgets its old job id). With ``replace``, the entry becomes
+    ``fields`` alone. Returns the stage entry.
 
     With ``when``, only if ``when(entry)`` holds, in the same locked read-modify-write (a
     compare-and-set: nobody changes the entry in between); returns an empty dict when it does not.
@@ -167,6 +168,8 @@ def update_stage(run_dir: Path, stage: str, *, when: Callable[[dict[str, Any]], 
         entry = data.setdefault("stages", {}).setdefault(stage, {"state": PENDING})
         if when is not None and not when(dict(entry)):
             return
+        if replace:
+            entry.clear()
         entry.update({k: v for k, v in fields.items() if v is not None})
         for key in [k for k, v in fields.items() if v is None]:
             entry.pop(key, None)

@@ -20,7 +20,7 @@ from cruijff_kit._api.units import parse_memory, parse_slurm_time
 
 if TYPE_CHECKING:  # pragma: no cover
     from cruijff_kit._api.context import StageContext
-    from cruijff_kit._api.records import PlannedRun, StageJob
+    from cruijff_kit._api.records import PlannedRun, StageDef, StageJob
 
 
 def nonfinite_at(value: Any, path: str = "") -> tuple[str, float] | None:
@@ -266,6 +266,35 @@ class Evaluator(Plugin):
     def evaluate(self, ctx: StageContext) -> dict[str, Any]:  # pragma: no cover - abstract
         """Evaluate ``ctx.target``; write logs under ``ctx.eval_dir``; return metrics for results.json."""
         raise NotImplementedError
+
+    def identity(self, run: PlannedRun, stage: StageDef) -> dict[str, Any] | None:
+        """Everything that determines the result of ``stage`` (one of ``run``'s eval stages), or None
+        when it must never be shared with another run.
+
+        Stages of one experiment with equal identities run once, in a shared folder, for every run that
+        needs them (see ``docs/artifacts.md``). Only targets that need nothing from the run's own
+        training are shared (``base`` and ``adapter``). The default covers the model (path, revision,
+        adapter), the dataset, the prompt, this evaluation's whole section (task, split, scorers,
+        generation settings, dtype, quantization), the seed, the target, and what the run's training
+        changes about loading the base model (4-bit for a ``qlora`` run, with its precision, and the
+        chat template). An evaluator that reads more of the run adds it here.
+        """
+        if stage.target not in ("base", "adapter") or stage.eval_index is None:
+            return None
+        spec = run.spec
+        train = spec.get("train") or {}
+        quantized = train.get("method") == "qlora"
+        return {
+            "model": {k: v for k, v in spec["model"].items() if k != "local_path"},
+            "dataset": spec["dataset"],
+            "prompt": spec.get("prompt"),
+            # which targets an eval selects changes no target's result
+            "eval": {k: v for k, v in spec["eval"][stage.eval_index].items() if k not in ("checkpoints", "include_base")},
+            "seed": spec.get("seed"),
+            "target": stage.target,
+            "load": {"qlora": quantized, "precision": train.get("precision") if quantized else None,
+                     "chat_template": train.get("chat_template")},
+        }
 
 
 class Scheduler(Plugin):

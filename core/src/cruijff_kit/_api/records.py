@@ -13,6 +13,7 @@ from cruijff_kit._api.kinds import Dataset, Estimate, Evaluator, Plugin, Resourc
 from cruijff_kit._api.sections import validate_section
 from cruijff_kit._base.errors import StageError
 from cruijff_kit._base.layout import RunLayout
+from cruijff_kit._base.yamlfile import read_yaml
 
 
 @dataclass
@@ -52,6 +53,30 @@ class StageJob:
     def command(self, python: str | None = None) -> list[str]:
         """The one entry point for work: ``python -m cruijff_kit stage RUN_DIR STAGE``."""
         return [python or sys.executable, "-m", "cruijff_kit", "stage", str(self.run_dir), self.stage]
+
+    def scheduler(self, expected: type[Scheduler] | None = None) -> Scheduler:
+        """The scheduler built from this job's own run's resolved ``scheduler:`` section (``spec.yaml``
+        in ``run_dir``), with that run's settings.
+
+        Runs of one experiment may differ in scheduler settings (``variants:`` or a sweep setting
+        ``scheduler.time_limit``, ``scheduler.resources.time``...), while ``ck run`` hands every job to
+        one scheduler object: a scheduler reads a job's settings from here, never from its own
+        ``config``. ``expected``: the class of the scheduler that received the job; a run whose section
+        names another scheduler is refused (:class:`StageError`).
+        """
+        file = RunLayout(Path(self.run_dir)).spec
+        spec = read_yaml(file, what="run spec")
+        section, meta = spec.get("scheduler"), spec.get("run")
+        if not isinstance(section, dict) or not isinstance(meta, dict) or not meta.get("spec_dir"):
+            raise StageError(f"{file} is not a resolved run spec (it lacks the `scheduler:` section or "
+                             "`run.spec_dir`). `ck run SPEC` writes it again.")
+        sched = instantiate("scheduler", section, Path(meta["spec_dir"]), file=str(file))
+        if expected is not None and not isinstance(sched, expected):
+            raise StageError(f"{file}: at `scheduler.plugin`: run {self.run_name} names the `{sched.name}` "
+                             f"scheduler, but its stages were handed to the `{expected.name}` scheduler with "
+                             "the rest of the experiment; one `ck run` uses one scheduler. Give every run the "
+                             "same `scheduler.plugin` (or run the spec once per scheduler with --set).")
+        return sched  # type: ignore[return-value]
 
 
 @dataclass
@@ -94,11 +119,12 @@ class PlannedRun:
 _INSTANCES: dict[str, Plugin] = {}
 
 
-def instantiate(kind: str, section: dict[str, Any], base_dir: Path) -> Plugin:
-    """The plugin object for a resolved section (one object per distinct section and folder)."""
+def instantiate(kind: str, section: dict[str, Any], base_dir: Path, file: str | None = None) -> Plugin:
+    """The plugin object for a resolved section (one object per distinct section and folder);
+    ``file``: the file that holds the section, named in errors."""
     key = json.dumps([kind, section, str(base_dir)], sort_keys=True, default=str)
     obj = _INSTANCES.get(key)
     if obj is None:
-        cls, config = validate_section(kind, section, path=kind, file=None)
+        cls, config = validate_section(kind, section, path=kind, file=file)
         obj = _INSTANCES[key] = cls(config, base_dir=base_dir)
     return obj

@@ -28,8 +28,17 @@ class ExperimentLayout:
     def plots_dir(self) -> Path:
         return self.root / "plots"
 
+    @property
+    def shared_dir(self) -> Path:
+        """``shared/``: one folder per stage that several runs share (laid out like a run folder)."""
+        return self.root / "shared"
+
     def run(self, name: str) -> RunLayout:
         return RunLayout(self.runs_dir / name)
+
+    def shared(self, name: str) -> RunLayout:
+        """The folder of a shared stage, ``shared/<name>``."""
+        return RunLayout(self.shared_dir / name)
 
     def run_layouts(self) -> list[RunLayout]:
         """Every run folder that has a resolved spec, sorted by name."""

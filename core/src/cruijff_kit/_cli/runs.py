@@ -34,7 +34,9 @@ def plan_document(plan: Any, *, estimates: bool = False) -> dict[str, Any]:
     runs = []
     for run in plan.runs:
         row: dict[str, Any] = {"name": run.name, "type": run.type, "dir": str(run.layout.root),
-                               "sweep": run.sweep_values, "stages": [s.name for s in run.stages]}
+                               "sweep": run.sweep_values, "stages": [s.name for s in run.stages],
+                               "shared_stages": {s.name: f"shared/{plan.pointers[(run.name, s.name)]}"
+                                                 for s in run.stages if (run.name, s.name) in plan.pointers}}
         if estimates:
             check = plan.truncation.get(run.name)
             row.update(estimate=asdict(run.estimate) if run.estimate is not None else None,
@@ -42,7 +44,9 @@ def plan_document(plan: Any, *, estimates: bool = False) -> dict[str, Any]:
         runs.append(row)
     return {"ok": True, "exit_code": int(ExitCode.OK), "spec": str(plan.loaded.file), "experiment": plan.experiment,
             "experiment_dir": str(plan.layout.root), "run_count": len(plan.runs),
-            "stage_count": sum(len(r.stages) for r in plan.runs), "swept": plan.swept_keys(), "runs": runs,
+            "stage_count": len(plan.jobs()), "swept": plan.swept_keys(), "runs": runs,
+            "shared": [{"name": sh.name, "stage": sh.stages[0].name, "dir": str(sh.layout.root),
+                        "used_by": sh.spec["run"]["shared"]["used_by"]} for sh in plan.shared],
             "notes": list(plan.notes)}
 
 
@@ -206,20 +210,32 @@ def _show_status(exp: Any, rows: list[dict[str, Any]], target: str) -> None:
     for r in rows:
         cells = by_run.setdefault(r["run"], {})
         for s in stages if r["stage"] is None else [r["stage"]]:  # None: a run whose stages are unknown
-            cells[s] = r.get("state", "pending")
+            cells[s] = r.get("state", "pending") + (" (shared)" if r.get("shared") else "")
     for run_name, states in by_run.items():
-        cells = [f"[{colors.get(states.get(s, ''), 'white')}]{states.get(s, '-')}[/]" for s in stages]
+        cells = [f"[{colors.get(states.get(s, '').split(' ')[0], 'white')}]{states.get(s, '-')}[/]" for s in stages]
         table.add_row(run_name, *cells)
     out = console()
     out.print(table)
+    shared = {r["shared"]: r["stage"] for r in rows if r.get("shared")}
+    if shared:
+        out.print("(shared): the same stage of several runs, run once in " + ", ".join(
+            f"{exp.root / folder} ({stage})" for folder, stage in shared.items()))
     live = list(dict.fromkeys(r["live"] for r in rows if r.get("live")))
     if live:
         out.print(f"[bold yellow]Still running and billed ({len(live)}); `ck cancel {target}` stops them:[/]")
         for line in live:
             out.print(f"  [yellow]{escape(line)}[/]")
+    told: set[str] = set()
     for r in rows:
         if r.get("state") == "failed":
-            out.print(f"[red]{r['run']} {r['stage']}[/]: {r.get('error', '')}")
+            if r.get("shared") in told:
+                continue  # a shared stage's failure is said once
+            if r.get("shared"):
+                told.add(r["shared"])
+                users = [x["run"] for x in rows if x.get("shared") == r["shared"]]
+                out.print(f"[red]{r['shared']} {r['stage']}[/] (shared by {', '.join(users)}): {r.get('error', '')}")
+            else:
+                out.print(f"[red]{r['run']} {r['stage']}[/]: {r.get('error', '')}")
             if r.get("error_tail"):
                 out.print(r["error_tail"], markup=False)
 
@@ -251,9 +267,11 @@ def logs(run_dir: str, stage: str | None, lines: int) -> None:
     layout = RunLayout(Path(run_dir).resolve())
     for line in _run_damage(layout):  # the logs are still shown
         click.echo(f"Warning: {line}", err=True)
-    if not layout.logs_dir.is_dir():
+    where = {n: layout for n in _logged_stages(layout)}
+    where.update(_shared_logs(layout))  # a shared stage's logs are in its shared folder
+    if not where:
         raise CkError(f"{run_dir} has no logs/ folder yet: nothing of this run has started.")
-    names = sorted({p.name.rsplit(".", 1)[0] for p in layout.logs_dir.iterdir() if p.suffix in (".out", ".err")})
+    names = sorted(where)
     if stage:
         if stage not in names:
             from cruijff_kit._base.errors import did_you_mean
@@ -262,10 +280,39 @@ def logs(run_dir: str, stage: str | None, lines: int) -> None:
         names = [stage]
     for name in names:
         for stream in ("out", "err"):
-            text = tail(layout.log(name, stream), lines)
+            text = tail(where[name].log(name, stream), lines)
             if text:
-                click.echo(f"==> {layout.log(name, stream)} <==")
+                click.echo(f"==> {where[name].log(name, stream)} <==")
                 click.echo(text)
+
+
+def _logged_stages(layout: Any) -> list[str]:
+    """The stages with a log file in a run folder's ``logs/``."""
+    if not layout.logs_dir.is_dir():
+        return []
+    return sorted({p.name.rsplit(".", 1)[0] for p in layout.logs_dir.iterdir() if p.suffix in (".out", ".err")})
+
+
+def _shared_logs(layout: Any) -> dict[str, Any]:
+    """Stage -> the shared folder holding its logs, for the run's shared stages that have logs."""
+    from cruijff_kit import status as run_status
+    from cruijff_kit._engine.shared import pointer_of, shared_layout
+
+    try:
+        entries = run_status.read(layout.root)["stages"]
+    except run_status.DamagedState:
+        return {}
+    out = {}
+    for name, entry in entries.items():
+        ptr = pointer_of(entry)
+        if ptr is not None:
+            try:
+                shared = shared_layout(layout.root, ptr, layout.status)
+            except run_status.DamagedState:
+                continue
+            if name in _logged_stages(shared):
+                out[name] = shared
+    return out
 
 
 def _run_damage(layout: Any) -> list[str]:

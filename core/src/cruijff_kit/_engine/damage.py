@@ -8,10 +8,12 @@ A damaged file is never deleted: it is moved aside to ``<name>.damaged-<time>`` 
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from cruijff_kit import status
 from cruijff_kit._base.errors import short_repr
+from cruijff_kit._base.fileio import atomic_write_json, locked
 from cruijff_kit._base.layout import RunLayout
 from cruijff_kit._base.parsing import parse_json_text
 from cruijff_kit.status import DamagedState, json_kind
@@ -106,3 +108,26 @@ def repair_run(layout: RunLayout, stages: list[str]) -> list[str]:
         notes.append(f"{layout.results} has no result for the finished stage(s) {', '.join(lost)} of run "
                      f"{layout.name}: they run again.")
     return notes
+
+
+def record_results(layout: RunLayout, task: str, target: str, results: dict[str, Any]) -> None:
+    """Merge one eval stage's results into ``eval/results.json`` (locked, atomic).
+
+    A damaged file (empty, cut short, not text, of the wrong shape: see
+    :func:`~cruijff_kit._engine.damage.read_results`) is moved aside to ``results.json.damaged-<time>``
+    (kept, as ``ck run`` does) and a warning naming it and the recovery goes to stderr (the stage's
+    log); this result is then written to a new file, and ``ck run`` evaluates the other finished eval
+    stages of the run again.
+    """
+    path = layout.results
+    with locked(path):
+        try:
+            data = read_results(layout)
+        except status.DamagedState as exc:
+            moved = status.move_aside(exc.path)
+            print(f"Warning: {exc.path} is damaged: {exc.reason}. It was moved aside to {moved.name} (kept, "
+                  f"never deleted) and the result of {task}/{target} written to a new {path.name}; `ck run SPEC` "
+                  "evaluates the other finished eval stages of this run again.", file=sys.stderr, flush=True)
+            data = {}
+        data.setdefault(task, {})[target] = results
+        atomic_write_json(path, data)

@@ -58,6 +58,10 @@ class Plan:
     truncation: dict[str, TruncationCheck] = field(default_factory=dict)
     #: Things to know that are not errors (a hub model not downloaded yet), by :func:`plan_notes`.
     notes: list[str] = field(default_factory=list)
+    #: Stages several runs share (same identity), each as a one-stage run in ``shared/<name>``, by :func:`share_stages`.
+    shared: list[PlannedRun] = field(default_factory=list)
+    #: (run name, stage name) -> the name of the shared folder that runs it for that run.
+    pointers: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @property
     def layout(self) -> ExperimentLayout:
@@ -68,14 +72,21 @@ class Plan:
         return self.loaded.model.experiment
 
     def jobs(self) -> list[StageJob]:
-        """Every stage of every run as a scheduler job."""
+        """Every stage to execute as a scheduler job: each run's own stages, and each shared stage once."""
         out = []
-        for run in self.runs:
+        for run in [*self.runs, *self.shared]:
             resources = Resources.model_validate(run.spec["scheduler"].get("resources", {}))
             for st in run.stages:
+                if (run.name, st.name) in self.pointers:
+                    continue  # executed once, in its shared folder
                 out.append(StageJob(self.experiment, run.name, run.layout.root, st.name, list(st.depends_on),
                                     resources, st.kind))
         return out
+
+    def shared_run(self, run_name: str, stage: str) -> PlannedRun | None:
+        """The shared folder's run that executes ``stage`` for run ``run_name``, or None (its own)."""
+        name = self.pointers.get((run_name, stage))
+        return next((s for s in self.shared if s.name == name), None) if name else None
 
     def swept_keys(self) -> list[str]:
         """Dotted paths that vary across runs, in spec order."""
@@ -357,10 +368,19 @@ def make_plan(loaded: LoadedSpec, *, estimate: bool = False, check: bool = True,
     layout = ExperimentLayout(loaded.experiment_dir)
     cache: dict[str, Any] = {}
     runs: dict[str, PlannedRun] = {}
+    collapsed: list[tuple[PlannedRun, PlannedRun]] = []
     for combo in combinations(loaded):
         run = resolve_run(loaded, combo, layout, cache, allow_many_epochs=allow_many_epochs)
-        runs.setdefault(run.name, run)  # --set may collapse sweep points into one run
+        if run.name in runs:  # --set may collapse sweep points into one run; nothing else may
+            collapsed.append((runs[run.name], run))
+            continue
+        runs[run.name] = run
+    if check:  # a spec section's own rule (e.g. simulate settings are not swept) says it best
+        check_sections(loaded)
+    for first, again in collapsed:
+        check_collapse(loaded, first, again)
     plan = Plan(loaded, list(runs.values()))
+    share_stages(plan)
     plan.notes = plan_notes(plan)
     if check:
         check_plan(plan)
@@ -370,16 +390,77 @@ def make_plan(loaded: LoadedSpec, *, estimate: bool = False, check: bool = True,
     return plan
 
 
+def check_collapse(loaded: LoadedSpec, first: PlannedRun, again: PlannedRun) -> None:
+    """SpecError when two sweep points make the same run (same name) but their resolved specs differ:
+    they differ only in what a run's name does not hash (``NOT_HASHED``: the scheduler, ``output_dir``,
+    ``description``, ``simulate``, or ``train.allow_truncation``), so one would be dropped without a word.
+    Points that ``--set`` made equal are one run, as asked."""
+    def body(run: PlannedRun) -> dict[str, Any]:
+        return {k: v for k, v in run.spec.items() if k != "run"}
+
+    if body(first) == body(again):
+        return
+    overridden = {tuple(split_path(k)) for k in loaded.overrides}
+    keys = [k for k in dict.fromkeys([*first.sweep_values, *again.sweep_values])
+            if first.sweep_values.get(k) != again.sweep_values.get(k)
+            and not any(tuple(split_path(k))[:len(o)] == o for o in overridden)]
+    shown = ", ".join(f"`{k}`" for k in keys) or "settings a run's name does not hash"
+    points = "; ".join(f"{{{', '.join(f'{k}: {run.sweep_values.get(k)!r}' for k in keys)}}}" for run in (first, again))
+    raise SpecError(f"two sweep points ({points}) make the same run {first.name}: they differ only in {shown}, which "
+                    "changes where or how a run is scheduled (or what ck simulate does), not what it computes. A run's "
+                    "name hashes its resolved spec without " + ", ".join(f"`{k}`" for k in NOT_HASHED[1:]) +
+                    ", so one of them would be dropped.", file=str(loaded.file), path="sweep",
+                    hint="Sweep settings that change the result. To compare scheduler settings, run the spec once per "
+                         "setting with --set and a different `experiment:` name.")
+
+
+def share_stages(plan: Plan) -> None:
+    """Give each stage that several runs would compute identically (equal ``Evaluator.identity``, typically
+    the base-model eval of every run of a sweep) one shared folder, ``shared/<task>-<target>-<hash8>``:
+    a one-stage run whose spec is the first user's, with ``run.shared`` naming every run it serves."""
+    groups: dict[str, list[tuple[PlannedRun, StageDef]]] = {}
+    for run in plan.runs:
+        for st in run.stages:
+            if st.kind != "eval" or st.eval_index is None:
+                continue
+            ident = run.evaluator(st.eval_index).identity(run, st)
+            if ident is not None:
+                groups.setdefault(spec_hash(ident), []).append((run, st))
+    for digest, users in groups.items():
+        if len(users) < 2:
+            continue
+        first, st = users[0]
+        name = f"{st.task}-{st.target}-{digest[:8]}"
+        spec = copy.deepcopy(first.spec)
+        spec["run"] = {**spec["run"], "name": name, "sweep": {}, "stages": [st.name], "spec_hash": digest,
+                       "shared": {"identity": digest, "stage": st.name, "used_by": [r.name for r, _ in users]}}
+        stage = StageDef(st.name, "eval", [], st.eval_index, st.task, st.target)
+        plan.shared.append(PlannedRun(name, first.type, spec, {}, [stage], plan.layout.shared(name), first.base_dir))
+        for run, s in users:
+            plan.pointers[(run.name, s.name)] = name
+
+
 def _plugin_key(section: dict[str, Any] | None, extra: Any = None) -> str:
     return json.dumps([section, extra], sort_keys=True, default=str)
+
+
+def check_sections(loaded: LoadedSpec) -> None:
+    """Each spec section owner's plan-time ``check`` (e.g. the ``simulate`` section's)."""
+    for key, owner in registry().spec_sections.items():
+        if getattr(loaded.model, key, None) is not None:
+            owner.check(loaded)
 
 
 def check_plan(plan: Plan) -> None:
     """Run each distinct plugin configuration's plan-time ``check`` once (errors name the spec)."""
     seen: set[str] = set()
-    for key, owner in registry().spec_sections.items():
-        if getattr(plan.loaded.model, key, None) is not None:
-            owner.check(plan.loaded)
+    check_sections(plan.loaded)
+    schedulers = list(dict.fromkeys(str(r.spec["scheduler"].get("plugin")) for r in plan.runs))
+    if len(schedulers) > 1:
+        raise SpecError(f"the runs of this experiment name {len(schedulers)} schedulers ({', '.join(schedulers)}); "
+                        "one `ck run` hands every stage to one scheduler.", file=str(plan.loaded.file),
+                        path="scheduler.plugin", hint="Give every run the same scheduler.plugin, or run the spec "
+                                                      "once per scheduler with --set scheduler.plugin=NAME.")
     for run in plan.runs:
         objs: list[tuple[str, Plugin]] = [("dataset", run.dataset()), ("scheduler", run.scheduler())]
         tr = run.trainer()

@@ -72,7 +72,8 @@ def plan_markdown(plan: Plan, max_rows: int | None = None) -> str:
         "",
         f"Spec: `{plan.loaded.file}`  ",
         f"Output: `{plan.layout.root}`  ",
-        f"Runs: {len(plan.runs)}, stages: {sum(len(r.stages) for r in plan.runs)}",
+        f"Runs: {len(plan.runs)}, stages: {len(plan.jobs())}"
+        + (f" ({len(plan.pointers)} run stages served by {len(plan.shared)} shared)" if plan.shared else ""),
         "",
         markdown_table(headers, rows),
     ]
@@ -85,4 +86,8 @@ def plan_markdown(plan: Plan, max_rows: int | None = None) -> str:
         lines += ["", "Target tokens cut by train.max_seq_length (counted with each run's tokenizer):",
                   *[f"- {name}: {text}" for name, text in cuts]]
     lines += ["", "Stages per run: " + ", ".join(s.name for s in plan.runs[0].stages) if plan.runs else ""]
+    if plan.shared:
+        lines += ["", "Shared stages (identical in several runs: each runs once, in its folder under shared/):",
+                  *[f"- {sh.stages[0].name} in `shared/{sh.name}`, for {len(sh.spec['run']['shared']['used_by'])} "
+                    f"runs: {', '.join(sh.spec['run']['shared']['used_by'])}" for sh in plan.shared]]
     return "\n".join(lines) + "\n"

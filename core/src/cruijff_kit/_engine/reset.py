@@ -15,6 +15,7 @@ from cruijff_kit._base.fileio import atomic_write_json, locked
 from cruijff_kit._base.layout import RunLayout
 from cruijff_kit._engine.damage import read_results
 from cruijff_kit._engine.runner import _holder_alive, find_experiment
+from cruijff_kit._engine.shared import pointer_of, shared_layout, used_by
 from cruijff_kit.status import DamagedState
 
 
@@ -91,6 +92,14 @@ def reset_stage(run: PlannedRun, stage: str) -> list[str]:
         notes.append(f"{exc.path} was damaged: {exc.reason}; moved aside to {moved.name} and rebuilt with every "
                      "stage pending.")
         entries = status.read(layout.root)["stages"]
+    ptr = pointer_of(entries.get(stage, {}))
+    if ptr is not None:  # the stage runs once for several runs, in its shared folder: reset it there
+        from cruijff_kit._engine.stage import load_run
+
+        shared = load_run(shared_layout(layout.root, ptr, layout.status).root)
+        users = used_by(shared.spec)
+        return [f"stage {stage} of run {run.name} is shared ({ptr}, for {len(users)} runs: {', '.join(users)}); "
+                "resetting it there resets it for each of them.", *reset_stage(shared, stage)]
     targets = [stage, *(s.name for s in run.stages if stage in s.depends_on)]
     for name in targets:
         live = _live_job(layout, name, entries.get(name, {}))
@@ -110,7 +119,8 @@ def resolve_run_dir(target: str | Path, run_name: str | None) -> Path:
     """The run folder ``ck reset`` acts on: TARGET itself when it is a run folder, else the run named
     ``run_name`` of the experiment TARGET names (a spec file or an experiment folder)."""
     p = Path(target).resolve()
-    if p.is_dir() and p.parent.name == "runs" and ((p / "spec.yaml").exists() or (p / "status.json").exists()):
+    if p.is_dir() and p.parent.name in ("runs", "shared") and ((p / "spec.yaml").exists() or
+                                                               (p / "status.json").exists()):
         if run_name and run_name != p.name:
             raise CkError(f"{target} is the folder of run {p.name}, not of `{run_name}`. Drop --run, or give "
                           "the experiment's spec.")

@@ -24,6 +24,7 @@ from cruijff_kit._base.secrets import refuse_secret_values
 from cruijff_kit._engine.damage import repair_run
 from cruijff_kit._engine.planner import Plan
 from cruijff_kit._engine.report import plan_markdown
+from cruijff_kit._engine.shared import point_runs, resolve_entry, shared_folders, with_earlier_users
 from cruijff_kit.status import DamagedState
 
 
@@ -48,7 +49,7 @@ def _write_experiment(plan: Plan) -> None:
     layout.root.mkdir(parents=True, exist_ok=True)
     atomic_write_yaml(layout.spec, plan.loaded.raw)
     atomic_write_text(layout.plan, plan_markdown(plan))
-    for run in plan.runs:
+    for run in [*plan.runs, *plan.shared]:
         run.layout.root.mkdir(parents=True, exist_ok=True)
         # damaged state files: moved aside (never deleted), their stages pending again; said on stderr
         notes = repair_run(run.layout, [s.name for s in run.stages])
@@ -59,6 +60,7 @@ def _write_experiment(plan: Plan) -> None:
 
             spec = apply_overrides(spec, recorded, "status.json overrides")
         on_disk = _written_spec(run.layout.spec)
+        spec = with_earlier_users(spec, on_disk)  # a shared stage serves the runs of earlier plans too
         if on_disk != spec:
             if isinstance(on_disk, DamagedState):
                 notes.append(f"{on_disk.path} was damaged: {on_disk.reason}; written again from the plan.")
@@ -68,6 +70,8 @@ def _write_experiment(plan: Plan) -> None:
         status.ensure_stages(run.layout.root, [s.name for s in run.stages])
         for note in notes:
             print(f"[ck] {note}", file=sys.stderr, flush=True)
+    for note in point_runs(plan):
+        print(f"[ck] {note}", file=sys.stderr, flush=True)
 
 
 def _written_spec(path: Path) -> Any:
@@ -446,8 +450,15 @@ def experiment_status(exp: ExperimentLayout, *, refresh: bool = True) -> list[di
             rows += [damaged_row(run.name, s.name, exc, run.sweep_values) for s in run.stages]
             continue
         for s in run.stages:
-            entry = dict(st.get(s.name, {"state": status.PENDING}))
+            try:
+                where = resolve_entry(layout.root, s.name, dict(st.get(s.name, {"state": status.PENDING})))
+            except DamagedState as exc:
+                rows.append(damaged_row(run.name, s.name, exc, run.sweep_values))
+                continue
+            entry = dict(where.entry)
             row = {"run": run.name, "stage": s.name, **entry, "sweep": run.sweep_values}
+            if where.shared:
+                row["shared"] = where.shared
             stale = stale_reason(entry)  # submitted/running, but its process and its `ck run` are gone
             if stale:
                 row["state"] = status.INTERRUPTED
@@ -456,7 +467,8 @@ def experiment_status(exp: ExperimentLayout, *, refresh: bool = True) -> list[di
             wanted = entry.get("state") in status.ACTIVE_STATES or entry.get("live") or \
                 entry.get("scheduler", "local") != "local"  # the scheduler's wants_refresh decides below
             if refresh and wanted and entry.get("job_id"):
-                job = StageJob(exp.root.name, run.name, layout.root, s.name, [], None, s.kind)  # type: ignore[arg-type]
+                job = StageJob(exp.root.name, where.layout.name, where.layout.root, s.name, [], None,  # type: ignore[arg-type]
+                               s.kind)
                 by_scheduler.setdefault(entry.get("scheduler", "local"), []).append((job, row))
     for name, items in by_scheduler.items():
         if name == "local":
@@ -509,7 +521,8 @@ def cancel_experiment(exp: ExperimentLayout) -> int:
     by_scheduler: dict[str, list[StageJob]] = {}
     active_stages: set[tuple[Path, str]] = set()
     problems: list[str] = []
-    for layout in run_folders(exp):  # a run's spec.yaml is not needed: a lost one does not stop this
+    # a run's spec.yaml is not needed: a lost one does not stop this; a shared stage is its folder's
+    for layout in [*run_folders(exp), *shared_folders(exp)]:
         try:
             entries = status.read(layout.root)["stages"]
         except DamagedState as exc:

@@ -24,10 +24,10 @@ from cruijff_kit import status
 from cruijff_kit._api.context import RunInfo, StageContext
 from cruijff_kit._api.records import PlannedRun, StageDef
 from cruijff_kit._base.errors import CkError, StageError, clip
-from cruijff_kit._base.fileio import atomic_write_json, load_yaml, locked
+from cruijff_kit._base.fileio import load_yaml
 from cruijff_kit._base.layout import RunLayout
 from cruijff_kit._base.secrets import secret_values
-from cruijff_kit._engine.damage import read_results
+from cruijff_kit._engine.damage import record_results
 from cruijff_kit.training._distributed import CHILD_ENV, leave_worker_error
 
 
@@ -48,7 +48,7 @@ def load_run(run_dir: str | Path) -> PlannedRun:
     """
     layout = RunLayout(Path(run_dir).resolve())
     if not layout.spec.exists():
-        if layout.root.parent.name == "runs" and layout.root.is_dir() and any(layout.root.iterdir()):
+        if layout.root.parent.name in ("runs", "shared") and layout.root.is_dir() and any(layout.root.iterdir()):
             raise status.DamagedState(layout.spec, "it is missing", RUN_SPEC_FIX)
         raise StageError(f"{layout.root} is not a run folder (no spec.yaml). Run `ck run SPEC` first, or "
                          "give the path of a folder under <output_dir>/<experiment>/runs/.")
@@ -111,29 +111,6 @@ def is_primary_process() -> bool:
 
 def _on_signal(signum: int, _frame: Any) -> None:
     raise Interrupted(signal.Signals(signum).name)
-
-
-def record_results(layout: RunLayout, task: str, target: str, results: dict[str, Any]) -> None:
-    """Merge one eval stage's results into ``eval/results.json`` (locked, atomic).
-
-    A damaged file (empty, cut short, not text, of the wrong shape: see
-    :func:`~cruijff_kit._engine.damage.read_results`) is moved aside to ``results.json.damaged-<time>``
-    (kept, as ``ck run`` does) and a warning naming it and the recovery goes to stderr (the stage's
-    log); this result is then written to a new file, and ``ck run`` evaluates the other finished eval
-    stages of the run again.
-    """
-    path = layout.results
-    with locked(path):
-        try:
-            data = read_results(layout)
-        except status.DamagedState as exc:
-            moved = status.move_aside(exc.path)
-            print(f"Warning: {exc.path} is damaged: {exc.reason}. It was moved aside to {moved.name} (kept, "
-                  f"never deleted) and the result of {task}/{target} written to a new {path.name}; `ck run SPEC` "
-                  "evaluates the other finished eval stages of this run again.", file=sys.stderr, flush=True)
-            data = {}
-        data.setdefault(task, {})[target] = results
-        atomic_write_json(path, data)
 
 
 def _check_train_outputs(run: PlannedRun) -> None:
@@ -296,6 +273,7 @@ def run_stage(run_dir: str | Path, stage_name: str, *, extra_plugins: list[objec
     """Execute one stage in this process, holding its claim (see :func:`claim_stage`) until its end
     is recorded; returns the eval results (empty for train)."""
     claim: int | None = None
+    run_dir = shared_folder_of(run_dir, stage_name)
     if is_primary_process():
         run = load_run(run_dir)
         run.stage(stage_name)  # an unknown stage is refused before any claim file is made
@@ -305,6 +283,24 @@ def run_stage(run_dir: str | Path, stage_name: str, *, extra_plugins: list[objec
     finally:
         if claim is not None:
             status.release_lock(claim)
+
+
+def shared_folder_of(run_dir: str | Path, stage_name: str) -> Path:
+    """The folder that executes ``stage_name`` of the run in ``run_dir``: the shared folder its status
+    entry points to (said on stderr), else ``run_dir`` itself."""
+    from cruijff_kit._engine.shared import pointer_of, shared_layout
+
+    try:
+        entry = status.read(Path(run_dir))["stages"].get(stage_name, {})
+    except status.DamagedState:
+        return Path(run_dir)  # load_run and the claim say what is wrong
+    ptr = pointer_of(entry)
+    if ptr is None:
+        return Path(run_dir)
+    shared = shared_layout(Path(run_dir), ptr, Path(run_dir) / "status.json").root
+    print(f"[ck] stage {stage_name} of {Path(run_dir).name} is shared: it runs once, in {shared}", file=sys.stderr,
+          flush=True)
+    return shared
 
 
 def _run_stage(run_dir: str | Path, stage_name: str, *, extra_plugins: list[object] | None = None) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from typing import Any
 
 from cruijff_kit._api.retry import DeadlineExceeded, DownloadStalled
 from cruijff_kit._base.errors import CkError, SpecError
+from cruijff_kit._base.sizes import human_bytes as human_size  # noqa: F401 - `ck models list` sizes
 from cruijff_kit._engine.hubcache import (  # noqa: F401 - part of this module's API
     _COMMIT,
     default_hub_cache,
@@ -274,13 +275,3 @@ def list_cached(cache: Path, experiment_roots: Iterable[Path] = ()) -> list[Cach
             out.append(CachedModel(hub_id=hub_id, commit=snap.name, refs=sorted(refs.get(snap.name, [])),
                                    path=str(snap), size_bytes=_size(snap), used_by=sorted(used)))
     return out
-
-
-def human_size(n: int) -> str:
-    """``1.2 GB``-style size."""
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1024 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"

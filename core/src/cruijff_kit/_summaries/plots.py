@@ -72,9 +72,8 @@ def metric_vs_param(summary: Summary, out: Path) -> list[Path]:
                         continue
                     label = ", ".join(f"{k}={v}" for k, v in key) or metric
                     ax.plot(*zip(*pts, strict=True), marker="o", label=label)
-                base = [r[metric] for r in rows if r["target"] == "base" and isinstance(r.get(metric), float)]
-                if base:
-                    ax.axhline(sum(base) / len(base), color="grey", linestyle=":", label="base model")
+                for label, value in base_lines(rows, metric):
+                    ax.axhline(value, color="grey", linestyle=":", label=label)
                 ax.set_xlabel(param)
                 ax.set_ylabel(f"{metric} ({'lower' if lower_is_better(metric) else 'higher'} is better)")
                 ax.set_title(f"{task}: {metric} vs {param}")
@@ -89,6 +88,22 @@ def metric_vs_param(summary: Summary, out: Path) -> list[Path]:
     return paths
 
 
+def base_lines(rows: list[dict[str, Any]], metric: str) -> list[tuple[str, float]]:
+    """One (label, value) per distinct base-model evaluation among ``rows``: a shared one once (marked,
+    with how many runs share it), each run's own by its run; never an average of different evaluations."""
+    seen: dict[str, tuple[str, float, int]] = {}
+    for r in rows:
+        if r["target"] != "base" or not isinstance(r.get(metric), float):
+            continue
+        key = r.get("shared") or r["run"]
+        label, value, n = seen.get(key, ("", r[metric], 0))
+        seen[key] = (label, value, n + 1)
+    if len(seen) == 1 and not next(iter(seen)).startswith("shared/"):
+        return [("base model", next(iter(seen.values()))[1])]
+    return [(f"base model (shared by {n} runs)" if key.startswith("shared/") else f"base model ({key})", value)
+            for key, (_, value, n) in seen.items()]
+
+
 def risk_plots(summary: Summary, out: Path) -> list[Path]:
     """For each task and risk scorer: a reliability diagram and a ROC curve, one line per run x target."""
     plt = _plt()
@@ -98,9 +113,16 @@ def risk_plots(summary: Summary, out: Path) -> list[Path]:
         groups.setdefault((task, scorer), []).append((run, target, data))
     for (task, scorer), items in groups.items():
         fig, (rel, roc) = plt.subplots(1, 2, figsize=(11, 5))
+        drawn: set[str] = set()
         for run, target, data in items:
             pts = [(b["mean_predicted"], b["observed"]) for b in data["calibration"] if b.get("count")]
             label = f"{run} {target}"
+            if data.get("shared"):  # one evaluation several runs share: one line, marked
+                if data["shared"] in drawn:
+                    continue
+                drawn.add(data["shared"])
+                n = sum(1 for _, _, d in items if d.get("shared") == data["shared"])
+                label = f"{target} (shared by {n} runs)"
             if pts:
                 rel.plot(*zip(*pts, strict=True), marker="o", label=label)
             if data.get("roc"):

@@ -14,7 +14,7 @@ from cruijff_kit._base.jsonout import json_flag, json_output
 @click.option("--overwrite", is_flag=True, help="Write over summary files or a plots/ folder ck did not write.")
 @json_flag
 def summarize(target: str, no_plots: bool, overwrite: bool, as_json: bool) -> None:
-    """One table of runs x targets x metrics (summary.md, summary.csv) and plots under plots/."""
+    """Tables of runs x tasks x targets and of each run's training (summary.md, summary.csv); plots under plots/."""
     from rich.markdown import Markdown
 
     from cruijff_kit._base.console import console
@@ -29,7 +29,8 @@ def summarize(target: str, no_plots: bool, overwrite: bool, as_json: bool) -> No
               "rows": [{c: r.get(c) for c in summary.columns()} for r in summary.rows],
               "files": [str(f) for f in files], "damaged": summary.damaged})
     if not as_json:
-        console().print(Markdown(to_markdown(summary)))
+        con = console()
+        con.print(Markdown(to_markdown(summary, width=con.width)))
         for f in files:
             click.echo(f"Wrote {f}")
     for line in summary.damaged:  # summarized without them; the summary says which values are missing

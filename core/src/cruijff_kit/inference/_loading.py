@@ -12,6 +12,7 @@ from typing import Any
 
 from cruijff_kit._base.errors import SpecError
 from cruijff_kit._base.fileio import read_json
+from cruijff_kit.inference._quantization import BaseQuantization, base_quantization, require_nf4_backend
 
 #: Files that mark a folder holding a tokenizer.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -118,11 +119,15 @@ def resolve_target(path: str | Path, adapter: str | Path | None = None,
 
 
 def load_model(base: str | Path, adapter: str | Path | None = None, *, device: str | None = "auto",
-               dtype: str | None = "auto", merge: bool = False) -> tuple[Any, Any, str]:
+               dtype: str | None = "auto", merge: bool = False,
+               quantization: str | BaseQuantization = "auto") -> tuple[Any, Any, str]:
     """(model in eval mode, tokenizer, device): ``base`` with the PEFT ``adapter`` applied in memory.
 
     The tokenizer saved beside the adapter (with the chat template used in training) wins over the
-    base model's. ``merge`` folds the adapter into the weights (faster generation).
+    base model's. ``merge`` folds the adapter into the weights (faster generation). ``quantization``
+    (``auto``, ``nf4``, ``none``, or a decided :class:`BaseQuantization`) says how the base loads:
+    ``auto`` loads it in 4-bit NF4 when the adapter was trained with qlora, as it was trained (see
+    :func:`base_quantization`); ``dtype`` is then the dtype of the layers left unquantized.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -132,17 +137,30 @@ def load_model(base: str | Path, adapter: str | Path | None = None, *, device: s
     if adapter_path is not None and not (adapter_path / "adapter_config.json").is_file():
         raise SpecError("is not a PEFT adapter folder (no adapter_config.json).", file=str(adapter_path),
                         hint="Point at train/epoch_<N>/adapter of a finished run.")
+    quant = quantization if isinstance(quantization, BaseQuantization) else base_quantization(
+        adapter_path, quantization, dtype=str(torch_dtype).removeprefix("torch."))
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if quant.four_bit:
+        if merge and adapter_path is not None:
+            raise SpecError("cannot merge an adapter into a 4-bit NF4 base: the merged weights would be rounded "
+                            f"back to 4 bits, losing most of the adapter ({quant.reason}).", path="merge",
+                            hint="Keep merge off (the adapter is applied on top of the 4-bit base), or load the "
+                                 "base in full precision with quantization='none' to merge.")
+        require_nf4_backend(dev, quant)
+        kwargs["quantization_config"] = quant.bnb_config()
+        kwargs["device_map"] = {"": dev}
     tok_dir = tokenizer_dir(adapter_path) if adapter_path is not None else None
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir or base))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch_dtype)
+    model = AutoModelForCausalLM.from_pretrained(str(base), **kwargs)
     if adapter_path is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter_path))
         if merge:
             model = model.merge_and_unload()
-    model.to(dev)
+    if not quant.four_bit:  # a 4-bit model is placed by device_map and cannot be moved
+        model.to(dev)
     model.eval()
     return model, tokenizer, dev

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from cruijff_kit._base.errors import SpecError
-from cruijff_kit.inference._loading import load_model, resolve_target
+from cruijff_kit.inference._loading import load_model, resolve_device, resolve_dtype, resolve_target
+from cruijff_kit.inference._quantization import base_quantization
 from cruijff_kit.scoring import normalize_token
 
 POOLINGS = ("mean", "last")
@@ -24,22 +25,30 @@ POOLINGS = ("mean", "last")
 
 def load(path: str | Path, adapter: str | Path | None = None, *, epoch: int | None = None,
          device: str | None = "auto", dtype: str | None = "auto", merge: bool = False,
-         seed: int = 0, batch_size: int = 8, progress: bool = True) -> InferenceModel:
+         quantization: str = "auto", seed: int = 0, batch_size: int = 8, progress: bool = True) -> InferenceModel:
     """Open a run folder, an epoch or adapter folder, or a base model (+ ``adapter``) in one call.
 
     See :func:`cruijff_kit.inference._loading.resolve_target` for what ``path`` may be.
+    ``quantization`` is ``auto`` (the base in 4-bit NF4 when the adapter was trained with qlora, as
+    it was trained; else full precision), ``nf4`` or ``none`` (full precision in ``dtype``); the
+    returned model records what was loaded in :attr:`InferenceModel.quantization`.
     """
     base, adapter_path = resolve_target(path, adapter, epoch)
-    model, tokenizer, dev = load_model(base, adapter_path, device=device, dtype=dtype, merge=merge)
+    dev = resolve_device(device)
+    dtype_name = str(resolve_dtype(dtype, dev)).removeprefix("torch.")
+    quant = base_quantization(adapter_path, quantization, dtype=dtype_name)
+    model, tokenizer, dev = load_model(base, adapter_path, device=dev, dtype=dtype, merge=merge, quantization=quant)
     return InferenceModel(model, tokenizer, dev, seed=seed, batch_size=batch_size, progress=progress,
-                          base=base, adapter=str(adapter_path) if adapter_path else None)
+                          base=base, adapter=str(adapter_path) if adapter_path else None,
+                          quantization=quant.record() | {"dtype": dtype_name})
 
 
 class InferenceModel:
     """A loaded (base + adapter) model with the research workflows as methods."""
 
     def __init__(self, model: Any, tokenizer: Any, device: str, *, seed: int = 0, batch_size: int = 8,
-                 progress: bool = True, base: str | None = None, adapter: str | None = None) -> None:
+                 progress: bool = True, base: str | None = None, adapter: str | None = None,
+                 quantization: dict[str, Any] | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
@@ -48,6 +57,10 @@ class InferenceModel:
         self.progress = progress
         self.base = base
         self.adapter = adapter
+        #: How the base was loaded (set by :func:`load`; None for a model built elsewhere):
+        #: ``{"quantization": "nf4"|"none", "dtype": ...}`` plus, for nf4, ``quant_type``,
+        #: ``double_quant`` and ``compute_dtype``.
+        self.quantization = quantization
         self._variants: dict[tuple[str, bool], list[int]] = {}
 
     # ------------------------------------------------------------------ helpers
@@ -242,6 +255,7 @@ class InferenceModel:
         out.parent.mkdir(parents=True, exist_ok=True)
         table = pa.table(columns)
         table = table.replace_schema_metadata({"base": str(self.base), "adapter": str(self.adapter),
-                                               "pooling": pooling})
+                                               "pooling": pooling,
+                                               "quantization": str((self.quantization or {}).get("quantization"))})
         pq.write_table(table, out)
         return out

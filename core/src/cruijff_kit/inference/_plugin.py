@@ -16,6 +16,8 @@ _LOAD_OPTIONS = [
     click.option("--epoch", type=int, help="With a run folder: this epoch's adapter (default: the last)."),
     click.option("--device", default="auto", show_default=True),
     click.option("--dtype", default="auto", show_default=True),
+    click.option("--quantization", type=click.Choice(["auto", "nf4", "none"]), default="auto", show_default=True,
+                 help="Base model: auto = 4-bit NF4 under a QLoRA adapter (as trained), else full precision."),
     click.option("--batch-size", default=8, show_default=True),
     click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True),
     click.option("--field", default="input", show_default=True, help="Text field of .json/.jsonl rows."),
@@ -40,7 +42,7 @@ def _load_options(fn: Any) -> Any:
 @click.option("--chat", is_flag=True, help="Render each text as a user turn with the chat template.")
 @click.option("--overwrite", is_flag=True, help="Write over an OUT file that ck embed did not write.")
 def embed(model: str, texts: str, out: str, adapter: str | None, epoch: int | None, device: str, dtype: str,
-          batch_size: int, seed: int, field: str, id_field: str, layers: tuple[int, ...], pooling: str,
+          quantization: str, batch_size: int, seed: int, field: str, id_field: str, layers: tuple[int, ...], pooling: str,
           chat: bool, overwrite: bool) -> None:
     """Hidden-state embeddings of TEXTS (.txt/.jsonl/.json) from MODEL (run folder, adapter or base) to OUT (parquet)."""
     from cruijff_kit.inference import load
@@ -48,7 +50,8 @@ def embed(model: str, texts: str, out: str, adapter: str | None, epoch: int | No
 
     check_output(out, "ck embed", overwrite)
     ids, items = read_texts(texts, field, id_field)
-    m = load(model, adapter, epoch=epoch, device=device, dtype=dtype, seed=seed, batch_size=batch_size)
+    m = load(model, adapter, epoch=epoch, device=device, dtype=dtype, quantization=quantization, seed=seed,
+             batch_size=batch_size)
     path = m.embed_to_parquet(items, out, ids=ids, layers=layers or (-1,), pooling=pooling, chat=chat)
     click.echo(f"Wrote {len(items)} embeddings ({', '.join(f'layer {x}' for x in layers or (-1,))}) to {path}")
 
@@ -64,8 +67,8 @@ def embed(model: str, texts: str, out: str, adapter: str | None, epoch: int | No
 @click.option("--raw", is_flag=True, help="Use prompts as is, without the chat template.")
 @click.option("--overwrite", is_flag=True, help="Write over an --out file that ck score-options did not write.")
 def score_options(model: str, prompts: str, options: tuple[str, ...], adapter: str | None, epoch: int | None,
-                  device: str, dtype: str, batch_size: int, seed: int, field: str, id_field: str,
-                  out: str | None, ignore_case: bool, system: str | None, raw: bool, overwrite: bool) -> None:
+                  device: str, dtype: str, quantization: str, batch_size: int, seed: int, field: str,
+                  id_field: str, out: str | None, ignore_case: bool, system: str | None, raw: bool, overwrite: bool) -> None:
     """Next-token probabilities of each --option after each prompt of PROMPTS, from MODEL."""
     from cruijff_kit.inference import load
     from cruijff_kit.inference._io import check_output, read_texts
@@ -73,7 +76,8 @@ def score_options(model: str, prompts: str, options: tuple[str, ...], adapter: s
     if out:
         check_output(out, "ck score-options", overwrite)
     ids, items = read_texts(prompts, field, id_field)
-    m = load(model, adapter, epoch=epoch, device=device, dtype=dtype, seed=seed, batch_size=batch_size)
+    m = load(model, adapter, epoch=epoch, device=device, dtype=dtype, quantization=quantization, seed=seed,
+             batch_size=batch_size)
     kw = {"ignore_case": ignore_case, "chat": not raw, "system": system}
     probs = m.option_probabilities(items, list(options), **kw)
     mass = m.option_mass(items, list(options), **kw)

@@ -11,6 +11,7 @@ from cruijff_kit.training._adapters import (
     adapter_info,
     chat_template_text,
     export_adapter,
+    method_info,
     peak_memory_mb,
     plan_device,
     read_metrics,
@@ -45,7 +46,7 @@ from cruijff_kit.training._truncation import (
 __all__ = [
     "ADAPTER_FILES", "LossWatch", "MetricsRow", "ModelShape", "SplitTruncation", "TruncationCheck", "adapter_info",
     "chat_template_text", "check_targets", "check_validation_split", "count_truncation", "estimate_run",
-    "export_adapter", "find_config", "is_worker", "model_ref", "model_shape", "needs_launch", "nonfinite_loss_error",
+    "export_adapter", "find_config", "is_worker", "method_info", "model_ref", "model_shape", "needs_launch", "nonfinite_loss_error",
     "peak_memory_mb", "plan_device", "plan_truncation", "read_metrics", "relaunch", "require_saved_epochs",
     "require_truncation_allowed", "resolve_precision", "run_device", "save_adapter", "save_adapter_weights",
     "torch_dtype", "truncate_metrics", "world_size", "write_adapter_dir",

@@ -9,7 +9,9 @@
   tokenizer (with the chat template used in training), never the base weights.
   ``adapter_config.json`` names the base model by the local folder it was trained from, so it loads
   offline on that machine; ``cruijff_kit.json`` beside it records the name the user gave (hub id),
-  which :func:`export_adapter` writes back for sharing.
+  which :func:`export_adapter` writes back for sharing, and how the adapter was trained
+  (:func:`method_info`: ``method`` lora or qlora, and for qlora the 4-bit settings of the base), which
+  evaluators read to load the base the adapter was trained on.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ METRIC_KEYS = ("step", "epoch", "train_loss", "val_loss", "learning_rate", "toke
 ADAPTER_INFO = "cruijff_kit.json"
 #: Files of a PEFT adapter folder that :func:`save_adapter` requires.
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+#: Torch dtype names of the resolved training precisions (as recorded in ``cruijff_kit.json``).
+DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 # --------------------------------------------------------------------------- precision
@@ -93,6 +97,27 @@ def peak_memory_mb(device: str | None = None) -> float | None:
         return round(rss / (2**20 if sys.platform == "darwin" else 1024), 1)
     except Exception:  # pragma: no cover - no resource module
         return None
+
+
+def method_info(method: str, precision: str | None = None, *, library: str = "bitsandbytes") -> dict[str, Any]:
+    """The ``method`` and, for qlora, ``quantization`` keys a trainer records in ``cruijff_kit.json``.
+
+    ``method`` is ``lora`` or ``qlora``; for qlora ``precision`` is the resolved training precision
+    (``fp32``, ``bf16``, ``fp16``), the compute dtype of the 4-bit layers, and ``library`` what
+    quantized the base (``bitsandbytes`` or ``torchao``). Every qlora trainer here stores the base in
+    4-bit NF4 with double quantization (the quantization constants quantized again), so the record is
+    ``{"method": "qlora", "quantization": {"quant_type": "nf4", "double_quant": true, "compute_dtype":
+    "bfloat16", "library": "bitsandbytes"}}``; a lora adapter records ``{"method": "lora"}``.
+    """
+    if method == "lora":
+        return {"method": "lora"}
+    if method != "qlora":
+        raise ValueError(f"method {method!r}: use lora or qlora")
+    if precision not in DTYPE_NAMES:
+        raise ValueError(f"a qlora adapter records its compute dtype: pass the resolved precision "
+                         f"({', '.join(DTYPE_NAMES)}), not {precision!r}")
+    return {"method": "qlora", "quantization": {"quant_type": "nf4", "double_quant": True,
+                                                "compute_dtype": DTYPE_NAMES[precision], "library": library}}
 
 
 # --------------------------------------------------------------------------- metrics

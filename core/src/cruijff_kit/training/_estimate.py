@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from cruijff_kit._api.kinds import Estimate, Resources, TrainConfig
 from cruijff_kit._base.errors import DataError, SpecError, did_you_mean
 from cruijff_kit._base.parsing import parse_json_text
+from cruijff_kit._base.sizes import human_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     from cruijff_kit._api.records import PlannedRun
@@ -262,15 +263,6 @@ def memory_breakdown(shape: ModelShape, *, method: str, precision: str, trainabl
         "optimizer": int(trainable * OPTIMIZER_BYTES_PER_TRAINABLE),
         "activations": activation_bytes(shape, batch_size, seq_len, dtype_bytes, gradient_checkpointing),
     }
-
-
-def human_bytes(n: float) -> str:
-    """``1536`` -> ``1.5 KiB``."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
 
 
 # --------------------------------------------------------------------------- data

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import struct
 from pathlib import Path
 from typing import Any
 
 from cruijff_kit._base.errors import StageError
+from cruijff_kit._base.layout import RunLayout
 
 #: safetensors dtype -> (bytes per value, the exponent bits; all of them set means nan or inf).
 _EXPONENT = {"F16": (2, 0x7C00), "BF16": (2, 0x7F80), "F32": (4, 0x7F800000), "F64": (8, 0x7FF0000000000000)}
@@ -36,13 +36,20 @@ def _shown(value: float | None) -> str:
 
 
 def saved_epochs(train_dir: Path, before: int | None = None) -> list[int]:
-    """0-based epochs with a complete adapter under ``train_dir`` (with ``before``: only earlier ones)."""
-    found = []
-    for d in Path(train_dir).glob("epoch_*"):
-        m = re.fullmatch(r"epoch_(\d+)", d.name)
-        if m and (d / "adapter" / "adapter_config.json").exists():
-            found.append(int(m.group(1)))
-    return sorted(e for e in found if before is None or e < before)
+    """0-based epochs with a complete adapter (``adapter_config.json`` in :meth:`RunLayout.adapter_dir
+    <cruijff_kit.RunLayout.adapter_dir>`) in the run whose ``train/`` folder is ``train_dir``; with
+    ``before``: only earlier ones. The run layout names the folders; this only reads which exist."""
+    layout = _layout(train_dir)
+    if layout.train_dir != Path(train_dir) or not layout.train_dir.is_dir():  # not a run's train/ folder
+        return []
+    numbers = {int(n) for n in (d.name.rpartition("_")[2] for d in layout.train_dir.iterdir()) if n.isdigit()}
+    return sorted(e for e in numbers if (before is None or e < before)
+                  and (layout.adapter_dir(e) / "adapter_config.json").exists())
+
+
+def _layout(train_dir: Path) -> RunLayout:
+    """The run whose ``train/`` folder (:attr:`RunLayout.train_dir`) is ``train_dir``."""
+    return RunLayout(Path(train_dir).parent)
 
 
 def likely_causes(learning_rate: float | None = None, precision: str | None = None) -> list[str]:
@@ -75,7 +82,7 @@ def nonfinite_loss_error(value: float | None, *, step: int, epoch: int, train_di
            f"from then on. Likely causes: {'; '.join(likely_causes(learning_rate, precision))}.")
     saved = saved_epochs(train_dir, before=epoch)
     if saved:
-        folders = ", ".join(str(Path(train_dir) / f"epoch_{e}" / "adapter") for e in saved)
+        folders = ", ".join(str(_layout(train_dir).adapter_dir(e)) for e in saved)
         msg += f" The adapters of epochs {saved} were saved before the loss broke and stay valid: {folders}."
     else:
         msg += " No epoch had finished with a saved adapter before it."

@@ -88,7 +88,8 @@ class ToyTrainer(Trainer):
 
 
 class ToyEvalConfig(EvalConfig):
-    pass
+    #: sleep this long before scoring (a stage that is still running when a test looks)
+    sleep_seconds: float = Field(0.0, ge=0)
 
 
 class ToyEvaluator(Evaluator):
@@ -100,6 +101,8 @@ class ToyEvaluator(Evaluator):
         data = ctx.dataset()
         rows = data[self.config.split]
         ctx.eval_dir.mkdir(parents=True, exist_ok=True)
+        if self.config.sleep_seconds:
+            time.sleep(self.config.sleep_seconds)
         score = 0.5 if ctx.target.is_base else 1.0
         (ctx.eval_dir / "log.json").write_text(json.dumps({"target": ctx.target.name, "n": len(rows)}))
         return {"accuracy": {"value": score, "stderr": 0.0}, "samples": len(rows),

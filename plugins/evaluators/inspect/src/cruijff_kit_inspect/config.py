@@ -145,6 +145,10 @@ class InspectConfig(EvalConfig):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto = bfloat16 on a GPU that supports it, else float32.")
     batch_size: int = Field(8, gt=0, description="Local models: answers generated per batch.")
+    quantization: Literal["auto", "nf4", "none"] = Field(
+        "auto", description="How the base model loads: auto = 4-bit NF4 when the adapter was trained with "
+        "qlora (and, for the base target, when the run trains with qlora), else full precision; nf4 = always "
+        "4-bit NF4 (bitsandbytes); none = full precision in `dtype`.")
     merge_adapter: Literal["no", "memory", "disk"] = Field(
         "no", description="Merge the adapter into the base weights: in memory, or as a copy on disk "
         "under the eval folder (e.g. for vllm without LoRA).")
@@ -222,6 +226,16 @@ class InspectConfig(EvalConfig):
         if self.base_url is not None and not self.model:
             raise ValueError("base_url applies to `model` (an inspect model string such as openai/my-model); "
                              "set `model:` too, or remove base_url")
+        if self.quantization != "auto" and self.model:
+            raise ValueError(f"quantization: {self.quantization} applies to the run's own model; `model: "
+                             f"{self.model}` is loaded by its provider. Remove quantization, or remove `model`")
+        if self.quantization == "nf4" and self.backend == "vllm":
+            raise ValueError("quantization: nf4 needs backend: hf (the vllm backend here loads the base in "
+                             "full precision only); set backend: hf, or quantization: none")
+        if self.quantization == "nf4" and self.merge_adapter != "no":
+            raise ValueError(f"merge_adapter: {self.merge_adapter} would fold the adapter into 4-bit NF4 weights, "
+                             "rounding most of it away; set merge_adapter: no (the adapter is applied on top of "
+                             "the 4-bit base), or quantization: none to merge into a full-precision base")
         if self.model_args and not self.model:
             raise ValueError("model_args apply to `model` (an inspect model string); for the run's own "
                              "model use device, dtype and batch_size")

@@ -35,20 +35,29 @@ def compatible_base_url(cfg: InspectConfig) -> str | None:
     return url
 
 
-def model_for(cfg: InspectConfig, model_path: str, adapter: Path | None,
-              chat_template: str | None = None) -> tuple[str, dict[str, Any]]:
+def model_for(cfg: InspectConfig, model_path: str, adapter: Path | None, chat_template: str | None = None,
+              quantization: str | None = None) -> tuple[str, dict[str, Any]]:
     """The inspect model string and model args that evaluate ``model_path`` (+ ``adapter``).
 
-    An ``openai/`` model served at another base URL (an OpenAI-compatible server) speaks chat
-    completions unless ``model_args.responses_api`` asks for the responses API: inspect would pick the
-    responses API by the model's name, which such servers rarely offer.
+    ``quantization`` is how the base loads as decided for this target (``nf4`` or ``none``, see
+    :func:`base_loading`); default the eval's ``quantization`` option (``auto``: the ``ck`` provider
+    follows the adapter). The vllm backend refuses a 4-bit base. An ``openai/`` model served at another
+    base URL (an OpenAI-compatible server) speaks chat completions unless ``model_args.responses_api``
+    asks for the responses API: inspect would pick the responses API by the model's name, which such
+    servers rarely offer.
     """
+    quantization = quantization or cfg.quantization
     if cfg.model:
         args = dict(cfg.model_args)
         if "responses_api" not in args and compatible_base_url(cfg) is not None:
             args["responses_api"] = False
         return cfg.model, args
     if cfg.backend == "vllm":
+        if quantization == "nf4":
+            raise StageError("the base model must load in 4-bit NF4 here (the adapter was trained with qlora, or "
+                             "quantization: nf4), and backend: vllm loads it in full precision only. Set backend: "
+                             "hf to evaluate on the 4-bit base, or quantization: none for a full-precision "
+                             "evaluation (the results then say quantization: none).")
         name = f"vllm/{model_path}" + (f":{adapter}" if adapter else "")
         args: dict[str, Any] = {}
         if cfg.dtype != "auto":
@@ -62,9 +71,26 @@ def model_for(cfg: InspectConfig, model_path: str, adapter: Path | None,
         args["adapter"] = str(adapter)
         if cfg.merge_adapter == "memory":
             args["merge"] = True
+    if quantization != "auto":
+        args["quantization"] = quantization
     if chat_template:
         args["chat_template"] = chat_template
     return f"ck/{model_path}", args
+
+
+def base_loading(cfg: InspectConfig, adapter: Path | None, train_method: str | None) -> tuple[Any, str]:
+    """(decided :class:`~cruijff_kit.inference.BaseQuantization`, dtype name) of one target's base model.
+
+    ``auto`` follows the adapter's ``cruijff_kit.json`` (nf4 for a qlora adapter); for the ``base``
+    target (no adapter) of a run whose ``train.method`` is qlora it is nf4 too, so the base and its
+    epochs are compared on the same 4-bit base. ``dtype`` is the eval's dtype as resolved on this machine
+    (with vllm, the option as given: ``auto`` lets vllm choose).
+    """
+    from cruijff_kit.inference import base_quantization, resolve_device, resolve_dtype
+
+    dtype_name = str(resolve_dtype(cfg.dtype, resolve_device(cfg.device))).removeprefix("torch.")
+    quant = base_quantization(adapter, cfg.quantization, method=train_method, dtype=dtype_name)
+    return quant, (cfg.dtype if cfg.backend == "vllm" else dtype_name)
 
 
 def generate_args(cfg: InspectConfig, seed: int, local: bool) -> dict[str, Any]:
@@ -148,9 +174,33 @@ class InspectEvaluator(Evaluator):
             raise CkError(f"`model: {cfg.model}` evaluates that model instead of the run's, so it has no "
                           f"checkpoints; this eval would also evaluate {[t for t in targets if t != 'base']}. "
                           "Set checkpoints: none (and include_base: true), or remove `model`.")
+        if not cfg.model and cfg.quantization == "auto" and (cfg.backend == "vllm" or cfg.merge_adapter != "no"):
+            self._check_auto_quantization(run, targets)
         if cfg.backend == "vllm" and not cfg.model and importlib.util.find_spec("vllm") is None:
             raise CkError("backend: vllm needs the vllm package, which is not installed here. Install vllm on "
                           "a GPU machine, or use backend: hf.")
+
+    def _check_auto_quantization(self, run: PlannedRun, targets: list[str]) -> None:
+        """Plan time: ``quantization: auto`` would load a 4-bit base that vllm or merge_adapter cannot use."""
+        from cruijff_kit.training import adapter_info
+
+        cfg = self.config
+        train = run.spec.get("train") or {}
+        adapter = run.spec["model"].get("adapter")
+        qlora = [t for t in targets if t != "adapter" and train.get("method") == "qlora"]
+        if "adapter" in targets and adapter and adapter_info(Path(adapter)).get("method") == "qlora":
+            qlora.append("adapter")
+        if cfg.merge_adapter != "no":
+            qlora = [t for t in qlora if t != "base"]  # the base target has no adapter to merge
+        if not qlora:
+            return
+        what = "backend: vllm loads the base in full precision only" if cfg.backend == "vllm" else (
+            f"merge_adapter: {cfg.merge_adapter} would fold the adapter into 4-bit weights, rounding most of it away")
+        fix = "set backend: hf" if cfg.backend == "vllm" else "set merge_adapter: no"
+        raise CkError(f"targets {qlora} were trained with qlora, so quantization: auto evaluates them on the 4-bit "
+                      f"NF4 base they were trained on, but {what}. {fix.capitalize()} to evaluate on the 4-bit "
+                      "base, or set quantization: none for a full-precision evaluation (the results then say "
+                      "quantization: none).", option="quantization")
 
     # ------------------------------------------------------------------ stage
     def evaluate(self, ctx: StageContext) -> dict[str, Any]:
@@ -172,18 +222,29 @@ class InspectEvaluator(Evaluator):
         task = self._task(ctx)
         model_path = ctx.model_path
         adapter = target.adapter
+        train = ctx.spec.get("train") or {}
+        loading: dict[str, Any] = {}
+        quant = None
+        if not cfg.model:
+            quant, dtype_name = base_loading(cfg, adapter, train.get("method"))
+            loading = quant.record() | {"dtype": dtype_name}
+            if quant.four_bit and adapter is not None and cfg.merge_adapter != "no":
+                raise StageError(f"merge_adapter: {cfg.merge_adapter} would fold the adapter of {target.name} into "
+                                 f"4-bit NF4 weights ({quant.reason}), rounding most of it away. Set "
+                                 "merge_adapter: no (the adapter is applied on top of the 4-bit base, as it was "
+                                 "trained), or quantization: none to merge into a full-precision base.")
         if adapter is not None and cfg.merge_adapter == "disk" and not cfg.model:
             model_path = str(write_merged(model_path, adapter, out / "merged", cfg.dtype))
             adapter = None
-        train = ctx.spec.get("train") or {}
-        model, model_args = model_for(cfg, model_path, adapter, train.get("chat_template"))
+        model, model_args = model_for(cfg, model_path, adapter, train.get("chat_template"),
+                                      quant.quantization if quant is not None else None)
         seed = ctx.seed
         metadata = {
             "experiment": ctx.spec.get("experiment"), "run": ctx.run.name, "run_type": ctx.run.type,
             "eval": cfg.label, "target": target.name, "epoch": target.epoch,
             "finetuned": target.adapter is not None and not cfg.model,
             "base_model": cfg.model or ctx.model_id, "adapter": str(target.adapter) if target.adapter else None,
-            "split": cfg.split, "sweep": dict(ctx.run.sweep), "seed": seed,
+            "split": cfg.split, "sweep": dict(ctx.run.sweep), "seed": seed, **loading,
         }
         metadata = scrub(metadata)
         try:
@@ -203,7 +264,7 @@ class InspectEvaluator(Evaluator):
             msg = log.error.message if log.error else f"status {log.status}"
             raise StageError(f"inspect eval of {target.name} ({model}) failed: {msg} (log: {log.location})")
         return results_from_log(log, ctx.run_dir, target=target.name, epoch=target.epoch,
-                                finetuned=metadata["finetuned"])
+                                finetuned=metadata["finetuned"], **loading)
 
     def _task(self, ctx: StageContext) -> Any:
         from cruijff_kit_inspect.tasks import builtin_task, load_user_task, rows_to_samples, split_task_ref

@@ -10,6 +10,9 @@ from typing import Any
 
 from cruijff_kit import scoring
 
+#: How the base model was loaded, as the evaluator records it in the eval log's metadata
+#: (``quantization`` nf4 or none, ``dtype``, and for nf4 the 4-bit settings).
+LOADING_KEYS = ("quantization", "dtype", "quant_type", "double_quant", "compute_dtype")
 STDERR_OF = ("accuracy", "mean")
 """The metric inspect's plain ``stderr`` metric belongs to (the first of these a scorer has)."""
 
@@ -119,15 +122,19 @@ def results_from_log(log: Any, root: Path | None = None, **extra: Any) -> dict[s
     relative to ``root``, the run folder, when inside it), ``status``, ``task``, ``model``,
     ``scorers`` (names in the log), ``headline`` (the first metric), ``confusion_matrix`` per
     classification scorer, ``calibration`` (reliability-diagram bins) and ``roc`` (curve points) per
-    risk scorer, and ``extra``
-    (e.g. ``target``, ``finetuned``).
+    risk scorer, how the base model was loaded (:data:`LOADING_KEYS`: ``quantization`` ``"nf4"`` or
+    ``"none"``, ``dtype``, and for nf4 ``quant_type``, ``double_quant``, ``compute_dtype``; read from the
+    log's metadata unless ``extra`` gives them) and ``extra`` (e.g. ``target``, ``finetuned``).
     """
+    meta = getattr(log.eval, "metadata", None) or {}
+    loading = {k: meta[k] for k in LOADING_KEYS if k in meta}
     entry: dict[str, Any] = {
         "log": _relative(log.location, root),
         "samples": log.results.total_samples if log.results else 0,
         "status": log.status,
         "task": log.eval.task,
         "model": log.eval.model,
+        **loading,
         **extra,
         "scorers": [],
         "headline": None,

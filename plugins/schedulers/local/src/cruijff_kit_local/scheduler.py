@@ -60,9 +60,12 @@ class LocalScheduler(Scheduler):
         """Run every job (dependencies first), ``slots`` at once, with a progress display."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        cfg: LocalConfig = self.config  # type: ignore[assignment]
         gpus = visible_gpus()
-        slots = cfg.slots or max(1, len(gpus))
+        # each run's own settings (runs may differ in them); a stage starts while fewer stages run
+        # than its own run's `slots`
+        own = {d: self.run_config(j) for d, j in {j.run_dir: j for j in jobs}.items()}
+        slots = {d: c.slots or max(1, len(gpus)) for d, c in own.items()}
+        poll = min((c.poll_seconds for c in own.values()), default=self.config.poll_seconds)  # type: ignore[attr-defined]
         free_gpus = list(gpus)
         pending = list(jobs)
         running: list[_Running] = []
@@ -94,8 +97,8 @@ class LocalScheduler(Scheduler):
                             continue
                         if any(d not in finished for d in deps):
                             continue
-                        if len(running) >= slots:
-                            break
+                        if len(running) >= slots[job.run_dir]:
+                            continue
                         want = max(1, job.resources.gpus) if gpus else 0
                         if want > len(free_gpus) and running:
                             continue
@@ -108,12 +111,16 @@ class LocalScheduler(Scheduler):
                         mine, free_gpus = free_gpus[:want], free_gpus[want:]
                         pending.remove(job)
                         running.append(_Running(job, self._start(job, mine), mine, time.monotonic()))
-                    time.sleep(cfg.poll_seconds)
+                    time.sleep(poll)
             except KeyboardInterrupt:
                 self._stop_all(running)
                 raise
 
     # -- helpers
+    def run_config(self, job: StageJob) -> LocalConfig:
+        """The ``scheduler:`` section of the job's own run (not of the first run of the plan)."""
+        return job.scheduler(type(self)).config  # type: ignore[return-value]
+
     def _start(self, job: StageJob, gpus: list[str]) -> subprocess.Popen[bytes]:
         layout = RunLayout(job.run_dir)
         layout.logs_dir.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cruijff_kit import CkError, RunLayout, parse_slurm_time, status
-from cruijff_kit.files import read_json, update_json
+from cruijff_kit.files import human_bytes, read_json, update_json
 from cruijff_kit_runpod.api import AmbiguousError, PodRequest, RunPodApi, RunPodError
 from cruijff_kit_runpod.bundle import (
     POD_COMMAND,
@@ -290,9 +290,11 @@ def launch(group: Group, settings: PodSettings, api: RunPodApi, price: float | N
     total = sum(size_of(p) for p in [group.run_dir, *inputs.paths])
     if total > settings.max_upload_gb * 1e9:
         biggest = sorted(inputs.paths, key=size_of, reverse=True)[:3]
-        raise CkError(f"run {group.run_name} would send {total / 1e9:.1f} GB to its pod (more than max_upload_gb = "
-                      f"{settings.max_upload_gb:g}); largest inputs: " + ", ".join(map(str, biggest)) +
-                      ". Use a model id the pod downloads itself, or raise runpod.max_upload_gb.")
+        limit = settings.max_upload_gb * 1e9  # the option counts decimal gigabytes
+        raise CkError(f"run {group.run_name} would send {human_bytes(total)} to its pod (more than max_upload_gb = "
+                      f"{settings.max_upload_gb:g}, i.e. {human_bytes(limit)}); largest inputs: "
+                      + ", ".join(map(str, biggest)) + ". Use a model id the pod downloads itself, or raise "
+                      "runpod.max_upload_gb.")
     store = ObjectStore(settings.store)
     token = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{_secrets.token_hex(3)}"
     keys = {k: store.key(group.experiment, group.run_name, token, name) for k, name in
@@ -338,7 +340,7 @@ def launch(group: Group, settings: PodSettings, api: RunPodApi, price: float | N
         limit = f"time limit {format_hms(seconds)}"
         money = f", ${cost:.2f}/h, at most ${cost * seconds / 3600:.2f}" if cost else ", price unknown"
         echo(f"runpod: pod {pod['id']} for {group.run_name} [{', '.join(group.stage_names)}]: "
-             f"{settings.describe()}{money}, {limit}; sent {size / 1e6:.1f} MB.")
+             f"{settings.describe()}{money}, {limit}; sent {human_bytes(size)}.")
     return record
 
 

@@ -43,6 +43,14 @@ class RunpodScheduler(Scheduler):
         return bool(self.config.wait)  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ settings
+    def _own(self, jobs: list[StageJob]) -> dict[Path, RunpodScheduler]:
+        """Each run folder's own scheduler (its ``scheduler:`` section: runs may differ in it), read once."""
+        return {d: j.scheduler(type(self)) for d, j in {Path(j.run_dir): j for j in jobs}.items()}  # type: ignore[misc]
+
+    def _require_gpu(self) -> None:
+        if self.config.resources.gpus < 1:  # type: ignore[attr-defined]
+            raise CkError("a RunPod pod needs at least one GPU: set scheduler.resources.gpus (e.g. 1).")
+
     def _profile(self) -> tuple[RunpodProfile, str]:
         from cruijff_kit.engine import find_profile, scheduler_profile
 
@@ -63,9 +71,7 @@ class RunpodScheduler(Scheduler):
 
         The spend limit is checked by ``ck run`` (``ck plan`` shows the estimate and flags it).
         """
-        cfg: RunpodConfig = self.config  # type: ignore[assignment]
-        if cfg.resources.gpus < 1:
-            raise CkError("a RunPod pod needs at least one GPU: set scheduler.resources.gpus (e.g. 1).")
+        self._require_gpu()
         api_key_from_env()
         settings = self._settings(None)
         if settings.pod_seconds(len(run.stages)) > MAX_PRESIGN_SECONDS - 6 * 3600:
@@ -110,47 +116,64 @@ class RunpodScheduler(Scheduler):
         return cols
 
     # ------------------------------------------------------------------ submit
-    def submit(self, jobs: list[StageJob], experiment_dir: Any, profile: PluginConfig | None) -> None:
-        """Start a pod for every group of stages whose dependencies are met; the rest wait for them."""
-        from cruijff_kit_runpod.pods import group_jobs, launch, missing_secrets, price_per_gpu_hour
+    def _pods(self, jobs: list[StageJob], profile: PluginConfig | None,
+              api: RunPodApi | None) -> list[tuple[Any, Any, float | None, str]]:
+        """(group of stages, its pod's settings, price per GPU-hour, where the price came from) for every
+        pod to start, each from its own run's ``scheduler:`` section over the profile."""
+        from cruijff_kit_runpod.pods import group_jobs, price_per_gpu_hour
 
-        cfg: RunpodConfig = self.config  # type: ignore[assignment]
-        if cfg.resources.gpus < 1:
-            raise CkError("a RunPod pod needs at least one GPU: set scheduler.resources.gpus (e.g. 1).")
-        settings = self._settings(profile)  # type: ignore[arg-type]
+        out = []
+        for run_dir, sched in self._own(jobs).items():
+            sched._require_gpu()
+            settings = sched._settings(profile)  # type: ignore[arg-type]
+            price, source = price_per_gpu_hour(settings, api)
+            for g in group_jobs([j for j in jobs if Path(j.run_dir) == run_dir], sched.config.pod_per):  # type: ignore[attr-defined]
+                out.append((g, settings, price, source))
+        return out
+
+    def submit(self, jobs: list[StageJob], experiment_dir: Any, profile: PluginConfig | None) -> None:
+        """Start a pod for every group of stages whose dependencies are met; the rest wait for them.
+
+        Each pod gets its own run's settings (GPU type and count, time limit, disks, spend limit...)."""
+        from cruijff_kit_runpod.pods import launch, missing_secrets
+
         api = RunPodApi()
-        api.gpu(settings.gpu_type, settings.gpu_count)  # the key works and the GPU type exists
-        groups = group_jobs(jobs, cfg.pod_per)
-        price, source = price_per_gpu_hour(settings, api)
-        self._check_spend(groups, settings, price)
-        for name in missing_secrets(settings):
+        pods = self._pods(jobs, profile, api)
+        for gpu in dict.fromkeys((settings.gpu_type, settings.gpu_count) for _, settings, _, _ in pods):
+            api.gpu(*gpu)  # the key works and the GPU type exists
+        self._check_spend(pods)
+        for name in dict.fromkeys(n for _, settings, _, _ in pods for n in missing_secrets(settings)):
             _echo(f"runpod: {name} is not set here; the pods get no {name}.")
         created: list[tuple[Any, dict[str, Any]]] = []
         try:
-            for g in groups:
+            for g, settings, price, _ in pods:
                 if g.needs:
                     self._wait_for(g, settings, price)
                 else:
                     created.append((g, launch(g, settings, api, price, echo=_echo)))
         except (CkError, KeyboardInterrupt) as exc:
-            self._rollback(created, groups, api, exc)
+            self._rollback(created, [g for g, _, _, _ in pods], api, exc)
             raise
         _echo("runpod: `ck status` follows the pods, brings results back and terminates finished pods; "
               "`ck cancel` terminates them.")
-        if cfg.wait:
-            self.follow(jobs)
+        own = self._own(jobs)
+        followed = [j for j in jobs if own[Path(j.run_dir)].config.wait]  # type: ignore[attr-defined]
+        if followed:
+            self.follow(followed)
 
-    def _check_spend(self, groups: list[Any], settings: Any, price: float | None) -> None:
-        per_run: dict[str, int] = {}
-        for g in groups:
-            per_run[g.run_name] = per_run.get(g.run_name, 0) + settings.pod_seconds(len(g.stages))
-        if not settings.max_spend_per_run:
-            return
-        if price is None:
-            raise CkError(f"max_spend_per_run is set but the price of {settings.gpu_type} is unknown (RunPod gave "
-                          "none); add `prices: {\"" + settings.gpu_type + "\": USD_PER_GPU_HOUR}` under `runpod:` "
-                          "in your profile. Nothing was started.")
-        for run, seconds in per_run.items():
+    def _check_spend(self, pods: list[tuple[Any, Any, float | None, str]]) -> None:
+        """Refuse (before starting any pod) a run whose pods could cost more than its max_spend_per_run."""
+        per_run: dict[str, tuple[int, Any, float | None]] = {}
+        for g, settings, price, _ in pods:
+            seconds = per_run.get(g.run_name, (0, settings, price))[0]
+            per_run[g.run_name] = (seconds + settings.pod_seconds(len(g.stages)), settings, price)
+        for run, (seconds, settings, price) in per_run.items():
+            if not settings.max_spend_per_run:
+                continue
+            if price is None:
+                raise CkError(f"max_spend_per_run is set but the price of {settings.gpu_type} is unknown (RunPod "
+                              "gave none); add `prices: {\"" + settings.gpu_type + "\": USD_PER_GPU_HOUR}` under "
+                              "`runpod:` in your profile. Nothing was started.")
             cost = price * settings.gpu_count * seconds / 3600
             if cost > settings.max_spend_per_run:
                 raise CkError(self._over_budget(run, cost, settings, price, seconds))
@@ -247,7 +270,7 @@ class RunpodScheduler(Scheduler):
         """Poll until every pod of these jobs is back and terminated (``wait: true``)."""
         from cruijff_kit_runpod.pods import needs_attention
 
-        cfg: RunpodConfig = self.config  # type: ignore[assignment]
+        poll = min(s.config.poll_seconds for s in self._own(jobs).values())  # type: ignore[attr-defined]
         run_dirs = list(dict.fromkeys(Path(j.run_dir) for j in jobs))
         seen: dict[str, str] = {}
         try:
@@ -270,7 +293,7 @@ class RunpodScheduler(Scheduler):
                             for line in sorted(lives):
                                 _echo(f"runpod: STILL RUNNING AND BILLED: {line}")
                         return
-                time.sleep(cfg.poll_seconds)
+                time.sleep(poll)
         except KeyboardInterrupt:
             _echo("runpod: stopped following; the pods keep running. `ck status` follows them, `ck cancel` "
                   "terminates them.")
@@ -313,16 +336,13 @@ class RunpodScheduler(Scheduler):
         from cruijff_kit import RunLayout
         from cruijff_kit.engine import load_run
         from cruijff_kit_runpod.bundle import POD_COMMAND, find_inputs
-        from cruijff_kit_runpod.pods import group_jobs, install_list, price_per_gpu_hour, secret_ref
+        from cruijff_kit_runpod.pods import install_list, secret_ref
 
-        cfg: RunpodConfig = self.config  # type: ignore[assignment]
-        settings = self._settings(profile)  # type: ignore[arg-type]
         try:
             api = RunPodApi()
         except CkError:
             api = None
-        price, source = price_per_gpu_hour(settings, api)
-        for g in group_jobs(jobs, cfg.pod_per):
+        for g, settings, price, source in self._pods(jobs, profile, api):
             spec = load_run(g.run_dir).spec
             install = install_list(settings, spec)
             seconds = settings.pod_seconds(len(g.stages))

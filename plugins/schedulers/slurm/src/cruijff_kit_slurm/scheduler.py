@@ -9,7 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cruijff_kit import ExperimentLayout, PluginConfig, Resources, RunLayout, Scheduler, StageJob, status
+from cruijff_kit import (
+    CkError,
+    ExperimentLayout,
+    PluginConfig,
+    Resources,
+    RunLayout,
+    Scheduler,
+    StageJob,
+    status,
+)
 from cruijff_kit.files import atomic_write_json
 from cruijff_kit_slurm import slurmcli
 from cruijff_kit_slurm.config import SlurmConfig, SlurmProfile
@@ -30,6 +39,7 @@ class _Task:
     index: int  # the run's array index (the same in every array of this submission)
     resources: Resources
     script: Path
+    cfg: SlurmConfig  # the scheduler section of the task's own run
     after: _Part | None = None  # the train part this eval waits for (submitted in this call)
     after_id: str | None = None  # ... or the id of a train job submitted earlier
     job_id: str | None = None
@@ -41,6 +51,7 @@ class _Part:
 
     stage: str
     resources: Resources
+    cfg: SlurmConfig  # its first task's run's section; every task has the same HEADER_OPTIONS
     tasks: list[_Task] = field(default_factory=list)
     array_id: str | None = None  # set once submitted (the job id when it is a single job)
 
@@ -53,8 +64,14 @@ def _stage_target(stage: str) -> str | None:
     return stage.split(".", 2)[2] if stage.startswith("eval.") else None
 
 
-def _res_key(res: Resources) -> str:
-    return json.dumps(res.model_dump(), sort_keys=True)
+#: Options of the scheduler section that go into a job array's own header (each task runs its own
+#: run's stage script, which holds the rest).
+HEADER_OPTIONS = ("gres", "constraint", "signal_seconds", "array_parallelism")
+
+
+def _header_key(res: Resources, cfg: SlurmConfig) -> str:
+    """Tasks with equal keys can share one array: the same resources and header options."""
+    return json.dumps([res.model_dump(), {k: getattr(cfg, k) for k in HEADER_OPTIONS}], sort_keys=True)
 
 
 class SlurmScheduler(Scheduler):
@@ -68,7 +85,16 @@ class SlurmScheduler(Scheduler):
 
     @property
     def cfg(self) -> SlurmConfig:
+        """This object's own section: the first run's, when ``ck run`` built it. Jobs use :meth:`run_config`."""
         return self.config  # type: ignore[return-value]
+
+    def run_config(self, job: StageJob) -> SlurmConfig:
+        """The ``scheduler:`` section of the job's own run (runs may differ in it)."""
+        return job.scheduler(type(self)).config  # type: ignore[return-value]
+
+    def _run_configs(self, jobs: list[StageJob]) -> dict[Path, SlurmConfig]:
+        """Each run folder's own section, read once per run."""
+        return {d: self.run_config(j) for d, j in {Path(j.run_dir): j for j in jobs}.items()}
 
     # ------------------------------------------------------------------ submit
     def submit(self, jobs: list[StageJob], experiment_dir: Any, profile: PluginConfig | None) -> None:
@@ -86,17 +112,17 @@ class SlurmScheduler(Scheduler):
         python = prof.python or sys.executable
         pending = list(jobs)
         try:
+            own = self._run_configs(jobs)
             if not dry:
-                self._oom_adjust(jobs)
-                if self.cfg.prepare_data:
-                    self._prepare_data(jobs)
-            parts = self._plan(jobs, prof, python)
+                self._oom_adjust(jobs, own)
+                self._prepare_data([j for j in jobs if own[Path(j.run_dir)].prepare_data])
+            parts = self._plan(jobs, prof, python, own)
             if dry:
                 self._write_arrays(parts, exp_dir, prof, dry=True)
                 _say(f"dry run: wrote the job scripts of {len(jobs)} stage(s) (runs/<run>/slurm/, "
                      f"{exp_dir / 'slurm'}); nothing was submitted.")
                 return
-            submitted = self._send(parts, exp_dir, prof)
+            submitted = self._send(parts, exp_dir, prof, min(c.poll_seconds for c in own.values()))
             pending = [j for j in jobs if j.key not in submitted]
         except BaseException:
             for job in pending:
@@ -106,14 +132,14 @@ class SlurmScheduler(Scheduler):
                                         error="not submitted: `ck run` stopped before submitting it")
             raise
 
-    def _oom_adjust(self, jobs: list[StageJob]) -> None:
+    def _oom_adjust(self, jobs: list[StageJob], own: dict[Path, SlurmConfig]) -> None:
         """A train stage SLURM stopped for memory (OUT_OF_MEMORY) restarts with half the batch."""
         from cruijff_kit_slurm.recover import halve_batch
 
         for job in jobs:
             entry = status.read(job.run_dir)["stages"].get(job.stage, {})
             if job.kind == "train" and entry.get("oom"):
-                change = halve_batch(job.run_dir, job.stage, self.cfg.oom_retries,
+                change = halve_batch(job.run_dir, job.stage, own[Path(job.run_dir)].oom_retries,
                                      f"out of memory ({entry.get('slurm_state') or 'log'})")
                 if change:
                     _say(f"{job.run_name}: out of memory last time; batch_size {change['batch_size'][0]} -> "
@@ -136,25 +162,28 @@ class SlurmScheduler(Scheduler):
             run.dataset().load(Prompt.model_validate(run.spec["prompt"]))
 
     # ------------------------------------------------------------------ planning
-    def _resources(self, job: StageJob) -> Resources:
+    @staticmethod
+    def _resources(job: StageJob, cfg: SlurmConfig) -> Resources:
         if job.kind == "train":
             return job.resources
-        if self.cfg.eval_resources is not None:
-            return self.cfg.eval_resources
+        if cfg.eval_resources is not None:
+            return cfg.eval_resources
         return job.resources.model_copy(update={"nodes": 1, "processes": None})
 
-    def _plan(self, jobs: list[StageJob], prof: SlurmProfile, python: str) -> list[_Part]:
+    def _plan(self, jobs: list[StageJob], prof: SlurmProfile, python: str,
+              own: dict[Path, SlurmConfig]) -> list[_Part]:
         """Write each stage's script; group tasks into parts (arrays) honouring dependencies and the cap."""
         index = {d: i for i, d in enumerate(dict.fromkeys(j.run_dir for j in jobs))}
         keys = {(j.run_dir, j.stage) for j in jobs}
         tasks: list[_Task] = []
         for job in jobs:
-            res = self._resources(job)
+            cfg = own[Path(job.run_dir)]
+            res = self._resources(job, cfg)
             spec = StageScript(job.run_dir, job.run_name, job.experiment, job.stage, job.kind, res)
             path = job.run_dir / "slurm" / f"{job.stage}.sbatch"
             RunLayout(job.run_dir).logs_dir.mkdir(parents=True, exist_ok=True)  # sbatch opens the logs there
-            write_script(path, stage_script(spec, self.cfg, prof, python, self.cfg.array_parallelism))
-            task = _Task(job, index[job.run_dir], res, path)
+            write_script(path, stage_script(spec, cfg, prof, python, cfg.array_parallelism))
+            task = _Task(job, index[job.run_dir], res, path, cfg)
             status.update_stage(job.run_dir, job.stage, script=str(path))
             target = _stage_target(job.stage)
             if target and target.startswith("epoch_") and (job.run_dir, "train") not in keys:
@@ -183,10 +212,11 @@ class SlurmScheduler(Scheduler):
                 dep = id(t.after) if t.after is not None else 0
                 if t.after_id:
                     dep = hash(t.after_id)
-                groups.setdefault((t.job.stage, _res_key(t.resources), dep), []).append(t)
+                # one array per stage, header (resources and the run's header options) and dependency
+                groups.setdefault((t.job.stage, _header_key(t.resources, t.cfg), dep), []).append(t)
             for (stage, _, _), group in groups.items():
                 for start in range(0, len(group), size):
-                    part = _Part(stage, group[start].resources, group[start:start + size])
+                    part = _Part(stage, group[start].resources, group[start].cfg, group[start:start + size])
                     parts.append(part)
                     if is_train:
                         for t in part.tasks:
@@ -211,17 +241,17 @@ class SlurmScheduler(Scheduler):
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = folder / f"{stamp}-{n:03d}-{part.stage}.sbatch"
         text = array_script(part.stage, part.tasks[0].job.experiment, [(t.index, t.script) for t in part.tasks],
-                            part.resources, self.cfg, prof, folder / "logs", self.cfg.array_parallelism)
+                            part.resources, part.cfg, prof, folder / "logs", part.cfg.array_parallelism)
         (folder / "logs").mkdir(parents=True, exist_ok=True)
         write_script(path, text)
         return path
 
     # ------------------------------------------------------------------ sending
-    def _send(self, parts: list[_Part], exp_dir: Path, prof: SlurmProfile) -> set[str]:
+    def _send(self, parts: list[_Part], exp_dir: Path, prof: SlurmProfile, poll_seconds: float) -> set[str]:
         submitted: set[str] = set()
         mine: list[str] = []
         for n, part in enumerate(parts):
-            waited = self._wait_for_room(exp_dir, mine, len(part.tasks), prof.max_queued)
+            waited = self._wait_for_room(exp_dir, mine, len(part.tasks), prof.max_queued, poll_seconds)
             for sub in self._settle_dependencies(part, waited):
                 self._sbatch(sub, exp_dir, prof, n)
                 for t in sub.tasks:
@@ -269,7 +299,7 @@ class SlurmScheduler(Scheduler):
             else:
                 status.update_stage(t.job.run_dir, t.job.stage, state=status.PENDING,
                                     error=f"not run: its train stage is {train}")
-        return [_Part(part.stage, part.resources, ready)] if ready else []
+        return [_Part(part.stage, part.resources, part.cfg, ready)] if ready else []
 
     def _sbatch(self, part: _Part, exp_dir: Path, prof: SlurmProfile, n: int) -> None:
         dep = self._dependency(part)
@@ -282,7 +312,7 @@ class SlurmScheduler(Scheduler):
                 status.update_stage(t.job.run_dir, t.job.stage, array_script=str(script))
         part.array_id = slurmcli.sbatch(str(script), extra)
 
-    def _wait_for_room(self, exp_dir: Path, mine: list[str], n: int, cap: int | None) -> bool:
+    def _wait_for_room(self, exp_dir: Path, mine: list[str], n: int, cap: int | None, poll_seconds: float) -> bool:
         """Back-pressure: wait until this experiment's queued jobs plus ``n`` fit under ``cap``."""
         if not cap:
             return False
@@ -298,7 +328,7 @@ class SlurmScheduler(Scheduler):
                      f"for {n} more")
                 said = True
             waited = True
-            time.sleep(self.cfg.poll_seconds)
+            time.sleep(poll_seconds)
 
     @staticmethod
     def _experiment_job_ids(exp_dir: Path) -> list[str]:
@@ -435,16 +465,27 @@ class SlurmScheduler(Scheduler):
         return usage
 
     # ------------------------------------------------------------------ cancel
+    def _cancel_wait(self, job: StageJob) -> float:
+        """The job's own run's ``cancel_wait_seconds``; this object's when its spec cannot be read
+        (``ck cancel`` still cancels a run whose spec.yaml is damaged)."""
+        try:
+            return self.run_config(job).cancel_wait_seconds
+        except CkError:
+            return self.cfg.cancel_wait_seconds
+
     def cancel(self, jobs: list[StageJob]) -> None:
         """``scancel`` the jobs of the given stages, then wait (briefly) until they left the queue."""
         ids = []
+        waits: dict[Path, float] = {}
         for job in jobs:
             entry = status.read(job.run_dir)["stages"].get(job.stage, {})
             if entry.get("scheduler") == NAME and entry.get("job_id"):
                 ids.append(str(entry["job_id"]))
+                if Path(job.run_dir) not in waits:
+                    waits[Path(job.run_dir)] = self._cancel_wait(job)
         if not ids:
             return
         slurmcli.scancel(ids)
-        deadline = time.monotonic() + self.cfg.cancel_wait_seconds
+        deadline = time.monotonic() + max(waits.values())
         while time.monotonic() < deadline and slurmcli.squeue(ids):
             time.sleep(0.5)

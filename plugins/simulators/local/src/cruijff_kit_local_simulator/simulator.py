@@ -3,21 +3,23 @@
 Calls from every conversation in flight are gathered into batches and generated together (left
 padding, one ``generate`` per batch in a worker thread), so a GPU serves many conversations at once.
 The adapter may be an adapter folder, an epoch folder, or a whole run folder (its last saved epoch, or
-``epoch``), so any trainer's output plugs in. ``load_in_4bit`` loads the base model in 4-bit NF4 when
-bitsandbytes is importable (it falls back to full precision with a warning when it is not).
+``epoch``), so any trainer's output plugs in. ``quantization: auto`` (the default) loads the base in
+4-bit NF4 under an adapter trained with qlora, as it was trained, and in full precision otherwise;
+``nf4`` and ``none`` force either (``load_in_4bit: true``/``false`` is the older spelling of nf4/none).
+A 4-bit base where bitsandbytes is missing is an error, never a silent full-precision model.
 torch, transformers and peft are imported in :meth:`LocalAssistant.open` only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from cruijff_kit import CkError, Simulator, SimulatorConfig, StageError
 
@@ -29,11 +31,30 @@ class LocalConfig(SimulatorConfig):
     adapter: str | None = Field(None, description="PEFT adapter: an adapter folder, an epoch folder or a "
                                 "run folder (relative to the spec).")
     epoch: int | None = Field(None, ge=0, description="With a run folder: the 0-based epoch (default: last).")
-    load_in_4bit: bool = Field(False, description="4-bit NF4 base model when bitsandbytes is available.")
+    quantization: Literal["auto", "nf4", "none"] = Field(
+        "auto", description="Base model: auto = 4-bit NF4 when the adapter was trained with qlora (as it was "
+        "trained), else full precision; nf4 = 4-bit NF4 (bitsandbytes); none = full precision.")
+    load_in_4bit: bool | None = Field(None, description="Older spelling of quantization: true = nf4, "
+                                      "false = none (an error when quantization says otherwise).")
     batch_size: int = Field(8, gt=0, description="Most conversations generated together.")
     batch_wait: float = Field(0.01, ge=0.0, description="Seconds to wait for more requests to fill a batch.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     chat_template: str | None = Field(None, description="Jinja chat template overriding the tokenizer's.")
+
+    @model_validator(mode="after")
+    def _one_quantization(self) -> LocalConfig:
+        if self.load_in_4bit is not None and "quantization" in self.model_fields_set \
+                and self.quantization != self.base_quantization_choice():
+            raise ValueError(f"load_in_4bit: {str(self.load_in_4bit).lower()} means quantization: "
+                             f"{self.base_quantization_choice()}, but quantization is {self.quantization}; "
+                             "remove load_in_4bit (quantization replaces it)")
+        return self
+
+    def base_quantization_choice(self) -> str:
+        """``quantization``, or what ``load_in_4bit`` means when it is set (true: nf4, false: none)."""
+        if self.load_in_4bit is not None:
+            return "nf4" if self.load_in_4bit else "none"
+        return self.quantization
 
 
 _EPOCH = re.compile(r"^epoch_(\d+)$")
@@ -90,6 +111,7 @@ class LocalAssistant(Simulator):
         self._tok: Any = None
         self._device = "cpu"
         self._four_bit = False
+        self._loading: dict[str, Any] = {}
         self._queue: asyncio.Queue[_Request] | None = None
         self._worker: asyncio.Task[None] | None = None
         self.batches = _Batches()
@@ -117,6 +139,18 @@ class LocalAssistant(Simulator):
         adapter = self.adapter_path()
         return f"local:{self.config.model}" + (f"+{adapter}" if adapter else "")
 
+    def base_quantization(self, dtype: str = "float32") -> Any:
+        """How the base loads (:class:`cruijff_kit.inference.BaseQuantization`): ``quantization: auto``
+        follows the adapter's ``cruijff_kit.json`` (4-bit NF4 for a qlora adapter); ``dtype`` is the
+        compute dtype of a 4-bit base whose adapter records none."""
+        from cruijff_kit.inference import base_quantization
+
+        choice = self.config.base_quantization_choice()
+        quant = base_quantization(self.adapter_path(), choice, dtype=dtype, option="assistant.quantization")
+        if self.config.load_in_4bit is not None:
+            quant = dataclasses.replace(quant, reason=f"load_in_4bit: {str(self.config.load_in_4bit).lower()}")
+        return quant
+
     # -- lifecycle
     def open(self) -> None:
         """Load tokenizer, model (4-bit when asked and possible) and adapter."""
@@ -134,16 +168,17 @@ class LocalAssistant(Simulator):
             self._tok.pad_token = self._tok.eos_token
         self._tok.padding_side = "left"
         kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if self._device == "cuda" else torch.float32}
-        if cfg.load_in_4bit:
-            try:
-                import bitsandbytes  # noqa: F401
-                from transformers import BitsAndBytesConfig
+        quant = self.base_quantization(str(kwargs["dtype"]).removeprefix("torch."))
+        if quant.four_bit:
+            from cruijff_kit.inference import require_nf4_backend
 
-                kwargs["quantization_config"] = BitsAndBytesConfig(
-                    load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=kwargs["dtype"])
-            except ImportError:
-                print("local assistant: load_in_4bit asked, but bitsandbytes is not importable here; "
-                      "loading the model in full precision.", file=sys.stderr)
+            if cfg.load_in_4bit is not None:
+                require_nf4_backend(self._device, quant, option="load_in_4bit", off="false")
+            else:
+                require_nf4_backend(self._device, quant)
+            kwargs["quantization_config"] = quant.bnb_config()
+            kwargs["device_map"] = {"": self._device}
+        self._loading = quant.record() | {"dtype": str(kwargs["dtype"]).removeprefix("torch.")}
         try:
             model = AutoModelForCausalLM.from_pretrained(self.model_path(), **kwargs)
         except OSError as exc:
@@ -170,7 +205,7 @@ class LocalAssistant(Simulator):
 
     def stats(self) -> dict[str, Any]:
         b = self.batches
-        return {"batches": b.count, "largest_batch": b.largest, "4bit": self._four_bit,
+        return {"batches": b.count, "largest_batch": b.largest, "4bit": self._four_bit, **self._loading,
                 "mean_batch": round(b.requests / b.count, 2) if b.count else 0.0}
 
     # -- generation

@@ -123,7 +123,7 @@ def torch_backend() -> str | None:
 
 def make_hooks(ctx: Any, conf: Any, family: ModelFamily) -> Any:
     """Connect the recipe to the run: metrics rows, PEFT adapters per epoch, resume state, the nan/inf stop."""
-    from cruijff_kit.training import LossWatch, save_adapter_weights, truncate_metrics
+    from cruijff_kit.training import LossWatch, method_info, save_adapter_weights, truncate_metrics
     from cruijff_kit_torchtune.peft_export import peft_config, to_peft_weights
     from cruijff_kit_torchtune.recipe import RecipeHooks
 
@@ -148,7 +148,8 @@ def make_hooks(ctx: Any, conf: Any, family: ModelFamily) -> Any:
         save_adapter_weights(weights, config, tokenizer(), ctx.adapter_dir(epoch), base_model=ck.base_model,
                              base_model_path=ck.base_model_path,
                              extra={"epoch": epoch, "step": step, "trainer": "torchtune",
-                                    "method": "qlora" if conf.model.quantize_base else "lora",
+                                    **method_info("qlora" if conf.model.quantize_base else "lora",
+                                                  str(conf.dtype), library="torchao"),
                                     "run": ctx.run_dir.name, "world_size": world})
         print(f"[ck torchtune] epoch {epoch}: adapter written to {ctx.adapter_dir(epoch)}", flush=True)
 

@@ -33,8 +33,9 @@ class EpochAdapters(TrainerCallback):
     #: Adapter files taken from a Trainer checkpoint.
     FILES = ("adapter_model.safetensors", "adapter_config.json")
 
-    def __init__(self, ctx: Any, config: TrlConfig, tokenizer: Any) -> None:
+    def __init__(self, ctx: Any, config: TrlConfig, tokenizer: Any, *, precision: str | None = None) -> None:
         self.ctx, self.config, self.tokenizer = ctx, config, tokenizer
+        self.precision = precision  # the resolved training precision: the 4-bit compute dtype of qlora
         self.saved = set(config.saved_epochs())
         self.trainer: Any = None
 
@@ -55,7 +56,8 @@ class EpochAdapters(TrainerCallback):
         training.write_adapter_dir(
             self.ctx.adapter_dir(epoch), write, self.tokenizer,
             base_model=model_spec["path"], base_model_path=model_spec.get("local_path"),
-            extra={"epoch": epoch, "step": step, "trainer": "trl", "method": self.config.method,
+            extra={"epoch": epoch, "step": step, "trainer": "trl",
+                   **training.method_info(self.config.method, self.precision),
                    "run": self.ctx.run.name, "world_size": world})
         print(f"[trl] saved adapter of epoch {epoch} (step {step})", file=sys.stderr, flush=True)
 

@@ -96,7 +96,7 @@ def run_dpo(ctx: Any, config: TrlConfig, chat_template: str | None) -> None:
     args = dpo_args(ctx, config, precision, device, eval_ds is not None)
 
     resume = resume_point(ctx)
-    adapters = EpochAdapters(ctx, config, tokenizer)
+    adapters = EpochAdapters(ctx, config, tokenizer, precision=precision)
     metrics = MetricsRows(ctx, device, force_epoch_eval=bool(config.eval_steps) and eval_ds is not None,
                           force_epoch_save=bool(config.save_state_steps))
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_ds, eval_dataset=eval_ds,

@@ -138,9 +138,10 @@ def load_model(model_path: str, config: TrlConfig, precision: str, device: str, 
             raise StageError(problem)
         from transformers import BitsAndBytesConfig
 
+        quant = training.method_info("qlora", precision)["quantization"]  # what the adapter records
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype)
+            load_in_4bit=True, bnb_4bit_quant_type=quant["quant_type"],
+            bnb_4bit_use_double_quant=quant["double_quant"], bnb_4bit_compute_dtype=dtype)
         kwargs["device_map"] = {"": f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"} if device == "cuda" else "cpu"
     model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
     if config.method == "qlora":
@@ -279,7 +280,7 @@ def run_sft(ctx: Any, config: TrlConfig, chat_template: str | None) -> None:
     args = sft_args(ctx, config, precision, device, loss_mode, eval_ds is not None)
 
     resume = resume_point(ctx)
-    adapters = EpochAdapters(ctx, config, tokenizer)
+    adapters = EpochAdapters(ctx, config, tokenizer, precision=precision)
     if resume and is_rank_zero():
         adapters.recover(resume)
     # State is saved at every epoch end (epoch adapters are made from that checkpoint).
