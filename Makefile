@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 .PHONY: install demo test lint clean
 
-$(VENV)/.installed: constraints.txt core/pyproject.toml $(wildcard plugins/*/*/pyproject.toml)
+$(VENV)/.installed: constraints.txt requirements-dev.txt core/pyproject.toml $(wildcard plugins/*/*/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0

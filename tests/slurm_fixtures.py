@@ -77,6 +77,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import struct
 import sys
 import time
@@ -142,9 +143,13 @@ class FakeTrainer(Trainer):
             raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         for step in range(start, cfg.steps):
             time.sleep(cfg.step_seconds)
-            if rank == 0:
-                ctx.log_metrics(step + 1, loss=1.0 / (step + 1))
-                atomic_write_json(progress, {"step": step + 1})
+            if rank == 0:  # a step's row and its saved state go together: a SIGTERM waits for both
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+                try:
+                    ctx.log_metrics(step + 1, loss=1.0 / (step + 1))
+                    atomic_write_json(progress, {"step": step + 1})
+                finally:
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         if rank != 0:
             return
         for epoch in cfg.saved_epochs():

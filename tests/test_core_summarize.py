@@ -29,7 +29,6 @@ def test_summarize_table_matches_artifacts_and_plots(tmp_path, with_toy, ck):
     spec = write_spec(tmp_path, SPEC)
     ck("run", str(spec), check=True)
     exp = tmp_path / "runs" / "toy"
-    # make one eval fail to show it is not dropped
     res = ck("summarize", str(spec), check=True)
     assert "Wrote" in res.stdout
     rows = list(csv.DictReader(io.StringIO((exp / "summary.csv").read_text())))

@@ -47,7 +47,9 @@ def pid_alive(pid: int) -> bool:
 
 def wait_for_orphans(exp: Path, timeout: float = 120) -> None:
     """Stage processes started by the killed `ck run` go on (own session): wait until they end."""
-    pids = {int(e["pid"]) for d in run_dirs(exp) for e in status.read(d)["stages"].values() if e.get("pid")}
+    shared = sorted((exp / "shared").iterdir()) if (exp / "shared").is_dir() else []
+    pids = {int(e["pid"]) for d in [*run_dirs(exp), *shared] for e in status.read(d)["stages"].values()
+            if e.get("pid")}
     deadline = time.monotonic() + timeout
     while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -58,8 +60,8 @@ def wait_for_orphans(exp: Path, timeout: float = 120) -> None:
 KILL_POINTS = {
     # writing run folders: the experiment spec, then the 1st run's spec; killed before the 2nd run's
     "writing-run-folders": ("cruijff_kit._engine.runner", "atomic_write_yaml", 2),
-    # marking stages submitted, before any is started
-    "marking-submitted": ("cruijff_kit.status", "update_stage", 5),
+    # marking stages submitted, before any is started (after the 4 runs' pointers to the shared base eval)
+    "marking-submitted": ("cruijff_kit.status", "update_stage", 9),
     # submitting: the 5th stage process was just started (it goes on alone)
     "starting-stages": ("cruijff_kit_local.scheduler", "LocalScheduler._start", 5),
 }
@@ -74,7 +76,7 @@ def test_ck_run_killed_during_bookkeeping_then_rerun_finishes_once(tmp_path, wit
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
     exp = tmp_path / "runs" / "toy"
     before = {d.name: status.read(d)["stages"] for d in run_dirs(exp)}
-    assert sum(e.get("state") == "done" for st in before.values() for e in st.values()) < 12  # work was left
+    assert sum(e.get("state") == "done" for st in before.values() for e in st.values()) < 8  # work was left
     wait_for_orphans(exp)
 
     res = subprocess.run([sys.executable, "-m", "cruijff_kit", "run", str(spec)], cwd=tmp_path,
@@ -82,9 +84,13 @@ def test_ck_run_killed_during_bookkeeping_then_rerun_finishes_once(tmp_path, wit
     assert res.returncode == 0, res.stdout + res.stderr
     dirs = run_dirs(exp)
     assert len(dirs) == 4
+    # the base eval is the same in every run: it ran once, in its shared folder
+    (shared,) = (exp / "shared").iterdir()
+    base = status.read(shared)["stages"]["eval.exact.base"]
+    assert base["state"] == "done" and base["attempts"] == 1
     for d in dirs:
         st = status.read(d)["stages"]
-        assert set(st) == STAGES
+        assert set(st) == STAGES and st.pop("eval.exact.base")["shared"] == f"shared/{shared.name}"
         assert all(e["state"] == "done" for e in st.values()), (d.name, st)
         assert all(e["attempts"] == 1 for e in st.values()), (d.name, st)  # no stage ran twice
         metrics = read_jsonl(d / "train" / "metrics.jsonl")
@@ -95,7 +101,7 @@ def test_ck_run_killed_during_bookkeeping_then_rerun_finishes_once(tmp_path, wit
     # a third run has nothing left to do
     res = subprocess.run([sys.executable, "-m", "cruijff_kit", "run", str(spec)], cwd=tmp_path,
                          capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0 and "0 stage(s) submitted, 12 already done" in res.stdout, res.stdout
+    assert res.returncode == 0 and "0 stage(s) submitted, 9 already done" in res.stdout, res.stdout
 
 
 EVAL_SPEC = """

@@ -257,9 +257,10 @@ def _status_of(request: urllib.request.Request) -> int:
 
 
 def test_runpod_links_expire_and_reach_only_their_own_run(fake_runpod, fake_store, tmp_path, capsys):
-    # two runs of 3 stages of 30 minutes each: pods of 5400 s
+    # two runs of 2 stages of 45 minutes each (train, epoch eval): pods of 5400 s; their base evals are the
+    # same, so it runs once, in a pod of its own for the shared folder: 2700 s
     spec = write_toy_spec(tmp_path, train="lora: {rank: 4}\n",
-                          scheduler='resources: {gpus: 1, time: "00:30:00"}\n')
+                          scheduler='resources: {gpus: 1, time: "00:45:00"}\n')
     text = spec.read_text().replace("train:\n", "sweep: {train.lora.rank: [4, 8]}\ntrain:\n", 1)
     text = text.replace('  resources: {gpus: 1, time: "00:10:00"}\n', "")
     spec.write_text(text)
@@ -267,15 +268,19 @@ def test_runpod_links_expire_and_reach_only_their_own_run(fake_runpod, fake_stor
     code, out = run_ck(capsys, "run", str(spec))
     assert code == 0, out
     deploys = fake_runpod.calls("podFindAndDeployOnDemand")
-    assert len(deploys) == 2
-    envs = [{e["key"]: e["value"] for e in d["args"]["input"]["env"]} for d in deploys]
-    for env in envs:
+    assert len(deploys) == 3
+    all_envs = [{e["key"]: e["value"] for e in d["args"]["input"]["env"]} for d in deploys]
+    for env in all_envs:
         # no credential that reaches other runs: neither the account's API key nor the bucket's
         assert not {"RUNPOD_API_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"} & set(env)
-        # the bundle's link covers the pod's start: min(5400, 3600) + 900; the others its time: 5400 + 900
-        assert _query(env["CK_BUNDLE_URL"])["X-Amz-Expires"] == "4500"
-        for k in ("CK_RESULTS_URL", "CK_STATUS_URL", "CK_DONE_URL"):
-            assert _query(env[k])["X-Amz-Expires"] == "6300", k
+    # the bundle's link covers the pod's start: min(pod time, 3600) + 900; the others its time + 900
+    expiries = sorted((int(_query(env["CK_BUNDLE_URL"])["X-Amz-Expires"]),
+                       *(int(_query(env[k])["X-Amz-Expires"]) for k in ("CK_RESULTS_URL", "CK_STATUS_URL", "CK_DONE_URL")))
+                      for env in all_envs)
+    assert expiries == [(2700 + 900,) * 4, (3600 + 900, *(5400 + 900,) * 3), (3600 + 900, *(5400 + 900,) * 3)]
+    envs = [env for env in all_envs if _query(env["CK_RESULTS_URL"])["X-Amz-Expires"] == "6300"]  # the runs' pods
+    keys = {u.split("?", 1)[0].split("/ck-bucket/", 1)[1] for u in (env["CK_BUNDLE_URL"] for env in all_envs)}
+    assert len({tuple(k.split("/")[:3]) for k in keys}) == 3  # each pod its own objects
     a, b = (env["CK_BUNDLE_URL"] for env in envs)
     key_a, key_b = (u.split("?", 1)[0].split("/ck-bucket/", 1)[1] for u in (a, b))
     assert key_a.split("/")[:3] != key_b.split("/")[:3] and key_a.endswith("/bundle.tar.gz")

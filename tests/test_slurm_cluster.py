@@ -223,19 +223,34 @@ def test_pre_timeout_signal_requeues_and_resumes(
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and _step(progress) < 3:  # some state saved before the signal
         time.sleep(0.2)
-    job_id = read_status(exp)[rows[0]["run"]]["train"]["job_id"]
+    run = rows[0]["run"]
+    job_id = read_status(exp)[run]["train"]["job_id"]
     # exactly what SLURM does signal_seconds before the time limit (--signal=B:USR2@N)
     subprocess.run(["scancel", "--batch", "--signal=USR2", job_id], check=True)
-    # requeued: it waits SLURM's hold (cred_expire, 5 s on the test cluster), then starts again
+    # the first attempt stopped and the job is requeued: what it logged, before the second attempt starts
+    # (SLURM holds a requeued job for cred_expire, 5 s on the test cluster)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        entry = read_status(exp)[run]["train"]
+        if entry.get("requeues") == 1:
+            break
+        time.sleep(0.1)
+    assert entry.get("requeues") == 1 and entry["attempts"] == 1, entry
+    before = [json.loads(x)["step"] for x in (run_dir / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert before == list(range(1, len(before) + 1)) and 3 <= len(before) < 40, before
     rows = poll(exp, finished)
     assert {r["state"] for r in rows} == {"done"}, rows
-    attempts = [json.loads(x) for x in (run_dir / "train" / "attempts.jsonl").read_text().splitlines()]
-    assert len(attempts) == 2 and attempts[0]["resumed_from"] == 0
-    assert attempts[1]["resumed_from"] >= 3 and attempts[1]["restart"] == "1"
-    assert attempts[0]["job"] == attempts[1]["job"]
+    entry = read_status(exp)[run]["train"]
+    assert entry["attempts"] == 2 and entry["requeues"] == 1, entry
     metrics = [json.loads(x)["step"] for x in (run_dir / "train" / "metrics.jsonl").read_text().splitlines()]
-    assert sorted(set(metrics)) == list(range(1, 41))  # no step lost
-    assert "requeueing job" in (run_dir / "logs" / "train.err").read_text()
+    # the second attempt went on from the saved state: its first step is the one after the last logged
+    # before the requeue, and no step is lost or logged twice
+    assert metrics == list(range(1, 41)), metrics
+    attempts = [json.loads(x) for x in (run_dir / "train" / "attempts.jsonl").read_text().splitlines()]
+    assert [a["resumed_from"] for a in attempts] == [0, len(before)]
+    assert attempts[1]["restart"] == "1" and attempts[0]["job"] == attempts[1]["job"]  # the same job, requeued
+    err = (run_dir / "logs" / "train.err").read_text()
+    assert "requeueing job" in err and "restart 0" in err and "restart 1" in err
 
 
 def test_torchrun_launch_across_the_allocation(

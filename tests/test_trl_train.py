@@ -1,18 +1,21 @@
 """The trl trainer trains a tiny model for real through `ck stage`, and its adapters reload with peft.
 
 One LoRA run (module fixture, in this process) is shared by most tests; a short QLoRA run checks
-4-bit quantization on CPU.
+4-bit quantization on CPU; a run killed twice (SIGKILL) and resumed with `ck stage` ends with the
+weights of an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kill_fixtures import KILL_AFTER
 from trl_fixtures import learnable_tiny_model, prepare_run, read_rows, write_trl_spec
 
 from cruijff_kit import status
@@ -192,23 +195,50 @@ def test_loss_masking_modes_and_chat_template(tiny_llama: Path, tmp_path: Path) 
         prepare_data(DatasetDict({"train": Dataset.from_list([{"text": "x"}])}), tok, TrlConfig(validation=False))
 
 
-def test_epoch_adapter_recovered_from_checkpoint_after_a_kill(tmp_path: Path) -> None:
-    """Killed after the epoch-end state save but before the adapter was written: resume writes it."""
-    from types import SimpleNamespace
+def _ck_stage_killed(run_dir: Path, module: str, attr: str, after: int) -> None:
+    """`ck stage RUN_DIR train` in a subprocess that SIGKILLs itself after the ``after``-th call of ``attr``."""
+    res = subprocess.run([sys.executable, "-c", KILL_AFTER, module, attr, str(after), "stage", str(run_dir), "train"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == -signal.SIGKILL, res.stdout + res.stderr[-3000:]
 
-    from cruijff_kit_trl.callbacks import EpochAdapters
-    from cruijff_kit_trl.config import TrlConfig
 
-    ckpt = tmp_path / "state" / "checkpoint-8"
-    ckpt.mkdir(parents=True)
-    (ckpt / "adapter_model.safetensors").write_bytes(b"weights")
-    (ckpt / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/x", "r": 8}))
-    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": 8, "epoch": 1.0}))
-    ctx = SimpleNamespace(spec={"model": {"path": "org/m", "local_path": "/models/m"}}, run=SimpleNamespace(name="r"),
-                          adapter_dir=lambda e: tmp_path / "train" / f"epoch_{e}" / "adapter")
-    EpochAdapters(ctx, TrlConfig(epochs=2), None).recover(ckpt)
-    adapter = tmp_path / "train" / "epoch_0" / "adapter"
-    assert (adapter / "adapter_model.safetensors").read_bytes() == b"weights"
-    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == "/models/m"
-    assert json.loads((ckpt / "adapter_config.json").read_text())["base_model_name_or_path"] == "/x"  # untouched
-    assert training.adapter_info(adapter)["step"] == 8
+def test_resume_after_kills_matches_an_uninterrupted_run(model_dir: Path, tmp_path: Path) -> None:
+    """Two real trainings killed with SIGKILL, then resumed with `ck stage`: the same weights as one run.
+
+    The first dies right after the epoch-0 state save, before that epoch's adapter is written (the
+    resume writes it from the checkpoint); the second dies in epoch 1 after logging steps 5 and 6,
+    which the resume must not report twice.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    train = {**TRAIN, "epochs": 2, "validation": False, "logging_steps": 1}  # 4 steps per epoch
+    reference = prepare_run(write_trl_spec(tmp_path / "ref", model_dir, train=train))
+    run_stage(reference, "train")
+    run_dir = prepare_run(write_trl_spec(tmp_path / "killed", model_dir, train=train))
+    adapter = run_dir / "train" / "epoch_0" / "adapter"
+
+    _ck_stage_killed(run_dir, "transformers", "Trainer._save_checkpoint", 1)
+    assert (run_dir / "train" / "state" / "checkpoint-4" / "trainer_state.json").exists()
+    assert not adapter.exists()
+    assert [r["step"] for r in read_rows(run_dir)] == [1, 2, 3, 4]
+
+    _ck_stage_killed(run_dir, "cruijff_kit_trl.callbacks", "MetricsRows.on_log", 2)
+    assert training.adapter_info(adapter)["step"] == 4  # written on resume, from the saved state
+    assert [r["step"] for r in read_rows(run_dir)] == [1, 2, 3, 4, 5, 6]
+    assert not (run_dir / "train" / "state" / "checkpoint-8").exists()
+
+    res = subprocess.run([sys.executable, "-m", "cruijff_kit", "stage", str(run_dir), "train"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+    entry = status.read(run_dir)["stages"]["train"]
+    assert entry["state"] == status.DONE and entry["attempts"] == 3
+    rows, ref_rows = read_rows(run_dir), read_rows(reference)
+    assert [r["step"] for r in rows] == list(range(1, 9))  # no step twice, none lost
+    assert "resuming from checkpoint-4 (step 4); dropped 2 metrics rows" in res.stderr
+    for epoch in (0, 1):
+        ours = load_file(str(run_dir / "train" / f"epoch_{epoch}" / "adapter" / "adapter_model.safetensors"))
+        theirs = load_file(str(reference / "train" / f"epoch_{epoch}" / "adapter" / "adapter_model.safetensors"))
+        assert ours.keys() == theirs.keys()
+        assert all(torch.allclose(ours[k], theirs[k], rtol=0, atol=1e-6) for k in ours), epoch
+    assert [r["train_loss"] for r in rows] == pytest.approx([r["train_loss"] for r in ref_rows], abs=1e-5)

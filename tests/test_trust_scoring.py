@@ -1,24 +1,31 @@
 """Scoring conventions that change numbers: calibration bin edges and signs of parsed numbers.
 
-Expected bins come from scikit-learn's ``calibration_curve`` assignment, written here with numpy
-(``np.searchsorted(np.linspace(0, 1, n + 1)[1:-1], p)``, sklearn's own two lines), and by hand.
+Expected bins come from scikit-learn's own ``calibration_curve`` and by hand (tests/test_trust_scoring_sklearn.py
+cross-checks every metric of the module against scikit-learn).
 """
 
 from __future__ import annotations
 
 import random
 
-import numpy as np
 import pytest
+from sklearn.calibration import calibration_curve  # a dev dependency (requirements-dev.txt): no skip
 
 from cruijff_kit import scoring
 
 
 def sklearn_bins(probs: list[float], n_bins: int) -> list[int]:
-    """Bin counts as scikit-learn's ``calibration_curve(strategy="uniform")`` assigns them."""
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    ids = np.searchsorted(edges[1:-1], np.asarray(probs))
-    return np.bincount(ids, minlength=n_bins).tolist()
+    """Bin counts as scikit-learn's ``calibration_curve(strategy="uniform")`` assigns them.
+
+    It returns fractions, not counts: with one positive sample added at the middle of bin ``b`` and every
+    other sample negative, the fraction of positives in that bin (the only non-zero one) is
+    ``1 / (count + 1)``."""
+    counts = []
+    for b in range(n_bins):
+        frac, _ = calibration_curve([0] * len(probs) + [1], [*probs, (b + 0.5) / n_bins], n_bins=n_bins,
+                                    strategy="uniform")
+        counts.append(round(1.0 / frac.max()) - 1)
+    return counts
 
 
 @pytest.mark.parametrize("n_bins", [1, 3, 4, 5, 7, 10, 15, 20])

@@ -13,6 +13,9 @@ every metric. Conventions:
   (inspect-ai's convention).
 * A metric that is undefined for the input (no samples, one class only for AUC, constant truth for R²)
   is ``None``.
+* NaN is refused (``ValueError``) wherever a number is averaged, ranked or used as a label: a caller
+  leaves a sample it could not score out and counts it, it never averages it. A probability must lie
+  in [0, 1]; regression values must be finite.
 """
 
 from __future__ import annotations
@@ -48,8 +51,15 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- basics
+def _check_no_nan(values: Sequence[Any], what: str) -> None:
+    """Refuse NaN: it has no rank, no bin and no mean (see the module's conventions)."""
+    if any(v != v for v in values):  # NaN is the one value not equal to itself
+        raise ValueError(f"{what}: got NaN; leave samples without a value out (and count them) instead.")
+
+
 def mean_stderr(values: Sequence[float]) -> tuple[float | None, float | None]:
     """Mean and standard error of the mean; ``(None, None)`` for no values."""
+    _check_no_nan(values, "mean_stderr")
     n = len(values)
     if n == 0:
         return None, None
@@ -153,6 +163,7 @@ def roc_auc(scores: Sequence[float], outcomes: Sequence[int]) -> float | None:
     negative, ties counting one half (Mann-Whitney U). ``None`` unless both classes occur."""
     if len(scores) != len(outcomes):
         raise ValueError(f"roc_auc: got {len(scores)} scores and {len(outcomes)} outcomes.")
+    _check_no_nan(scores, "roc_auc")
     pos = [s for s, y in zip(scores, outcomes, strict=True) if y]
     neg = [s for s, y in zip(scores, outcomes, strict=True) if not y]
     if not pos or not neg:
@@ -179,6 +190,7 @@ def roc_curve(scores: Sequence[float], outcomes: Sequence[int]) -> list[tuple[fl
     distinct score threshold (ties move diagonally). Empty unless both classes occur."""
     if len(scores) != len(outcomes):
         raise ValueError(f"roc_curve: got {len(scores)} scores and {len(outcomes)} outcomes.")
+    _check_no_nan(scores, "roc_curve")
     n_pos = sum(1 for y in outcomes if y)
     n_neg = len(outcomes) - n_pos
     if not n_pos or not n_neg:
@@ -206,6 +218,10 @@ def regression_metrics(predicted: Sequence[float], actual: Sequence[float]) -> d
     """
     if len(predicted) != len(actual):
         raise ValueError(f"regression_metrics: got {len(predicted)} predictions and {len(actual)} values.")
+    bad = [v for v in (*predicted, *actual) if not math.isfinite(v)]
+    if bad:
+        raise ValueError(f"regression_metrics: values must be finite numbers, got {bad[0]!r}; "
+                         "leave unparsed answers out (and count them) instead.")
     n = len(actual)
     if n == 0:
         return {"mae": None, "mae_stderr": None, "rmse": None, "r2": None}
@@ -234,6 +250,7 @@ def classification_metrics(actual: Sequence[Hashable], predicted: Sequence[Hasha
     """
     if len(actual) != len(predicted):
         raise ValueError(f"classification_metrics: got {len(actual)} labels and {len(predicted)} predictions.")
+    _check_no_nan([*actual, *predicted], "classification_metrics")
     if labels is None:
         labels = sorted(set(actual), key=str)
     order = list(labels)

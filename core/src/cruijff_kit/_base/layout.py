@@ -106,3 +106,12 @@ class RunLayout:
     def log(self, stage: str, stream: str) -> Path:
         """``logs/<stage>.out`` or ``logs/<stage>.err``."""
         return self.logs_dir / f"{stage}.{stream}"
+
+
+def folders_in(parent: Path) -> list[RunLayout]:
+    """The run-like folders directly in ``parent`` (``runs/`` or ``shared/``), sorted by name: every
+    folder that is not hidden and not empty, also one whose ``spec.yaml`` is lost."""
+    if not parent.is_dir():
+        return []
+    return [RunLayout(p) for p in sorted(parent.iterdir())
+            if p.is_dir() and not p.name.startswith(".") and any(p.iterdir())]

@@ -48,8 +48,8 @@ def plugins(as_json: bool) -> None:
 @click.option("--remove", is_flag=True, help="Remove the original after the copy was verified.")
 def archive_cmd(experiment: str, dest: str, keep_adapters: bool, remove: bool) -> None:
     """Copy an experiment to DEST without bulky artifacts, verify it, optionally remove the original."""
+    from cruijff_kit._base.sizes import human_bytes
     from cruijff_kit._engine.archive import archive
-    from cruijff_kit._engine.report import human_bytes
     from cruijff_kit._engine.runner import find_experiment
 
     exp = find_experiment(experiment)

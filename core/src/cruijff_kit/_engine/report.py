@@ -4,19 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from cruijff_kit._base.sizes import human_bytes
 from cruijff_kit._engine.planner import Plan
-
-
-def human_bytes(n: int | None) -> str:
-    """1536 -> '1.5 KB'."""
-    if n is None:
-        return "?"
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} TB"
 
 
 def human_count(n: int | None) -> str:

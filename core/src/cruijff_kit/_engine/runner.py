@@ -19,7 +19,7 @@ from cruijff_kit._api.kinds import Scheduler
 from cruijff_kit._api.records import StageJob
 from cruijff_kit._base.errors import CkError
 from cruijff_kit._base.fileio import atomic_write_text, atomic_write_yaml, load_yaml
-from cruijff_kit._base.layout import ExperimentLayout, RunLayout
+from cruijff_kit._base.layout import ExperimentLayout, RunLayout, folders_in
 from cruijff_kit._base.secrets import refuse_secret_values
 from cruijff_kit._engine.damage import repair_run
 from cruijff_kit._engine.planner import Plan
@@ -496,10 +496,7 @@ def experiment_status(exp: ExperimentLayout, *, refresh: bool = True) -> list[di
 
 def run_folders(exp: ExperimentLayout) -> list[RunLayout]:
     """Every run folder of an experiment, also one whose ``spec.yaml`` is lost (it is shown damaged)."""
-    if not exp.runs_dir.is_dir():
-        return []
-    return [RunLayout(p) for p in sorted(exp.runs_dir.iterdir())
-            if p.is_dir() and not p.name.startswith(".") and any(p.iterdir())]
+    return folders_in(exp.runs_dir)
 
 
 def damaged_row(run: str, stage: str | None, exc: DamagedState, sweep: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cruijff_kit import status
-from cruijff_kit._base.layout import ExperimentLayout, RunLayout
+from cruijff_kit._base.layout import ExperimentLayout, RunLayout, folders_in
 from cruijff_kit.status import DamagedState
 
 #: The key of a pointer entry in a run's ``status.json`` and ``eval/results.json``.
@@ -117,10 +117,7 @@ def point_runs(plan: Any) -> list[str]:
 
 def shared_folders(exp: ExperimentLayout) -> list[RunLayout]:
     """Every shared stage's folder of an experiment."""
-    if not exp.shared_dir.is_dir():
-        return []
-    return [RunLayout(p) for p in sorted(exp.shared_dir.iterdir())
-            if p.is_dir() and not p.name.startswith(".") and any(p.iterdir())]
+    return folders_in(exp.shared_dir)
 
 
 def used_by(spec: dict[str, Any]) -> list[str]:

@@ -119,7 +119,9 @@ class SlurmScheduler(Scheduler):
             parts = self._plan(jobs, prof, python, own)
             if dry:
                 self._write_arrays(parts, exp_dir, prof, dry=True)
-                _say(f"dry run: wrote the job scripts of {len(jobs)} stage(s) (runs/<run>/slurm/, "
+                where = "runs/<run>/slurm/" + (", shared/<name>/slurm/" if any(
+                    Path(j.run_dir).parent.name == "shared" for j in jobs) else "")
+                _say(f"dry run: wrote the job scripts of {len(jobs)} stage(s) ({where}, "
                      f"{exp_dir / 'slurm'}); nothing was submitted.")
                 return
             submitted = self._send(parts, exp_dir, prof, min(c.poll_seconds for c in own.values()))
@@ -332,8 +334,11 @@ class SlurmScheduler(Scheduler):
 
     @staticmethod
     def _experiment_job_ids(exp_dir: Path) -> list[str]:
+        """Ids of this experiment's SLURM jobs still active: every run's, and every shared stage's."""
+        exp = ExperimentLayout(exp_dir)
+        shared = sorted(p for p in exp.shared_dir.glob("*/status.json")) if exp.shared_dir.is_dir() else []
         ids = []
-        for layout in ExperimentLayout(exp_dir).run_layouts():
+        for layout in [*exp.run_layouts(), *(RunLayout(p.parent) for p in shared)]:
             for entry in status.read(layout.root)["stages"].values():
                 if entry.get("scheduler") == NAME and entry.get("job_id") and \
                         entry.get("state") in status.ACTIVE_STATES:
