@@ -3,7 +3,10 @@ against `python -c "import torch"`. Run by hand: `python benchmarks/cli_startup.
 
 `--compare REF` also times `ck --help` of the checkout at git revision REF (core and plugins put first
 on PYTHONPATH, so the installed entry points load that revision's code), alternating the two
-commands, and prints the ratio now / REF."""
+commands, and prints the ratio now / REF.
+
+`--values N` sweeps N values on each of the three axes (N^3 runs; default 10, the 1,000 runs above) and
+`--repeat K` times each command K times (default 3): `--values 2 --repeat 1` is a smoke run of seconds."""
 
 from __future__ import annotations
 
@@ -19,15 +22,21 @@ from pathlib import Path
 
 SPEC = textwrap.dedent("""
     experiment: bench
-    model: {path: org/model}
-    dataset: {plugin: json-instruct, path: data.json}
-    train: {plugin: trl}
-    eval: [{plugin: inspect, task: exact-match}]
+    model: {{path: org/model}}
+    dataset: {{plugin: json-instruct, path: data.json}}
+    train: {{plugin: trl}}
+    eval: [{{plugin: inspect, task: exact-match}}]
     sweep:
-      train.lora.rank: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
-      train.learning_rate: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
-      seed: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+      train.lora.rank: {ranks}
+      train.learning_rate: {rates}
+      seed: {seeds}
 """)
+
+
+def sweep_spec(values: int) -> str:
+    """The benchmark's spec: ``values`` values on each of three sweep axes (``values ** 3`` runs)."""
+    return SPEC.format(ranks=list(range(1, values + 1)), rates=[round(0.1 * i, 1) for i in range(1, values + 1)],
+                       seeds=list(range(1, values + 1)))
 
 
 def timed(cmd: list[str], cwd: Path, repeat: int = 3) -> float:
@@ -75,24 +84,29 @@ def compare_help(ref: str, repeat: int = 15) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--compare", metavar="REF", help="Also time `ck --help` of git revision REF.")
+    parser.add_argument("--values", type=int, default=10, help="values per sweep axis (runs = values^3; default 10)")
+    parser.add_argument("--repeat", type=int, default=3, help="times each command is timed (default 3)")
     args = parser.parse_args()
+    if args.values < 1 or args.repeat < 1:
+        parser.error("--values and --repeat must be at least 1")
     if args.compare:
         compare_help(args.compare)
         return
     py = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        (d / "spec.yaml").write_text(SPEC)
+        (d / "spec.yaml").write_text(sweep_spec(args.values))
         (d / "data.json").write_text('{"train": [{"input": "a", "output": "A"}], "validation": [{"input": "c", "output": "C"}], "test": [{"input": "b", "output": "B"}]}')
+        runs, k = args.values ** 3, args.repeat
         rows = [
-            ("python -c 'import torch'", timed([py, "-c", "import torch"], d)),
-            ("ck --help", timed([py, "-m", "cruijff_kit", "--help"], d)),
-            ("ck plan (1,000 runs)", timed([py, "-m", "cruijff_kit", "plan", "spec.yaml"], d)),
+            ("python -c 'import torch'", timed([py, "-c", "import torch"], d, k)),
+            ("ck --help", timed([py, "-m", "cruijff_kit", "--help"], d, k)),
+            (f"ck plan ({runs:,} runs)", timed([py, "-m", "cruijff_kit", "plan", "spec.yaml"], d, k)),
         ]
         subprocess.run([py, "-m", "cruijff_kit", "run", "spec.yaml", "--dry-run"], cwd=d, check=True,
                        capture_output=True)
-        rows.append(("ck status (1,000 runs x 2 stages)", timed([py, "-m", "cruijff_kit", "status", "spec.yaml",
-                                                                 "--json"], d)))
+        rows.append((f"ck status ({runs:,} runs x 2 stages)", timed([py, "-m", "cruijff_kit", "status", "spec.yaml",
+                                                                     "--json"], d, k)))
         files = status_files_read(d)
     print("| command | median wall (s) |\n|---|---|")
     for name, t in rows:

@@ -27,18 +27,57 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+#: per-test time limit (seconds) by tier, so a hang fails the test instead of the whole run; an explicit
+#: ``@pytest.mark.timeout`` wins, and ``--timeout`` (or ``PYTEST_TIMEOUT``) replaces them all
+TIER_TIMEOUTS: dict[str, float] = {"slow": 900, "integration": 300}
+UNIT_TIMEOUT: float = 120
+
+
+def tier_timeout(item: pytest.Item) -> float:
+    """The time limit of ``item``'s tier: the longest of its tier markers, 120 s for an unmarked test."""
+    return max([UNIT_TIMEOUT, *(limit for tier, limit in TIER_TIMEOUTS.items() if item.get_closest_marker(tier))])
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give every test without its own ``timeout`` marker the time limit of its tier."""
+    if config.getoption("timeout", None) is not None or os.environ.get("PYTEST_TIMEOUT"):
+        return
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(tier_timeout(item)))
+
+
+def _gate_skip(nodeid: str, report: pytest.CollectReport | pytest.TestReport) -> None:
+    """Turn a skip into a failure when a part of this repository is missing (always) or, under
+    ``CI=true``, when its reason is not listed in ``tests/skip_reasons.py``."""
+    from skip_reasons import allowed_in_ci, missing_from_repo
+
+    if not report.skipped or hasattr(report, "wasxfail"):
+        return
+    reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    if missing_from_repo(reason):
+        report.outcome = "failed"
+        report.longrepr = (f"{nodeid} skipped because a part of this repository is missing; `make install` "
+                           f"installs the core, every plugin and their dependencies: {reason}")
+    elif IN_CI and not allowed_in_ci(reason):
+        report.outcome = "failed"
+        report.longrepr = (f"{nodeid} skipped under CI=true for a reason not listed in "
+                           f"tests/skip_reasons.py: {reason}")
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
-    """Under ``CI=true`` a skip fails unless its reason is listed in ``tests/skip_reasons.py``."""
-    from skip_reasons import allowed_in_ci
-
+    """A skip in a test or its fixtures passes through the skip gate (``_gate_skip``)."""
     report = yield
-    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
-        reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        if not allowed_in_ci(reason):
-            report.outcome = "failed"
-            report.longrepr = (f"{item.nodeid} skipped under CI=true for a reason not listed in "
-                               f"tests/skip_reasons.py: {reason}")
+    _gate_skip(item.nodeid, report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):  # type: ignore[no-untyped-def]
+    """A skip while collecting a module (``pytest.importorskip`` at its top) passes the same gate."""
+    report = yield
+    _gate_skip(collector.nodeid, report)
     return report
 
 

@@ -47,13 +47,13 @@ def test_run_folder_resolves_to_last_epoch_adapter(tuned, run_dir: Path, tiny_ll
 
 def test_option_probabilities_sum_to_one_and_adapter_changes_them(tuned, base) -> None:
     probs = tuned.option_probabilities(PROMPTS, OPTIONS)
-    assert len(probs) == len(PROMPTS)
-    for row in probs:
-        assert set(row) == set(OPTIONS)
-        assert math.isclose(sum(row.values()), 1.0, rel_tol=1e-6)
-        assert all(0 <= v <= 1 for v in row.values())
     mass = tuned.option_mass(PROMPTS, OPTIONS)
-    assert all(0 < sum(m.values()) <= 1 + 1e-6 for m in mass)
+    assert len(probs) == len(mass) == len(PROMPTS)
+    for row, m in zip(probs, mass, strict=True):
+        assert set(row) == set(m) == set(OPTIONS)
+        assert math.isclose(sum(row.values()), 1.0, rel_tol=1e-6)
+        for o in OPTIONS:  # each option's share of the options' mass
+            assert math.isclose(row[o], m[o] / sum(m.values()), rel_tol=1e-6)
     base_probs = base.option_probabilities(PROMPTS, OPTIONS)
     diff = max(abs(a[o] - b[o]) for a, b in zip(probs, base_probs, strict=True) for o in OPTIONS)
     assert diff > 1e-3
@@ -74,7 +74,11 @@ def test_option_variants_are_summed(tuned) -> None:
         tuned.option_mass(["dog"], ["dog", "zzqqxxj"])
 
 
-def test_token_logprobs_match_batched_and_single(tuned) -> None:
+def test_token_logprobs_match_batched_and_single(tuned, run_dir: Path, tiny_llama: Path) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     pairs = (["apple", "dog", "kite"], ["APPLE", "DOG", "KITE"])
     batched = tuned.token_logprobs(*pairs)
     tuned.batch_size, keep = 1, tuned.batch_size
@@ -82,12 +86,24 @@ def test_token_logprobs_match_batched_and_single(tuned) -> None:
         single = tuned.token_logprobs(*pairs)
     finally:
         tuned.batch_size = keep
-    for a, b in zip(batched, single, strict=True):
-        assert [t for t, _ in a] == [t for t, _ in b]
-        assert "".join(t for t, _ in a) == "APPLE" or len(a) >= 1
-        assert all(lp <= 0 for _, lp in a)
-        for (_, x), (_, y) in zip(a, b, strict=True):
-            assert math.isclose(x, y, abs_tol=1e-4)
+    # the same log-probabilities from transformers and peft alone, one unpadded sequence per pair:
+    # completion token j is scored by the logits at the position before it
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    ref = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama, torch_dtype="float32"),
+                                    run_dir / "train" / "epoch_0" / "adapter").eval()
+    for a, b, prompt, completion in zip(batched, single, *pairs, strict=True):
+        chat = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        p_ids = tok(chat, add_special_tokens=False)["input_ids"]
+        c_ids = tok(completion, add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            logp = torch.log_softmax(ref(input_ids=torch.tensor([p_ids + c_ids])).logits[0].float(), -1)
+        want = [float(logp[len(p_ids) + j - 1, t]) for j, t in enumerate(c_ids)]
+        assert [t for t, _ in a] == [t for t, _ in b] == [tok.decode([t]) for t in c_ids]
+        assert "".join(t for t, _ in a) == completion
+        for got in (a, b):
+            assert len(got) == len(want)
+            for (_, x), y in zip(got, want, strict=True):
+                assert math.isclose(x, y, abs_tol=1e-4), (completion, got, want)
 
 
 def test_generate_is_batched_and_deterministic(tuned) -> None:

@@ -5,6 +5,7 @@ task file; `ck eval`; and the plan-time errors for bad input."""
 from __future__ import annotations
 
 import json
+import math
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -151,8 +152,61 @@ def test_user_task_file_choice_prefix_and_risk(tmp_path: Path, tiny_llama: Path)
     top = first.output.choices[0].logprobs.content[0].top_logprobs
     assert len(top) == 20 and not any("\u0120" in t.token for t in top)  # token text, not BPE pieces
     assert res["scorers"] == ["choice", "risk"]
-    assert res["risk/coverage"]["value"] + res["risk/n_unscored"]["value"] / 3 == pytest.approx(1.0)
+    # the tiny model has neither A nor B among the top log-probabilities of its first answer token, so no
+    # sample is scored (test_risk_scorer_recomputed_from_the_log scores some)
+    check_risk(res, log, "A", "B")
     assert set(json.loads(run.layout.results.read_text())) == {"shout", "choice"}
+
+
+def check_risk(res: dict[str, Any], log: Any, neg: str, pos: str) -> list[float]:
+    """The risk scorer's results recomputed from the log's own top-20 log-probabilities of the first
+    answer token: a sample is scored when its target is an option and both options (any spacing) are
+    among them; risk = P(pos) / (P(neg) + P(pos)), the answer pos when risk >= 0.5. Returns the risks."""
+    risks, correct = [], []
+    for sample in log.samples:
+        mass = {neg: 0.0, pos: 0.0}
+        for t in sample.output.choices[0].logprobs.content[0].top_logprobs:
+            if t.token.strip() in mass:
+                mass[t.token.strip()] += math.exp(t.logprob)
+        if sample.target in mass and mass[neg] > 0 and mass[pos] > 0:
+            risks.append(mass[pos] / (mass[neg] + mass[pos]))
+            correct.append((pos if risks[-1] >= 0.5 else neg) == sample.target)
+    n = len(log.samples)
+    assert res["risk/coverage"]["value"] == pytest.approx(len(risks) / n)
+    assert res["risk/n_unscored"]["value"] == n - len(risks)
+    assert res["risk/accuracy"]["value"] == pytest.approx(sum(correct) / n)
+    if risks:
+        assert res["risk/mean_risk"]["value"] == pytest.approx(sum(risks) / len(risks), rel=1e-6)
+    else:
+        assert "risk/mean_risk" not in res
+    return risks
+
+
+def test_risk_scorer_recomputed_from_the_log(tmp_path: Path, tiny_llama: Path) -> None:
+    """Options the tiny model does rank high after these prompts (` th`, `ful`, with and without a space):
+    the samples whose target is one of them are scored, the one whose target is not (`Paris`) is not."""
+    from inspect_ai.log import read_eval_log
+
+    from cruijff_kit._engine.stage import run_stage
+
+    rows = [{"input": "Say the", "output": "th"}, {"input": "Say mall", "output": "ful"},
+            {"input": "Capital of France?", "output": "Paris"}]
+    (tmp_path / "risk.json").write_text(json.dumps({"train": rows[:1], "test": rows}))
+    spec = write_spec(tmp_path, f"""
+        experiment: risk
+        model: {{path: {tiny_llama}}}
+        dataset: {{plugin: json-instruct, path: risk.json}}
+        eval:
+          - {{plugin: inspect, task: exact-match, scorers: [{{name: risk, options: [th, ful]}}],
+             generation: {{max_tokens: 1}}, device: cpu}}
+    """)
+    run = _plan(spec).runs[0]
+    res = run_stage(run.layout.root, "eval.exact-match.base")
+    log = read_eval_log(str(run.layout.root / res["log"]))
+    assert [s.target for s in log.samples] == ["th", "ful", "Paris"]
+    risks = check_risk(res, log, "th", "ful")
+    assert len(risks) == 2, "the tiny model no longer ranks `th` and `ful` high: choose other options"
+    assert log.samples[2].scores["risk"].metadata["reason"] == "target 'Paris' is not one of the options ['th', 'ful']"
 
 
 def test_ck_eval_one_off(finetuned: Any, tiny_llama: Path, tmp_path: Path) -> None:

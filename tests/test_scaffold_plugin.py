@@ -54,6 +54,21 @@ def test_generated_tests_pass(generated: tuple[Path, Path], dist: str) -> None:
     assert "passed" in res.stdout and "failed" not in res.stdout
 
 
+def _greedy_answer(model_dir: Path, prompt: str, max_new_tokens: int) -> str:
+    """The greedy answer of the model in ``model_dir`` to ``prompt`` as a chat turn, from transformers alone."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype="float32").eval()
+    text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=tok.pad_token_id or tok.eos_token_id)
+    return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
 @pytest.mark.integration
 def test_generated_dataset_and_evaluator_run_in_a_spec(generated: tuple[Path, Path], tmp_path: Path,
                                                        tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -68,7 +83,12 @@ def test_generated_dataset_and_evaluator_run_in_a_spec(generated: tuple[Path, Pa
     monkeypatch.syspath_prepend(str(site))
     plugins.registry.cache_clear()
     try:
-        rows = [{"split": "test", "input": w, "output": w.upper()} for w in ("dog", "house", "kite")]
+        # the target of "dog" is the tiny model's own greedy answer (from transformers alone), so exactly
+        # that row is answered right: accuracy 1/3 (a random model does not answer HOUSE or KITE)
+        greedy = _greedy_answer(tiny_llama, "dog", max_new_tokens=3)
+        assert greedy.strip(), "the tiny model's greedy answer is blank: no target to build from it"
+        targets = {"dog": greedy.strip(), "house": "HOUSE", "kite": "KITE"}
+        rows = [{"split": "test", "input": w, "output": t} for w, t in targets.items()]
         (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
         spec = write_spec(tmp_path, f"""
             experiment: scaffolded
@@ -81,9 +101,11 @@ def test_generated_dataset_and_evaluator_run_in_a_spec(generated: tuple[Path, Pa
         write_experiment(plan)
         run = plan.runs[0]
         res = run_stage(run.layout.root, "eval.exact.base")
-        assert res["samples"] == 3 and 0.0 <= res["accuracy"]["value"] <= 1.0
-        answers = (run.layout.eval_dir("exact", "base") / "answers.jsonl").read_text().splitlines()
-        assert [json.loads(a)["target"] for a in answers] == ["DOG", "HOUSE", "KITE"]
+        assert res["samples"] == 3 and res["accuracy"]["value"] == pytest.approx(1 / 3)
+        answers = [json.loads(a) for a in
+                   (run.layout.eval_dir("exact", "base") / "answers.jsonl").read_text().splitlines()]
+        assert [a["target"] for a in answers] == list(targets.values())
+        assert answers[0]["answer"] == greedy and [a["correct"] for a in answers] == [True, False, False]
 
         bad = write_spec(tmp_path, """
             experiment: scaffolded

@@ -60,9 +60,15 @@ def test_task_runs_in_a_spec(task_file: Path, tmp_path: Path, tiny_llama: Path) 
     plan = make_plan(load_spec(spec))
     write_experiment(plan)
     run = plan.runs[0]
+    from inspect_ai.log import read_eval_log
+
     res = run_stage(run.layout.root, "eval.shout_back.base")
     assert res["samples"] == 4
     assert set(json.loads(run.layout.results.read_text())) == {"shout_back"}
+    # the run's test split, read through the task: its inputs and targets, answered with at most 3 tokens
+    log = read_eval_log(str(run.layout.root / res["log"]))
+    assert [(s.input[-1].text, s.target) for s in log.samples] == [(w, w.upper()) for w in ("apple", "dog", "kite", "moon")]
+    assert all(s.output.usage.output_tokens <= 3 for s in log.samples)
 
 
 def test_task_without_data_says_what_to_pass(task_file: Path) -> None:

@@ -270,11 +270,23 @@ def parse_yaml_text(text: str, *, file: str | None = None, loader: type | None =
         raise SpecError(exc.message, file=file, path=exc.path, hint=exc.hint) from None
 
 
-def yaml_problem(exc: yaml.YAMLError) -> str:
-    """`` near line L, column C: PROBLEM`` of a YAML syntax error, the problem clipped."""
+def yaml_problem(exc: yaml.YAMLError, text: str | None = None) -> str:
+    """`` near line L, column C: PROBLEM`` of a YAML syntax error, the problem clipped.
+
+    A character YAML does not accept (a control character) is reported by its position in the
+    text (a character index for PyYAML's reader, a UTF-8 byte offset for libyaml's): given ``text``,
+    that position is named as a line and column too."""
     mark = getattr(exc, "problem_mark", None)
     where = f" near line {mark.line + 1}, column {mark.column + 1}" if mark else ""
     problem = getattr(exc, "problem", None) or str(exc)
+    if isinstance(exc, yaml.reader.ReaderError):
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        problem = f"unacceptable character #x{char:04x}: {exc.reason}"
+        if isinstance(text, str):
+            before = (text[:exc.position] if exc.encoding == "unicode"
+                      else text.encode("utf-8")[:exc.position].decode("utf-8", "replace"))
+            line, column = before.count("\n") + 1, len(before) - before.rfind("\n")
+            where = f" near line {line}, column {column}"
     return f"{where}: {clip(problem)}"
 
 

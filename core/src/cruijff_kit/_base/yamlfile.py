@@ -95,10 +95,12 @@ def read_yaml(path: Path, what: str = "spec") -> dict[str, Any]:
     if not path.exists():
         raise SpecError(f"the {what} file does not exist.", file=str(path),
                         hint="Check the path (relative paths are relative to the current folder).")
+    text = None
     try:
-        data = parse_yaml_text(path.read_text(encoding="utf-8"), file=str(path))
+        text = path.read_text(encoding="utf-8")
+        data = parse_yaml_text(text, file=str(path))
     except yaml.YAMLError as exc:
-        raise SpecError(f"is not valid YAML{yaml_problem(exc)}.", file=str(path),
+        raise SpecError(f"is not valid YAML{yaml_problem(exc, text)}.", file=str(path),
                         hint="Fix the indentation or quoting there.") from None
     except UnicodeDecodeError:
         raise SpecError("is not UTF-8 text.", file=str(path)) from None
