@@ -31,6 +31,8 @@ def plan_document(plan: Any, *, estimates: bool = False) -> dict[str, Any]:
     """The keys ``ck validate --json`` and ``ck plan --json`` print about a plan (docs/cli.md)."""
     from dataclasses import asdict
 
+    from cruijff_kit._engine.shared import used_by
+
     runs = []
     for run in plan.runs:
         row: dict[str, Any] = {"name": run.name, "type": run.type, "dir": str(run.layout.root),
@@ -46,7 +48,7 @@ def plan_document(plan: Any, *, estimates: bool = False) -> dict[str, Any]:
             "experiment_dir": str(plan.layout.root), "run_count": len(plan.runs),
             "stage_count": len(plan.jobs()), "swept": plan.swept_keys(), "runs": runs,
             "shared": [{"name": sh.name, "stage": sh.stages[0].name, "dir": str(sh.layout.root),
-                        "used_by": sh.spec["run"]["shared"]["used_by"]} for sh in plan.shared],
+                        "used_by": used_by(sh.spec)} for sh in plan.shared],
             "notes": list(plan.notes)}
 
 

@@ -83,11 +83,6 @@ class Plan:
                                     resources, st.kind))
         return out
 
-    def shared_run(self, run_name: str, stage: str) -> PlannedRun | None:
-        """The shared folder's run that executes ``stage`` for run ``run_name``, or None (its own)."""
-        name = self.pointers.get((run_name, stage))
-        return next((s for s in self.shared if s.name == name), None) if name else None
-
     def swept_keys(self) -> list[str]:
         """Dotted paths that vary across runs, in spec order."""
         keys: list[str] = []
@@ -452,9 +447,9 @@ def check_sections(loaded: LoadedSpec) -> None:
 
 
 def check_plan(plan: Plan) -> None:
-    """Run each distinct plugin configuration's plan-time ``check`` once (errors name the spec)."""
+    """Run each distinct plugin configuration's plan-time ``check`` once (errors name the spec); the spec
+    sections' own checks (:func:`check_sections`) ran before, in :func:`make_plan`."""
     seen: set[str] = set()
-    check_sections(plan.loaded)
     schedulers = list(dict.fromkeys(str(r.spec["scheduler"].get("plugin")) for r in plan.runs))
     if len(schedulers) > 1:
         raise SpecError(f"the runs of this experiment name {len(schedulers)} schedulers ({', '.join(schedulers)}); "

@@ -6,6 +6,7 @@ from typing import Any
 
 from cruijff_kit._base.sizes import human_bytes
 from cruijff_kit._engine.planner import Plan
+from cruijff_kit._engine.shared import used_by
 
 
 def human_count(n: int | None) -> str:
@@ -77,6 +78,6 @@ def plan_markdown(plan: Plan, max_rows: int | None = None) -> str:
     lines += ["", "Stages per run: " + ", ".join(s.name for s in plan.runs[0].stages) if plan.runs else ""]
     if plan.shared:
         lines += ["", "Shared stages (identical in several runs: each runs once, in its folder under shared/):",
-                  *[f"- {sh.stages[0].name} in `shared/{sh.name}`, for {len(sh.spec['run']['shared']['used_by'])} "
-                    f"runs: {', '.join(sh.spec['run']['shared']['used_by'])}" for sh in plan.shared]]
+                  *[f"- {sh.stages[0].name} in `shared/{sh.name}`, for {len(used_by(sh.spec))} "
+                    f"runs: {', '.join(used_by(sh.spec))}" for sh in plan.shared]]
     return "\n".join(lines) + "\n"

@@ -437,6 +437,7 @@ def experiment_status(exp: ExperimentLayout, *, refresh: bool = True) -> list[di
     rows: list[dict[str, Any]] = []
     by_scheduler: dict[str, list[tuple[StageJob, dict[str, Any]]]] = {}
     runs = []
+    shared_states: dict[Path, dict[str, Any]] = {}  # each shared folder's status.json, read once
     for layout in run_folders(exp):
         try:
             run = load_run(layout.root)
@@ -451,7 +452,8 @@ def experiment_status(exp: ExperimentLayout, *, refresh: bool = True) -> list[di
             continue
         for s in run.stages:
             try:
-                where = resolve_entry(layout.root, s.name, dict(st.get(s.name, {"state": status.PENDING})))
+                where = resolve_entry(layout.root, s.name, dict(st.get(s.name, {"state": status.PENDING})),
+                                      shared_states)
             except DamagedState as exc:
                 rows.append(damaged_row(run.name, s.name, exc, run.sweep_values))
                 continue

@@ -52,21 +52,28 @@ def shared_layout(run_dir: Path, pointer: str, where: Path) -> RunLayout:
     return RunLayout(Path(run_dir).parent.parent / pointer)
 
 
-def resolve_entry(run_dir: Path, stage: str, entry: dict[str, Any]) -> Resolved:
+def resolve_entry(run_dir: Path, stage: str, entry: dict[str, Any],
+                  cache: dict[Path, dict[str, Any]] | None = None) -> Resolved:
     """The real status entry of ``stage`` of the run in ``run_dir`` (whose own entry is ``entry``):
-    the shared folder's entry when ``entry`` points there (pending when it has none yet)."""
+    the shared folder's entry when ``entry`` points there (pending when it has none yet).
+
+    ``cache``: shared folder -> its ``status.json`` stages, so that a reader of many runs (``ck status``,
+    ``ck summarize``) reads each shared folder's file once."""
     ptr = pointer_of(entry)
     if ptr is None:
         return Resolved(RunLayout(Path(run_dir)), entry)
     layout = shared_layout(run_dir, ptr, Path(run_dir) / "status.json")
-    real = status.read(layout.root)["stages"].get(stage, {"state": status.PENDING}) if layout.root.is_dir() \
-        else {"state": status.PENDING}
-    return Resolved(layout, real, ptr)
+    cache = {} if cache is None else cache
+    if layout.root not in cache:
+        cache[layout.root] = status.read(layout.root)["stages"] if layout.root.is_dir() else {}
+    return Resolved(layout, cache[layout.root].get(stage, {"state": status.PENDING}), ptr)
 
 
-def resolve_results(run: RunLayout, results: dict[str, Any], task: str, target: str) -> tuple[dict[str, Any], str | None]:
+def resolve_results(run: RunLayout, results: dict[str, Any], task: str, target: str,
+                    cache: dict[Path, dict[str, Any]] | None = None) -> tuple[dict[str, Any], str | None]:
     """The result of ``task``/``target`` of a run whose ``results.json`` is ``results``: its own entry,
-    or the shared folder's when the entry points there; with the pointer (None for its own)."""
+    or the shared folder's when the entry points there; with the pointer (None for its own).
+    ``cache``: shared folder -> its ``results.json``, read once."""
     from cruijff_kit._engine.damage import read_results
 
     entry = results.get(task, {}).get(target, {})
@@ -74,7 +81,10 @@ def resolve_results(run: RunLayout, results: dict[str, Any], task: str, target: 
     if ptr is None:
         return entry, None
     layout = shared_layout(run.root, ptr, run.results)
-    return read_results(layout).get(task, {}).get(target, {}), ptr
+    cache = {} if cache is None else cache
+    if layout.root not in cache:
+        cache[layout.root] = read_results(layout)
+    return cache[layout.root].get(task, {}).get(target, {}), ptr
 
 
 def point_runs(plan: Any) -> list[str]:

@@ -194,6 +194,9 @@ def collect(exp: ExperimentLayout) -> Summary:
     curves: dict[str, list[dict[str, Any]]] = {}
     risk: dict[tuple[str, str, str, str], dict[str, Any]] = {}
     damaged: list[str] = []
+    # each shared folder's status.json and results.json, read once for all the runs that point to it
+    shared_states: dict[Path, dict[str, Any]] = {}
+    shared_results: dict[Path, dict[str, Any]] = {}
     for layout in run_folders(exp):
         try:
             spec = load_run(layout.root).spec
@@ -223,10 +226,10 @@ def collect(exp: ExperimentLayout) -> Summary:
             entry, where, shared, lost = {}, layout, None, states_lost
             if task and not states_lost:  # a shared stage: its state and result live in its shared folder
                 try:
-                    found = resolve_entry(layout.root, st, stages.get(st, {}))
+                    found = resolve_entry(layout.root, st, stages.get(st, {}), shared_states)
                     state, where, shared = found.entry.get("state", status.PENDING), found.layout, found.shared
                     if not results_lost:
-                        entry, _ = resolve_results(layout, results, task, target)
+                        entry, _ = resolve_results(layout, results, task, target, shared_results)
                 except DamagedState as exc:
                     damaged.append(str(exc))
                     lost = True
