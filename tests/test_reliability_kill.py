@@ -111,6 +111,7 @@ dataset: {{plugin: json-instruct, path: data.json}}
 eval:
   - {{plugin: inspect, task: exact-match, batch_size: 1, device: cpu, generation: {{max_tokens: 24}}}}
   - {{plugin: inspect, task: includes, limit: 2, device: cpu, generation: {{max_tokens: 4}}}}
+scheduler: {{plugin: local, group_evals: false}}  # each stage its own process (one process: test_fast_loop.py)
 """
 
 

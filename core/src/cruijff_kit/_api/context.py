@@ -6,8 +6,10 @@ validated config, the canonical dataset, the folders to write into and a metrics
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -55,6 +57,8 @@ class StageContext:
     config: PluginConfig
     hook: Any = None
     _dataset: Any = field(default=None, repr=False)
+    _live: dict[str, Any] = field(default_factory=dict, repr=False)
+    _live_written: float = field(default=0.0, repr=False)
 
     # -- where things are
     @property
@@ -147,11 +151,32 @@ class StageContext:
         append_jsonl(path, row)
         if self.hook is not None:
             self.hook.metrics_logged(run=self.run, stage=self.stage.name, step=int(step), metrics=row)
+        loss = values.get("train_loss", values.get("loss"))
+        self.show_live(step=int(step), **({"loss": loss} if isinstance(loss, (int, float)) else {}))
 
     @contextmanager
     def progress(self, total: int | None, description: str) -> Iterator[Any]:
-        """A progress bar on stderr; yields an object with ``advance(n=1)``."""
-        yield _Progress(total, description)
+        """A progress bar on stderr (and in ``ck run``'s live display); yields an object with
+        ``advance(n=1)``."""
+        yield _Progress(total, description, self)
+
+    def show_live(self, *, force: bool = False, **values: Any) -> None:
+        """Merge ``values`` (``step`` and ``loss`` of training; ``what``, ``done``, ``total`` of a
+        :meth:`progress`) into what ``ck run`` shows
+        for this running stage (``logs/<stage>.live.json``, rewritten at most once a second)."""
+        self._live.update(values)
+        now = time.monotonic()
+        if not force and now - self._live_written < 1.0:
+            return
+        self._live_written = now
+        path = self.layout.live(self.stage.name)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(self._live), encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError:
+            pass  # only a display: never fails the stage
 
     @property
     def is_distributed_worker(self) -> bool:
@@ -162,14 +187,18 @@ class StageContext:
 class _Progress:
     """Line-based progress that works in log files as well as terminals."""
 
-    def __init__(self, total: int | None, description: str) -> None:
+    def __init__(self, total: int | None, description: str, ctx: StageContext | None = None) -> None:
         self.total, self.description, self.done = total, description, 0
         self._last = -1
+        self._ctx = ctx
         self._emit()
 
     def advance(self, n: int = 1) -> None:
         self.done += n
         self._emit()
+        if self._ctx is not None:
+            self._ctx.show_live(force=self.done == self.total, what=self.description, done=self.done,
+                               total=self.total)
 
     def _emit(self) -> None:
         if self.total:

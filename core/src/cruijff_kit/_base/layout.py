@@ -107,6 +107,11 @@ class RunLayout:
         """``logs/<stage>.out`` or ``logs/<stage>.err``."""
         return self.logs_dir / f"{stage}.{stream}"
 
+    def live(self, stage: str) -> Path:
+        """``logs/<stage>.live.json``: the running stage's latest step, loss or sample count, for the
+        live display of ``ck run`` (rewritten at most once a second; not kept in sync with the disk)."""
+        return self.logs_dir / f"{stage}.live.json"
+
 
 def folders_in(parent: Path) -> list[RunLayout]:
     """The run-like folders directly in ``parent`` (``runs/`` or ``shared/``), sorted by name: every

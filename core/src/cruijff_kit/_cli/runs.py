@@ -366,17 +366,29 @@ def cancel(target: str) -> None:
 
 @click.command(hidden=False)
 @click.argument("run_dir", type=click.Path())
-@click.argument("stage")
-def stage(run_dir: str, stage: str) -> None:
-    """Execute one STAGE of the run in RUN_DIR (what every scheduler runs)."""
-    from cruijff_kit._engine.stage import Interrupted, filter_output, run_stage
+@click.argument("stages", nargs=-1, required=True)
+def stage(run_dir: str, stages: tuple[str, ...]) -> None:
+    """Execute STAGE of the run in RUN_DIR (what every scheduler runs).
+
+    Several STAGES run one after another in this one process (the local scheduler does so for the
+    evaluations of a run's targets: the libraries load once); each keeps its own claim, state,
+    results and logs, and a failed one does not stop the next. Exits 0 only when all are done."""
+    from cruijff_kit._engine.stage import Interrupted, filter_output, run_stage, run_stages
 
     filter_output()  # secret values never reach the stage's logs, whoever prints them
     try:
-        run_stage(run_dir, stage)
+        if len(stages) == 1:
+            run_stage(run_dir, stages[0])
+            return
+        states = run_stages(run_dir, list(stages))
     except Interrupted as exc:
-        click.echo(f"Stage {stage} interrupted ({exc}); `ck run` resumes it.", err=True)
+        click.echo(f"Stage {' '.join(stages)} interrupted ({exc}); `ck run` resumes it.", err=True)
         sys.exit(ExitCode.INTERRUPTED)
+    bad = {name: state for name, state in states.items() if state != "done"}
+    if bad:
+        click.echo("Not done: " + ", ".join(f"{n} ({s})" for n, s in bad.items()) + "; `ck status` says why.",
+                   err=True)
+        sys.exit(ExitCode.STAGE_FAILED if any(s != "claimed" for s in bad.values()) else ExitCode.CLAIMED)
 
 
 COMMANDS = (validate, plan, run, status, logs, cancel, reset, stage)

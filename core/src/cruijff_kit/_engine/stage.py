@@ -236,11 +236,31 @@ def filter_output() -> None:
         os.dup2(w, fd)
         os.close(w)
     os.environ[LOG_FILTER_ENV] = "1"
-    atexit.register(_end_filter, proc, ctl_w, saved, os.getpid())
+    global _ACTIVE_FILTER
+    if _ACTIVE_FILTER is None and not _FILTER_AT_EXIT:
+        atexit.register(end_filter)
+        _FILTER_AT_EXIT.append(True)
+    _ACTIVE_FILTER = (proc, ctl_w, saved, os.getpid())
+
+
+#: The log filter this process started and has not ended: (process, control pipe, saved logs, owner pid).
+_ACTIVE_FILTER: tuple[subprocess.Popen[bytes], int, dict[int, int], int] | None = None
+_FILTER_AT_EXIT: list[bool] = []
+
+
+def end_filter() -> None:
+    """End this process's log filter, if it started one (:func:`filter_output`): the last lines are
+    written and descriptors 1 and 2 are the logs again. Called at exit, and between the stages of a
+    several-stage ``ck stage`` before it moves on to the next stage's logs."""
+    global _ACTIVE_FILTER
+    active, _ACTIVE_FILTER = _ACTIVE_FILTER, None
+    if active is not None:
+        _end_filter(*active)
+        os.environ.pop(LOG_FILTER_ENV, None)
 
 
 def _end_filter(proc: subprocess.Popen[bytes], control: int, saved: dict[int, int], owner: int) -> None:
-    """At exit: flush, tell the filter this is a normal end, give the logs back to 1 and 2 (closing the
+    """Flush, tell the filter this is a normal end, give the logs back to 1 and 2 (closing the
     pipes), and wait a little for the filter to write the last lines."""
     if os.getpid() != owner:  # a forked child that exits through atexit: not its filter
         return
@@ -283,6 +303,75 @@ def run_stage(run_dir: str | Path, stage_name: str, *, extra_plugins: list[objec
     finally:
         if claim is not None:
             status.release_lock(claim)
+
+
+def run_stages(run_dir: str | Path, stage_names: list[str]) -> dict[str, str]:
+    """Execute several stages of the run in ``run_dir`` one after another in this process (the
+    evaluations of a run's targets: libraries are imported once, and an evaluator may keep the base
+    model loaded between them); returns each stage's final state.
+
+    Each stage keeps what a stage of its own has: its claim, its ``status.json`` entry (``done`` as
+    soon as it finishes, so a kill redoes only the unfinished ones), its results, and, when this
+    process writes to the first stage's ``logs/<stage>.out|.err`` (as the local scheduler starts it),
+    its own logs. A stage that fails is recorded failed and the next one still runs; an interruption
+    (SIGTERM, SIGINT) stops them all.
+    """
+    from cruijff_kit._base.errors import ExitCode
+
+    layout = RunLayout(Path(run_dir).resolve())
+    per_stage_logs = _writes_to_logs_of(layout, stage_names[0])
+    states: dict[str, str] = {}
+    for i, name in enumerate(stage_names):
+        if i and per_stage_logs:
+            _switch_logs(layout, name)
+        try:
+            run_stage(run_dir, name)
+            states[name] = status.DONE
+        except StageClaimed as exc:
+            print(f"Error: {exc}", file=sys.stderr, flush=True)
+            states[name] = "claimed"
+        except CkError as exc:
+            print(f"Error: {exc}", file=sys.stderr, flush=True)
+            states[name] = status.INTERRUPTED if exc.exit_code == ExitCode.INTERRUPTED else status.FAILED
+        except Exception:  # noqa: BLE001 - recorded in the stage's status by run_stage; the next stage runs
+            traceback.print_exc()
+            states[name] = status.FAILED
+    return states
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _writes_to_logs_of(layout: RunLayout, stage_name: str) -> bool:
+    """Whether this process's output is the stage's own ``logs/<stage>.out|.err`` (behind the log
+    filter or not): then each further stage of a several-stage ``ck stage`` gets its own logs."""
+    if not _std_descriptors():
+        return False
+    fds = {1: 1, 2: 2}
+    if _ACTIVE_FILTER is not None:
+        fds = {fd: log for fd, log in _ACTIVE_FILTER[2].items()}
+    return all(_same_file(fds.get(fd, fd), layout.log(stage_name, stream)) for fd, stream in ((1, "out"), (2, "err")))
+
+
+def _switch_logs(layout: RunLayout, stage_name: str) -> None:
+    """Send this process's stdout and stderr to ``stage_name``'s logs (through a new log filter when
+    one was running)."""
+    filtered = _ACTIVE_FILTER is not None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    end_filter()
+    layout.logs_dir.mkdir(parents=True, exist_ok=True)
+    for fd, stream in ((1, "out"), (2, "err")):
+        log = os.open(layout.log(stage_name, stream), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(log, fd)
+        os.close(log)
+    if filtered:
+        filter_output()
 
 
 def shared_folder_of(run_dir: str | Path, stage_name: str) -> Path:

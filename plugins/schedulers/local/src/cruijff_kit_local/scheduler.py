@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import Field
 
-from cruijff_kit import PluginConfig, RunLayout, Scheduler, SchedulerConfig, StageJob, status
+from cruijff_kit import PluginConfig, RunLayout, Scheduler, SchedulerConfig, StageJob, parse_memory, status
 
 #: Exit status of a `ck stage` that refused because another process holds the stage (see `ck stage`).
 CLAIMED_EXIT = 75
@@ -22,8 +22,15 @@ CLAIMED_EXIT = 75
 class LocalConfig(SchedulerConfig):
     """Options of the local scheduler."""
 
-    slots: int | None = Field(None, gt=0, description="Stages at once; default one per GPU, 1 on CPU.")
+    slots: int | None = Field(
+        None, gt=0, description="Stages at once. Default: one per GPU; on CPU as many as the cores and memory "
+        "hold (cores // resources.cpus, memory // resources.memory), each with resources.cpus torch threads "
+        "(cores // slots when slots is set).")
     poll_seconds: float = Field(0.2, gt=0, description="How often finished children are collected.")
+    group_evals: bool = Field(
+        True, description="Run the evaluations of one run that are ready at the same time in one process, "
+        "one after another (the libraries and the base model load once; each target keeps its own state, "
+        "results and logs).")
 
 
 def visible_gpus() -> list[str]:
@@ -40,12 +47,51 @@ def visible_gpus() -> list[str]:
     return []
 
 
+def cpu_cores() -> int:
+    """The CPU cores this process may use (its affinity mask), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def memory_bytes() -> int | None:
+    """This machine's physical memory, or None where it cannot be read."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def cpu_slots(cfg: LocalConfig, cores: int, memory: int | None) -> tuple[int, int]:
+    """(stages at once, torch threads per stage) on a machine without GPUs.
+
+    ``slots`` set: that many, each with ``cores // slots`` threads (at least 1). Otherwise as many as
+    the cores hold at ``resources.cpus`` each, and the memory at ``resources.memory`` each, at least
+    one; each stage gets ``resources.cpus`` threads. The thread count depends only on the spec and the
+    machine, never on what else happens to run, so a run's numbers do not depend on its neighbours.
+    """
+    if cfg.slots:
+        return cfg.slots, max(1, cores // cfg.slots)
+    cpus = cfg.resources.cpus
+    slots = max(1, cores // cpus)
+    if memory:
+        slots = max(1, min(slots, memory // max(1, parse_memory(cfg.resources.memory))))
+    return slots, cpus
+
+
 @dataclass
 class _Running:
-    job: StageJob
+    jobs: list[StageJob]
     proc: subprocess.Popen[bytes]
     gpus: list[str]
+    cores: int
     started: float
+    task: Any = None
+
+    @property
+    def job(self) -> StageJob:
+        return self.jobs[0]
 
 
 class LocalScheduler(Scheduler):
@@ -57,85 +103,136 @@ class LocalScheduler(Scheduler):
     description = "Run stages as subprocesses on this machine."
 
     def submit(self, jobs: list[StageJob], experiment_dir: Any, profile: PluginConfig | None) -> None:
-        """Run every job (dependencies first), ``slots`` at once, with a progress display."""
+        """Run every job (dependencies first, training before evaluations), as many at once as the
+        slots allow, the ready evaluations of a run together in one process, with a live display of
+        each running stage (step and loss, samples done)."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         gpus = visible_gpus()
+        cores, memory = cpu_cores(), memory_bytes()
         # each run's own settings (runs may differ in them); a stage starts while fewer stages run
         # than its own run's `slots`
         own = {d: self.run_config(j) for d, j in {j.run_dir: j for j in jobs}.items()}
-        slots = {d: c.slots or max(1, len(gpus)) for d, c in own.items()}
+        slots: dict[Any, int] = {}
+        threads: dict[Any, int] = {}
+        for d, c in own.items():
+            if gpus:
+                slots[d], threads[d] = c.slots or max(1, len(gpus)), 0
+            else:
+                slots[d], threads[d] = cpu_slots(c, cores, memory)
         poll = min((c.poll_seconds for c in own.values()), default=self.config.poll_seconds)  # type: ignore[attr-defined]
         free_gpus = list(gpus)
-        pending = list(jobs)
+        pending = sorted(jobs, key=lambda j: j.kind != "train")  # training first: evaluations wait for it
         running: list[_Running] = []
         finished: dict[str, str] = {}
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      transient=False) as progress:
-            bar = progress.add_task("stages", total=len(jobs))
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[live]}"),
+                      TimeElapsedColumn(), transient=False) as progress:
+            bar = progress.add_task("stages", total=len(jobs), live="")
             try:
                 while pending or running:
                     for r in list(running):
                         code = r.proc.poll()
                         if code is None:
+                            progress.update(r.task, live=_live_text(r.jobs))
                             continue
                         running.remove(r)
                         free_gpus.extend(r.gpus)
-                        state = self._settle(r.job, code)
-                        finished[r.job.key] = state
-                        progress.advance(bar)
-                        progress.console.print(f"{'✓' if state == status.DONE else '✗'} {r.job.run_name} "
-                                               f"{r.job.stage}: {state} ({time.monotonic() - r.started:.0f}s)")
+                        progress.remove_task(r.task)
+                        for job in r.jobs:
+                            state = self._settle(job, code)
+                            finished[job.key] = state
+                            progress.advance(bar)
+                            progress.console.print(f"{'✓' if state == status.DONE else '✗'} {job.run_name} "
+                                                   f"{job.stage}: {state} ({time.monotonic() - r.started:.0f}s)")
                     for job in list(pending):
-                        deps = [f"{job.run_name}/{d}" for d in job.depends_on]
-                        if any(finished.get(d, status.DONE) != status.DONE for d in deps if d in finished):
+                        if job not in pending:  # started with an earlier job's group
+                            continue
+                        verdict = self._ready(job, finished)
+                        if verdict == "blocked":
                             pending.remove(job)
                             finished[job.key] = "blocked"
                             status.update_stage(job.run_dir, job.stage, state=status.PENDING,
                                                 error="not run: a stage it depends on did not finish")
                             progress.advance(bar)
                             continue
-                        if any(d not in finished for d in deps):
+                        if verdict != "ready":
                             continue
                         if len(running) >= slots[job.run_dir]:
                             continue
                         want = max(1, job.resources.gpus) if gpus else 0
                         if want > len(free_gpus) and running:
                             continue
-                        state = status.stage_state(job.run_dir, job.stage)
-                        if state != status.SUBMITTED:  # no longer this runner's: `ck cancel`, or taken
-                            pending.remove(job)
-                            finished[job.key] = state
-                            progress.advance(bar)
+                        # the cores a stage takes count against the machine's only where its run left
+                        # `slots` to the scheduler (set by hand, slots are the user's call)
+                        need = 0 if gpus or own[job.run_dir].slots else threads[job.run_dir]
+                        if need and running and sum(r.cores for r in running) + need > cores:
+                            continue
+                        group = self._group(job, pending, finished, own)
+                        taken = [g for g in group if status.stage_state(g.run_dir, g.stage) == status.SUBMITTED]
+                        for g in group:
+                            pending.remove(g)
+                            if g not in taken:  # no longer this runner's: `ck cancel`, or taken
+                                finished[g.key] = status.stage_state(g.run_dir, g.stage)
+                                progress.advance(bar)
+                        if not taken:
                             continue
                         mine, free_gpus = free_gpus[:want], free_gpus[want:]
-                        pending.remove(job)
-                        running.append(_Running(job, self._start(job, mine), mine, time.monotonic()))
+                        proc = self._start(taken, mine, 0 if gpus else threads[job.run_dir])
+                        started = _Running(taken, proc, mine, need, time.monotonic())
+                        label = taken[0].stage if len(taken) == 1 else f"{len(taken)} evaluations"
+                        started.task = progress.add_task(f"  {taken[0].run_name} {label}", total=None, live="")
+                        running.append(started)
                     time.sleep(poll)
             except KeyboardInterrupt:
                 self._stop_all(running)
                 raise
+
+    @staticmethod
+    def _ready(job: StageJob, finished: dict[str, str]) -> str:
+        """``ready`` (its dependencies are done), ``blocked`` (one did not finish) or ``waiting``."""
+        deps = [f"{job.run_name}/{d}" for d in job.depends_on]
+        if any(finished.get(d, status.DONE) != status.DONE for d in deps if d in finished):
+            return "blocked"
+        return "waiting" if any(d not in finished for d in deps) else "ready"
+
+    def _group(self, job: StageJob, pending: list[StageJob], finished: dict[str, str],
+               own: dict[Any, LocalConfig]) -> list[StageJob]:
+        """``job`` and, for an evaluation of a run whose scheduler section has ``group_evals``, the
+        other evaluations of the same run folder that are ready now (one process runs them in turn)."""
+        if job.kind != "eval" or not own[job.run_dir].group_evals:
+            return [job]
+        return [job, *(j for j in pending if j is not job and j.kind == "eval" and j.run_dir == job.run_dir
+                       and j.resources == job.resources and self._ready(j, finished) == "ready")]
 
     # -- helpers
     def run_config(self, job: StageJob) -> LocalConfig:
         """The ``scheduler:`` section of the job's own run (not of the first run of the plan)."""
         return job.scheduler(type(self)).config  # type: ignore[return-value]
 
-    def _start(self, job: StageJob, gpus: list[str]) -> subprocess.Popen[bytes]:
+    def _start(self, jobs: list[StageJob], gpus: list[str], threads: int) -> subprocess.Popen[bytes]:
+        """Start one ``ck stage`` process for ``jobs`` (stages of one run folder), its output in the first
+        stage's logs (the process moves on to each stage's own logs)."""
+        job = jobs[0]
         layout = RunLayout(job.run_dir)
         layout.logs_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        if threads:  # the stage's share of the cores (a value the user set wins)
+            env.setdefault("OMP_NUM_THREADS", str(threads))
         env.setdefault("PYTHONUNBUFFERED", "1")
+        for j in jobs:
+            layout.live(j.stage).unlink(missing_ok=True)
         out = open(layout.log(job.stage, "out"), "ab")  # noqa: SIM115 - owned by the child
         err = open(layout.log(job.stage, "err"), "ab")  # noqa: SIM115
-        proc = subprocess.Popen(job.command(), stdout=out, stderr=err, env=env, start_new_session=True)
+        command = job.command() + [j.stage for j in jobs[1:]]
+        proc = subprocess.Popen(command, stdout=out, stderr=err, env=env, start_new_session=True)
         out.close()
         err.close()
-        # only while the stage is still this runner's claim: a `ck stage` started by hand may have taken it
-        status.update_stage(job.run_dir, job.stage, when=lambda e: e.get("state") == status.SUBMITTED,
-                            scheduler=self.name, job_id=str(proc.pid), pid=proc.pid, host=os.uname().nodename)
+        for j in jobs:
+            # only while the stage is still this runner's claim: a `ck stage` started by hand may have taken it
+            status.update_stage(j.run_dir, j.stage, when=lambda e: e.get("state") == status.SUBMITTED,
+                                scheduler=self.name, job_id=str(proc.pid), pid=proc.pid, host=os.uname().nodename)
         return proc
 
     def _settle(self, job: StageJob, code: int) -> str:
@@ -154,6 +251,8 @@ class LocalScheduler(Scheduler):
         return state
 
     def _stop_all(self, running: list[_Running]) -> None:
+        """Ctrl-C: stop every running process (SIGTERM, then SIGKILL after 10 s); their unfinished stages
+        are marked interrupted."""
         for r in running:
             try:
                 os.killpg(r.proc.pid, signal.SIGTERM)
@@ -169,10 +268,10 @@ class LocalScheduler(Scheduler):
                 except ProcessLookupError:
                     pass
                 r.proc.wait()
-            state = status.stage_state(r.job.run_dir, r.job.stage)
-            if state != status.DONE:
-                status.update_stage(r.job.run_dir, r.job.stage, state=status.INTERRUPTED, ended=status.now(),
-                                    error="stopped by Ctrl-C", exit_code=130)
+            for job in r.jobs:
+                if status.stage_state(job.run_dir, job.stage) != status.DONE:
+                    status.update_stage(job.run_dir, job.stage, state=status.INTERRUPTED, ended=status.now(),
+                                        error="stopped by Ctrl-C", exit_code=130)
 
     def cancel(self, jobs: list[StageJob]) -> None:
         """Terminate the local processes of active stages."""
@@ -186,4 +285,31 @@ class LocalScheduler(Scheduler):
                     pass
 
 
-__all__ = ["LocalConfig", "LocalScheduler", "Path"]
+def _live_text(jobs: list[StageJob]) -> str:
+    """What a running process is doing, from its stages' ``logs/<stage>.live.json`` (the newest)."""
+    import json
+
+    newest: tuple[float, StageJob, dict[str, Any]] | None = None
+    for job in jobs:
+        path = RunLayout(job.run_dir).live(job.stage)
+        try:
+            mtime = path.stat().st_mtime
+            if newest is None or mtime > newest[0]:
+                newest = (mtime, job, json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            continue
+    if newest is None:
+        return "starting"
+    _, job, live = newest
+    parts = [job.stage] if len(jobs) > 1 else []
+    if "step" in live:
+        parts.append(f"step {live['step']}")
+    if isinstance(live.get("loss"), (int, float)):
+        parts.append(f"loss {live['loss']:.4g}")
+    if "done" in live:
+        total = f"/{live['total']}" if live.get("total") else ""
+        parts.append(f"{live.get('what') or 'done'} {live['done']}{total}")
+    return " ".join(parts)
+
+
+__all__ = ["LocalConfig", "LocalScheduler", "Path", "cpu_cores", "cpu_slots", "visible_gpus"]
