@@ -221,7 +221,7 @@ def test_local_scheduler_gives_each_slot_its_own_gpu(tmp_path, toy_site, ck):
     """With two GPUs visible, two runs train at once, each seeing only its own device."""
     text = SWEEP.split("sweep:")[0].replace("steps_per_epoch: 2", "steps_per_epoch: 4, step_seconds: 0.25")
     text = text.replace("eval:\n  - {plugin: toy-eval, task: exact, checkpoints: all}\n", "")
-    text += "eval: []\nsweep:\n  train.lora.rank: [4, 8]\n"
+    text += "eval: []\nscheduler: {plugin: local, resources: {gpus: 1}}\nsweep:\n  train.lora.rank: [4, 8]\n"
     spec = write_spec(tmp_path, text)
     env = {"CUDA_VISIBLE_DEVICES": "0,1", "PYTHONPATH": str(toy_site)}
     ck("run", str(spec), env=env, check=True)

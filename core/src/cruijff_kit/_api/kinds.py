@@ -179,6 +179,14 @@ class Resources(PluginConfig):
         None, gt=0, description="Training processes per node (data parallel); default one per GPU. "
         "Set it on CPU to run the distributed path with gloo.")
 
+    def for_stage(self, kind: str) -> Resources:
+        """What a stage of ``kind`` asks: training takes these resources as written; an evaluation
+        generates on one device, so it asks one GPU where these ask any (none where they ask none),
+        one node and no data-parallel processes."""
+        if kind != "eval":
+            return self
+        return self.model_copy(update={"gpus": min(self.gpus, 1), "nodes": 1, "processes": None})
+
     @field_validator("memory", "time", mode="before")
     @classmethod
     def _slurm_units(cls, v: Any, info: ValidationInfo) -> Any:
@@ -216,8 +224,19 @@ class Plugin:
         p = Path(value).expanduser()
         return p if p.is_absolute() else (self.base_dir / p).resolve()
 
-    def check(self, run: PlannedRun) -> None:
-        """Plan-time checks beyond the schema (raise :class:`cruijff_kit.CkError`). Must stay cheap."""
+    def uses_gpus(self) -> bool:
+        """Whether this plugin's stage work runs on the GPUs its resources ask for (default True for
+        trainers and evaluators). When it does, a stage that asks for GPUs and sees none fails at its
+        start instead of running on the CPU; an evaluator of a remote model returns False."""
+        return self.kind in ("trainer", "evaluator")
+
+    def check(self, run: PlannedRun) -> list[str] | None:
+        """Plan-time checks beyond the schema (raise :class:`cruijff_kit.CkError`). Must stay cheap.
+
+        May return notes: things that are not errors but that the user should read before running
+        (``ck validate``/``ck plan``/``ck run`` print each once as a ``Note:`` on stderr).
+        """
+        return None
 
 
 @dataclass

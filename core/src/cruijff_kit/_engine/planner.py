@@ -80,7 +80,7 @@ class Plan:
                 if (run.name, st.name) in self.pointers:
                     continue  # executed once, in its shared folder
                 out.append(StageJob(self.experiment, run.name, run.layout.root, st.name, list(st.depends_on),
-                                    resources, st.kind))
+                                    resources.for_stage(st.kind), st.kind))
         return out
 
     def swept_keys(self) -> list[str]:
@@ -470,7 +470,9 @@ def check_plan(plan: Plan) -> None:
                 continue
             seen.add(key)
             try:
-                obj.check(run)
+                for note in obj.check(run) or []:
+                    if note not in plan.notes:
+                        plan.notes.append(note)
             except SpecError:
                 raise
             except Exception as exc:

@@ -430,6 +430,15 @@ def _run_stage(run_dir: str | Path, stage_name: str, *, extra_plugins: list[obje
             envinfo.record(layout.root, stage_name, int(run.spec["seed"]), run.spec["run"].get("spec_dir"))
             hook.stage_started(run=info, stage=stage_name)
             print(f"[ck] {status.now()} stage {stage_name} of run {run.name} started", flush=True)
+        if primary and plugin.uses_gpus():
+            from cruijff_kit._api.kinds import Resources
+            from cruijff_kit._engine.devices import require_gpus
+
+            section = run.spec["scheduler"]
+            own = section.get("eval_resources") if stage.kind == "eval" else None  # a scheduler's own rule
+            wanted = Resources.model_validate(own) if isinstance(own, dict) else \
+                Resources.model_validate(section.get("resources") or {}).for_stage(stage.kind)
+            require_gpus(wanted.gpus, f"stage {stage_name} of run {run.name}")
         if stage.kind == "train":
             plugin.train(ctx)  # type: ignore[attr-defined]
             if primary:

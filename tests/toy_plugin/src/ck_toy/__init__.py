@@ -26,6 +26,8 @@ class ToyTrainConfig(TrainConfig):
     print_env: str | None = None
     #: start a worker process that records its pid and sleeps this long, and wait for it
     worker_seconds: float = 0.0
+    #: say that this trainer's work runs on the GPUs its resources ask for (a stage then checks for them)
+    uses_gpus: bool = False
 
 
 #: What the child of ``print_env`` runs: the value on both streams, and a last line without its end.
@@ -51,6 +53,9 @@ class ToyTrainer(Trainer):
     name = "toy"
     Config = ToyTrainConfig
     description = "Counts steps and writes fake adapters (tests only)."
+
+    def uses_gpus(self) -> bool:
+        return self.config.uses_gpus
 
     def train(self, ctx: Any) -> None:
         cfg = self.config
@@ -97,6 +102,9 @@ class ToyEvaluator(Evaluator):
     Config = ToyEvalConfig
     description = "Scores 1.0 for adapters and 0.5 for the base model (tests only)."
 
+    def uses_gpus(self) -> bool:
+        return False
+
     def evaluate(self, ctx: Any) -> dict[str, Any]:
         data = ctx.dataset()
         rows = data[self.config.split]
@@ -104,7 +112,8 @@ class ToyEvaluator(Evaluator):
         if self.config.sleep_seconds:
             time.sleep(self.config.sleep_seconds)
         score = 0.5 if ctx.target.is_base else 1.0
-        (ctx.eval_dir / "log.json").write_text(json.dumps({"target": ctx.target.name, "n": len(rows)}))
+        (ctx.eval_dir / "log.json").write_text(json.dumps({"target": ctx.target.name, "n": len(rows),
+                                                              "cuda": os.environ.get("CUDA_VISIBLE_DEVICES")}))
         return {"accuracy": {"value": score, "stderr": 0.0}, "samples": len(rows),
                 "system": ctx.prompt.system}
 

@@ -157,10 +157,13 @@ class LocalScheduler(Scheduler):
                             continue
                         if verdict != "ready":
                             continue
-                        if len(running) >= slots[job.run_dir]:
+                        want = job.resources.gpus
+                        if want > len(gpus):  # never started with fewer devices than it asks for
+                            pending.remove(job)
+                            finished[job.key] = self._refuse(job, len(gpus))
+                            progress.advance(bar)
                             continue
-                        want = max(1, job.resources.gpus) if gpus else 0
-                        if want > len(free_gpus) and running:
+                        if len(running) >= slots[job.run_dir] or want > len(free_gpus):
                             continue
                         # the cores a stage takes count against the machine's only where its run left
                         # `slots` to the scheduler (set by hand, slots are the user's call)
@@ -176,8 +179,8 @@ class LocalScheduler(Scheduler):
                                 progress.advance(bar)
                         if not taken:
                             continue
-                        mine, free_gpus = free_gpus[:want], free_gpus[want:]
-                        proc = self._start(taken, mine, 0 if gpus else threads[job.run_dir])
+                        mine, free_gpus = free_gpus[:want], free_gpus[want:]  # exactly what it asks
+                        proc = self._start(taken, mine if gpus else None, 0 if gpus else threads[job.run_dir])
                         started = _Running(taken, proc, mine, need, time.monotonic())
                         label = taken[0].stage if len(taken) == 1 else f"{len(taken)} evaluations"
                         started.task = progress.add_task(f"  {taken[0].run_name} {label}", total=None, live="")
@@ -204,19 +207,43 @@ class LocalScheduler(Scheduler):
         return [job, *(j for j in pending if j is not job and j.kind == "eval" and j.run_dir == job.run_dir
                        and j.resources == job.resources and self._ready(j, finished) == "ready")]
 
+    def check(self, run: Any) -> list[str] | None:
+        """A note when the run asks for more GPUs than this machine has: its stages would be refused here."""
+        wanted = self.config.resources.gpus  # type: ignore[attr-defined]
+        have = len(visible_gpus())
+        if wanted <= have:
+            return None
+        seen = os.environ.get("CUDA_VISIBLE_DEVICES")
+        where = f"CUDA_VISIBLE_DEVICES={seen!r}" if seen is not None else "as nvidia-smi lists them"
+        return [f"scheduler.resources.gpus is {wanted} but this machine has {have} GPU(s) ({where}): the local "
+                "scheduler will not start those stages here (never on the CPU instead). Run the spec where the "
+                f"GPUs are, or set scheduler.resources.gpus to at most {have} (0: on the CPU)."]
+
     # -- helpers
     def run_config(self, job: StageJob) -> LocalConfig:
         """The ``scheduler:`` section of the job's own run (not of the first run of the plan)."""
         return job.scheduler(type(self)).config  # type: ignore[return-value]
 
-    def _start(self, jobs: list[StageJob], gpus: list[str], threads: int) -> subprocess.Popen[bytes]:
+    def _refuse(self, job: StageJob, have: int) -> str:
+        """Fail a stage that asks for more GPUs than this machine has (it would wait forever)."""
+        seen = os.environ.get("CUDA_VISIBLE_DEVICES")
+        where = f"CUDA_VISIBLE_DEVICES={seen!r}" if seen is not None else "as nvidia-smi lists them"
+        status.update_stage(job.run_dir, job.stage, state=status.FAILED, ended=status.now(), exit_code=None,
+                            error=f"not started: it asks for {job.resources.gpus} GPU(s) (scheduler.resources.gpus) "
+                                  f"and this machine has {have} ({where}). Run it where the GPUs are (another "
+                                  "scheduler), or set scheduler.resources.gpus to at most "
+                                  f"{have} (0: on the CPU).")
+        return status.FAILED
+
+    def _start(self, jobs: list[StageJob], gpus: list[str] | None, threads: int) -> subprocess.Popen[bytes]:
         """Start one ``ck stage`` process for ``jobs`` (stages of one run folder), its output in the first
-        stage's logs (the process moves on to each stage's own logs)."""
+        stage's logs (the process moves on to each stage's own logs). ``gpus``: the devices it may see
+        (an empty list: none, on a machine with GPUs); None on a machine without GPUs."""
         job = jobs[0]
         layout = RunLayout(job.run_dir)
         layout.logs_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
-        if gpus:
+        if gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         if threads:  # the stage's share of the cores (a value the user set wins)
             env.setdefault("OMP_NUM_THREADS", str(threads))

@@ -1,0 +1,39 @@
+"""The GPUs a stage process sees, checked at its start: a stage that asks for GPUs never falls back
+to the CPU without a word."""
+
+from __future__ import annotations
+
+import os
+
+from cruijff_kit._base.errors import StageError
+
+
+def cuda_problem(wanted: int) -> str | None:
+    """Why this process cannot use ``wanted`` CUDA devices (the torch build, the visible devices, the
+    driver), or None when it can. Imports torch."""
+    import torch
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    seen = f"CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else "CUDA_VISIBLE_DEVICES is not set"
+    if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+        return (f"torch {torch.__version__} is a CPU build (it has no CUDA support; {seen}): install a CUDA "
+                "build of torch in this environment")
+    if not torch.cuda.is_available():
+        return (f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no usable GPU ({seen}): the "
+                "devices are hidden, or the NVIDIA driver is missing or older than this CUDA build needs "
+                "(`nvidia-smi` shows the driver and its CUDA version)")
+    count = torch.cuda.device_count()
+    if count < wanted:
+        return f"this process sees {count} GPU(s) ({seen}), fewer than the {wanted} it asks for"
+    return None
+
+
+def require_gpus(wanted: int, where: str) -> None:
+    """Raise a :class:`StageError` saying why, when this process cannot use ``wanted`` GPUs."""
+    if wanted <= 0:
+        return
+    problem = cuda_problem(wanted)
+    if problem:
+        raise StageError(f"{where} asks for {wanted} GPU(s) (scheduler.resources.gpus) but {problem}. It would "
+                         "run on the CPU in float32, far slower and with other numbers, so it stops here. Fix "
+                         "the environment, or set scheduler.resources.gpus: 0 to run on the CPU on purpose.")

@@ -1,0 +1,109 @@
+"""Ready for the GPU without one: a stage that asks for GPUs and sees none fails at its start (never
+trains on the CPU without a word), the local scheduler never starts a stage with fewer GPUs than it
+asks for, a `gpus: 0` stage sees none, and an evaluation asks for one GPU whatever its training asked.
+
+The machine's GPUs are set through CUDA_VISIBLE_DEVICES, which is what the local scheduler reads
+(`visible_gpus`); torch here is a CPU build, which is the cause the stage-start check names."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+from cruijff_kit._api.kinds import Resources
+from cruijff_kit._base.errors import StageError
+from cruijff_kit._base.fileio import read_jsonl
+
+
+def _spec(folder: Path, resources: str, *, runs: str = "", train: str = "", eval_: bool = False) -> Path:
+    model = folder / "models" / "base"
+    model.mkdir(parents=True, exist_ok=True)
+    (model / "config.json").write_text('{"model_type": "toy"}')
+    text = textwrap.dedent(f"""\
+        experiment: gpu
+        output_dir: out
+        model: {{path: models/base}}
+        dataset: {{plugin: toy-data}}
+        train: {{plugin: toy, epochs: 1, steps_per_epoch: 3{train}}}
+        eval: {"[{plugin: toy-eval, task: toy, include_base: false}]" if eval_ else "[]"}
+        scheduler: {{plugin: local, poll_seconds: 0.05, resources: {resources}}}
+        """) + runs
+    path = folder / "spec.yaml"
+    path.write_text(text)
+    return path
+
+
+def _runs(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "out" / "gpu" / "runs").iterdir())
+
+
+def _stage(run: Path, stage: str) -> dict:
+    return json.loads((run / "status.json").read_text())["stages"][stage]
+
+
+def test_a_stage_that_sees_no_gpu_fails_at_its_start(with_toy: Path, tmp_path: Path, ck) -> None:
+    spec = _spec(tmp_path, "{gpus: 1}", train=", uses_gpus: true")
+    assert ck("run", str(spec), "--dry-run").returncode == 0
+    (run,) = _runs(tmp_path)
+    res = ck("stage", str(run), "train", env={"CUDA_VISIBLE_DEVICES": "0"})  # as a cluster node would set it
+    assert res.returncode == StageError.exit_code
+    entry = _stage(run, "train")
+    assert entry["state"] == "failed"
+    for words in ("asks for 1 GPU(s)", "is a CPU build", "CUDA_VISIBLE_DEVICES='0'", "resources.gpus: 0"):
+        assert words in entry["error"] and words in res.stderr, (words, entry["error"])
+    assert not (run / "train" / "metrics.jsonl").exists()  # not a single step on the CPU
+
+
+def test_the_same_stage_runs_when_it_asks_for_no_gpu(with_toy: Path, tmp_path: Path, ck) -> None:
+    spec = _spec(tmp_path, "{gpus: 0}", train=", uses_gpus: true")
+    res = ck("run", str(spec), env={"CUDA_VISIBLE_DEVICES": ""})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert _stage(_runs(tmp_path)[0], "train")["state"] == "done"
+
+
+def test_plan_warns_and_run_refuses_more_gpus_than_the_machine_has(with_toy: Path, tmp_path: Path, ck) -> None:
+    spec = _spec(tmp_path, "{gpus: 3}", eval_=True)
+    env = {"CUDA_VISIBLE_DEVICES": "0,1"}
+    plan = ck("plan", str(spec), env=env)
+    assert plan.returncode == 0 and "Note:" in plan.stderr
+    assert "scheduler.resources.gpus is 3 but this machine has 2 GPU(s) (CUDA_VISIBLE_DEVICES='0,1')" in \
+        " ".join(plan.stderr.split()), plan.stderr
+    res = ck("run", str(spec), env=env)
+    assert res.returncode == 1
+    (run,) = _runs(tmp_path)
+    train = _stage(run, "train")
+    assert train["state"] == "failed" and "asks for 3 GPU(s)" in train["error"] and "has 2" in train["error"]
+    assert "pid" not in train or train["pid"] is None  # never started
+    assert _stage(run, "eval.toy.epoch_0")["state"] == "pending"  # waits for its training
+
+
+def test_slots_never_start_a_stage_with_fewer_gpus(with_toy: Path, tmp_path: Path, ck) -> None:
+    """Two runs that each ask for both GPUs train one after the other, each seeing both; their
+    evaluations get one GPU each."""
+    spec = _spec(tmp_path, "{gpus: 2}", train=", step_seconds: 0.2", eval_=True,
+                 runs="sweep:\n  train.learning_rate: [0.001, 0.002]\n")
+    res = ck("run", str(spec), env={"CUDA_VISIBLE_DEVICES": "0,1"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = [read_jsonl(r / "train" / "metrics.jsonl") for r in _runs(tmp_path)]
+    assert [{r["cuda"] for r in rs} for rs in rows] == [{"0,1"}, {"0,1"}]
+    (a, b) = rows
+    assert min(a[-1]["time"], b[-1]["time"]) <= max(a[0]["time"], b[0]["time"]), "ran at the same time"
+    for run in _runs(tmp_path):
+        log = json.loads((run / "eval" / "toy" / "epoch_0" / "log.json").read_text())
+        assert log["cuda"] in ("0", "1"), log
+
+
+def test_a_stage_asking_for_no_gpu_sees_none(with_toy: Path, tmp_path: Path, ck) -> None:
+    spec = _spec(tmp_path, "{gpus: 0}")
+    assert ck("run", str(spec), env={"CUDA_VISIBLE_DEVICES": "0,1"}).returncode == 0
+    rows = read_jsonl(_runs(tmp_path)[0] / "train" / "metrics.jsonl")
+    assert {r["cuda"] for r in rows} == {""}
+
+
+def test_evaluations_ask_for_one_gpu() -> None:
+    res = Resources.model_validate({"gpus": 4, "nodes": 2, "processes": 4, "cpus": 8})
+    ev = res.for_stage("eval")
+    assert (ev.gpus, ev.nodes, ev.processes, ev.cpus) == (1, 1, None, 8)
+    assert res.for_stage("train") == res
+    assert Resources.model_validate({"gpus": 0}).for_stage("eval").gpus == 0
