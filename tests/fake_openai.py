@@ -16,7 +16,8 @@ Deterministic replies (the same request body always gets the same reply), chosen
   clarifying question, or works it out step by step, depending on the request's ``seed`` (mod 3).
 
 ``POST /v1/responses`` (OpenAI's responses API) gets the same reply as one ``output_text`` message;
-``stats.routes`` counts the requests per ``METHOD /path``.
+``stats.routes`` counts the requests per ``METHOD /path``. With ``record=True`` every chat-completions
+request body (parsed) is kept in ``recorded``, in arrival order, faulted tries included.
 
 Injectable latency (every request waits ``latency`` seconds) and faults: ``faults=("429", "500")``
 makes the first try of a request get 429, its second 500, its third the reply (``timeout`` holds a
@@ -162,11 +163,13 @@ class FakeOpenAI:
 
     def __init__(self, *, latency: float = 0.0, faults: tuple[str, ...] | list[str] = (), fault_percent: int = 100,
                  hang: float = 5.0, max_inflight: int = 256, max_body: int = 4 << 20, idle_timeout: float = 30.0,
-                 api_key: str | None = None, port: int = 0) -> None:
+                 api_key: str | None = None, port: int = 0, record: bool = False) -> None:
         self.latency, self.faults, self.fault_percent = latency, tuple(faults), fault_percent
         self.hang, self.max_body, self.idle_timeout, self.api_key = hang, max_body, idle_timeout, api_key
         self.max_inflight = max_inflight
         self.port = port
+        self.record = record
+        self.recorded: list[dict[str, Any]] = []
         self.stats = Stats()
         self._attempts: Counter[str] = Counter()
         self._messages_seen: set[str] = set()
@@ -222,7 +225,8 @@ class FakeOpenAI:
         try:
             while True:
                 try:
-                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.idle_timeout)
+                    async with asyncio.timeout(self.idle_timeout):  # no task per request, unlike wait_for
+                        head = await reader.readuntil(b"\r\n\r\n")
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
                     return
                 lines = head.decode("latin-1").split("\r\n")
@@ -277,6 +281,8 @@ class FakeOpenAI:
             req = json.loads(body)
         except json.JSONDecodeError:
             return 400, {"error": {"message": "body is not JSON", "type": "invalid_request_error"}}, None
+        if self.record:
+            self.recorded.append(req)
         assert self._sem is not None
         async with self._sem:
             st = self.stats

@@ -66,13 +66,15 @@ def test_conversations_end_on_marker_or_max_turns_and_faults_are_retried(tmp_pat
     assert sorted(by_id) == [f"task-{i:03d}" for i in range(6)]
     for i, stop in enumerate([1, 2, 9, 2, 1, 9]):
         row = by_id[f"task-{i:03d}"]
-        if stop <= 3:
+        if stop < 3:
             assert (row["ended_by"], row["num_turns"]) == ("marker", stop)
             assert "[[TERMINATE CHAT]]" in row["messages"][-1]["content"]
-        else:
+            closing = ["user"]
+        else:  # the assistant's last allowed turn (max_turns 3) ends the chat: no user reply is asked for
             assert (row["ended_by"], row["num_turns"]) == ("max_turns", 3)
+            closing = []
         roles = [m["role"] for m in row["messages"]]
-        assert roles == ["user", "assistant"] * row["num_turns"] + ["user"]
+        assert roles == ["user", "assistant"] * row["num_turns"] + closing
         assert row["system"] == "You are a helpful collaborator."
     # faults happened and were retried: the server answered 429 and 500, and every conversation finished
     assert fake_server.stats.statuses[429] > 0 and fake_server.stats.statuses[500] > 0
@@ -197,3 +199,48 @@ def test_validate_checks_the_simulate_section(tmp_path: Path, capsys: pytest.Cap
         spec = write_sim_spec(tmp_path, url, stops=[1], **{"top": train, **options})
         code, _, err = ck_here(capsys, "validate", str(spec))
         assert code == 2 and all(w in err for w in words), (options, err)
+
+
+def test_finished_conversations_are_appended_in_batches(tmp_path: Path, fake_server: FakeOpenAI, api_key: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from cruijff_kit._engine.spec import load_spec
+    from cruijff_kit._simulate.command import simulate
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc to tell which file an fsync is for")
+    out = tmp_path / "sim" / "conversations.jsonl"
+    syncs: list[int] = []
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:  # the output's first fsync takes 0.3 s: a busy disk
+        if os.readlink(f"/proc/self/fd/{fd}") == str(out):
+            syncs.append(fd)
+            if len(syncs) == 1:
+                time.sleep(0.3)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    spec = write_sim_spec(tmp_path, fake_server.url, stops=[1] * 12, simulate={"concurrency": 12})
+    summary = simulate(load_spec(spec), progress=False)
+    assert (summary.finished, summary.failed) == (12, 0)
+    assert sorted(r["conv_id"] for r in read_conversations(out)) == [f"task-{i:03d}" for i in range(12)]
+    # the conversations that finished while the first row was being synced went out together
+    assert 2 <= len(syncs) <= 3, syncs
+
+
+def test_a_write_error_stops_the_run_with_a_message(tmp_path: Path, fake_server: FakeOpenAI, api_key: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from cruijff_kit._base.errors import CkError
+    from cruijff_kit._engine.spec import load_spec
+    from cruijff_kit._simulate import loop
+    from cruijff_kit._simulate.command import simulate
+
+    def full_disk(path: Path, rows: list[dict[str, object]]) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(loop, "append_lines", full_disk)
+    spec = write_sim_spec(tmp_path, fake_server.url, stops=[1, 1, 1])
+    with pytest.raises(CkError) as err:
+        simulate(load_spec(spec), progress=False)
+    message = str(err.value)
+    assert "No space left on device" in message and "conversations.jsonl" in message and "Free disk space" in message

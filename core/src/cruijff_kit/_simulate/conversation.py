@@ -3,6 +3,11 @@
 With scoring, each assistant turn samples several candidates, scores each by simulated futures
 (:mod:`cruijff_kit._simulate.scoring`) and continues the conversation with the best one; every
 candidate, its futures and its metric values are kept in the conversation's row.
+
+Calls, as in CollabLLM's simulator: the user model writes the opening message; after the assistant's
+``max_turns``-th turn the conversation ends without asking the user for a reply nobody would answer;
+with scoring, the user's reply to the chosen candidate is the first user message of that candidate's
+first simulated future (drawn from the same prompt a separate call would get), not one more call.
 """
 
 from __future__ import annotations
@@ -18,6 +23,17 @@ from cruijff_kit._simulate.scoring import choose_response
 from cruijff_kit._simulate.tasks import Task
 from cruijff_kit._simulate.turns import derive_seed, user_message
 from cruijff_kit._simulate.user import UserSimulator
+
+
+def next_user_message(candidate: dict[str, Any]) -> dict[str, Any] | None:
+    """The user's reply to a chosen candidate, taken from its first simulated future (None when the
+    futures hold no user message, as with ``horizon: 0``)."""
+    for future in candidate.get("continuations") or []:
+        messages = future.get("messages") or []
+        if messages and messages[0].get("role") == "user":
+            return dict(messages[0])
+        break
+    return None
 
 
 @dataclass
@@ -50,9 +66,10 @@ class Engine:
         turns: list[dict[str, Any]] = []
         reply = await self.user.reply(task.prompt, history, seed=derive_seed(self.seed, conv_id, "user", 0))
         history.append(user_message(reply))
-        ended_by = "marker" if self.user.ends(reply) else "max_turns"
+        ended_by = "marker" if self.user.ends(reply) else ""
         turn = 0
-        while ended_by != "marker" and turn < self.max_turns:
+        while not ended_by:
+            user_next: dict[str, Any] | None = None
             if self.scoring is None:
                 text = await self.respond(history, seed=derive_seed(self.seed, conv_id, "assistant", turn))
             else:
@@ -60,12 +77,18 @@ class Engine:
                 text = candidates[chosen]["completion"]
                 turns.append({"turn_id": turn, "message_index": len(history), "chosen": chosen,
                               "candidates": candidates})
+                user_next = next_user_message(candidates[chosen])
             history.append({"role": "assistant", "content": text, "turn_id": turn})
             turn += 1
-            reply = await self.user.reply(task.prompt, history,
-                                          seed=derive_seed(self.seed, conv_id, "user", turn))
-            history.append(user_message(reply))
-            if self.user.ends(reply):
+            if turn >= self.max_turns:
+                ended_by = "max_turns"
+                break
+            if user_next is None:
+                reply = await self.user.reply(task.prompt, history,
+                                              seed=derive_seed(self.seed, conv_id, "user", turn))
+                user_next = user_message(reply)
+            history.append(user_next)
+            if self.user.marker in user_next["content"]:
                 ended_by = "marker"
         row: dict[str, Any] = {
             "conv_id": conv_id,

@@ -1,4 +1,8 @@
-"""The asyncio loop: many conversations at once, each appended to the JSONL file when it finishes.
+"""The asyncio loop: many conversations at once, each appended to the JSONL file as it finishes.
+
+A :class:`Writer` appends from a worker thread, in batches (the conversations that finished while the
+previous batch was written: one write and one fsync for them all), so no conversation and not the
+event loop waits on the disk.
 
 Resume: conversations already in the output file (by ``conv_id``) are never redone; a torn last
 line left by a killed process is cut off first (that conversation is simply redone). Only an output
@@ -11,6 +15,8 @@ key, a rejected model name) stops the whole simulation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import random
 import time
@@ -20,7 +26,7 @@ from typing import Any
 
 from cruijff_kit._api.retry import Caller, CallFailed
 from cruijff_kit._base.errors import CkError
-from cruijff_kit._base.fileio import append_jsonl, atomic_write_json, read_jsonl
+from cruijff_kit._base.fileio import atomic_write_json, read_jsonl
 from cruijff_kit._base.ownership import check_writable, remove_path
 from cruijff_kit._base.secrets import scrub
 from cruijff_kit._simulate.config import Simulation
@@ -177,35 +183,122 @@ async def run_simulation(sim: Simulation, tasks: list[Task], *, progress: bool =
         lock.release()
 
 
+def append_lines(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append ``rows`` (secrets scrubbed) as whole JSON lines: one write and one fsync for all of them."""
+    data = "".join(json.dumps(row, default=str) + "\n" for row in scrub(rows)).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Writer:
+    """Appends finished conversations (and failures) in a worker thread, in batches.
+
+    :meth:`add` never waits: the conversation's worker goes on to its next conversation at once. Rows
+    that finish while a batch is being written form the next batch (one write and one fsync each), so
+    the event loop never waits on the disk, and the disk sees one fsync per batch, not per row. A
+    batch counts in the summary and the progress bar once it is on disk. A write error ends the run.
+    """
+
+    def __init__(self, summary: Summary, bar: Progress, output: Path, errors: Path) -> None:
+        self.summary, self.bar, self.output, self.errors = summary, bar, output, errors
+        self._rows: list[dict[str, Any]] = []
+        self._failed: list[dict[str, Any]] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+
+    def add(self, row: dict[str, Any]) -> None:
+        """A finished conversation, to append to the output."""
+        self._rows.append(row)
+        self._wake.set()
+
+    def fail(self, row: dict[str, Any]) -> None:
+        """A failed conversation, to append to the errors file."""
+        self._failed.append(row)
+        self._wake.set()
+
+    def close(self) -> None:
+        """No more rows: :meth:`run` returns once what is pending is written."""
+        self._closing = True
+        self._wake.set()
+
+    @staticmethod
+    async def _append(path: Path, rows: list[dict[str, Any]]) -> None:
+        try:
+            await asyncio.to_thread(append_lines, path, rows)
+        except OSError as exc:
+            raise CkError(f"could not append {len(rows)} conversation(s) to {path} ({exc.strerror or exc}). "
+                          "Free disk space or fix the folder's permissions, then run `ck simulate` again: the "
+                          "conversations already in the file are kept and the others are simulated again.") from None
+
+    async def run(self) -> None:
+        """Write batches until :meth:`close`."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            rows, self._rows = self._rows, []
+            failed, self._failed = self._failed, []
+            if rows:
+                await self._append(self.output, rows)
+                self.summary.finished += len(rows)
+                for _ in rows:
+                    self.bar.advance()
+            if failed:
+                await self._append(self.errors, failed)
+                self.summary.failed += len(failed)
+                for _ in failed:
+                    self.bar.advance(failed=True)
+            if self._closing and not self._rows and not self._failed:
+                return
+
+
 async def _run(sim: Simulation, pending: list[tuple[str, Task]], summary: Summary, show: bool) -> None:
     cfg = sim.config
     limit = asyncio.Semaphore(cfg.max_in_flight or 4 * cfg.concurrency)
     engine, callers = build_engine(sim, limit, random.Random(sim.seed))
-    errors = side_file(sim.output, "errors.jsonl")
     bar = Progress(summary.total, summary.already_done, enabled=show)
+    writer = Writer(summary, bar, sim.output, side_file(sim.output, "errors.jsonl"))
     queue = iter(pending)
     start, cpu = time.monotonic(), time.process_time()
 
+    active = [min(cfg.concurrency, len(pending))]
+
     async def worker() -> None:
-        for conv_id, task in queue:
-            try:
-                row = await engine.run(conv_id, task)
-            except CallFailed as exc:
-                summary.failed += 1
-                append_jsonl(errors, scrub({"conv_id": conv_id, "error": str(exc), "time": time.time()}))
-                bar.advance(failed=True)
-                continue
-            await asyncio.to_thread(append_jsonl, sim.output, scrub(row))  # fsync off the event loop
-            summary.finished += 1
-            bar.advance()
+        try:
+            for conv_id, task in queue:
+                try:
+                    row = await engine.run(conv_id, task)
+                except CallFailed as exc:
+                    writer.fail({"conv_id": conv_id, "error": str(exc), "time": time.time()})
+                    continue
+                writer.add(row)
+        finally:
+            active[0] -= 1
+            if not active[0]:
+                writer.close()
+
+    writing = asyncio.create_task(writer.run())
+
+    async def watch_writer() -> None:  # a write error stops the run; stopping the run never stops the writer
+        await asyncio.shield(writing)
 
     try:
         async with asyncio.TaskGroup() as group:
-            for _ in range(min(cfg.concurrency, len(pending))):
+            for _ in range(active[0]):
                 group.create_task(worker())
+            group.create_task(watch_writer())
     except* CkError as eg:
         raise eg.exceptions[0] from None
     finally:
+        writer.close()  # what finished is written even when the run stopped early
+        with contextlib.suppress(Exception):  # a write error was raised through the group already
+            await writing
         bar.close()
         summary.seconds = time.monotonic() - start
         summary.cpu_seconds = time.process_time() - cpu
