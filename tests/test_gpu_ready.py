@@ -107,3 +107,57 @@ def test_evaluations_ask_for_one_gpu() -> None:
     assert (ev.gpus, ev.nodes, ev.processes, ev.cpus) == (1, 1, None, 8)
     assert res.for_stage("train") == res
     assert Resources.model_validate({"gpus": 0}).for_stage("eval").gpus == 0
+
+
+# --------------------------------------------------------------------------- launcher isolation
+def test_accelerate_launches_with_its_own_configuration(tmp_path: Path) -> None:
+    """`accelerate launch` gets a configuration file generated from the resources, so the user's
+    default accelerate configuration (gpu_ids, mixed precision, process count) is never read; accelerate's
+    own loader reads the file back to the values asked for."""
+    import yaml
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from cruijff_kit.training import _distributed as distributed
+
+    cmd = distributed.launch_command(tmp_path, "train", Resources(gpus=4), launcher="accelerate", python="py",
+                                     env={}, port=29500)
+    argv = cmd.argv
+    config_file = tmp_path.resolve() / "logs" / "train.accelerate.yaml"
+    assert argv[argv.index("--config_file") + 1] == str(config_file)
+    assert argv[argv.index("--num_processes") + 1] == "4" and argv[argv.index("--gpu_ids") + 1] == "all"
+    assert argv[argv.index("--mixed_precision") + 1] == "no"  # the trainer's training arguments decide
+    assert list(cmd.files) == [config_file]
+    config_file.parent.mkdir(parents=True)
+    config_file.write_text(cmd.files[config_file])
+    loaded = load_config_from_file(str(config_file))
+    assert (loaded.distributed_type, loaded.num_processes, loaded.num_machines, loaded.machine_rank) == \
+        ("MULTI_GPU", 4, 1, 0)
+    assert (loaded.main_process_ip, loaded.main_process_port) == ("127.0.0.1", 29500)
+    assert (str(loaded.mixed_precision), loaded.gpu_ids, loaded.use_cpu) == ("no", "all", False)
+    cpu = distributed.launch_command(tmp_path, "train", Resources(processes=2), launcher="accelerate", env={}, port=1)
+    cpu_config = yaml.safe_load(next(iter(cpu.files.values())))
+    assert (cpu_config["distributed_type"], cpu_config["use_cpu"], cpu_config["num_processes"]) == ("MULTI_CPU", True, 2)
+    torchrun = distributed.launch_command(tmp_path, "train", Resources(gpus=2), env={}, port=1)
+    assert torchrun.files == {}
+
+
+def test_relaunch_writes_the_configuration_before_starting(tmp_path: Path, monkeypatch) -> None:
+    """`relaunch` writes the file the command names, then starts the command (here a stand-in that
+    prints the file it was given)."""
+    import sys
+
+    from cruijff_kit.training import _distributed as distributed
+
+    seen: dict[str, str] = {}
+    real = distributed.launch_command
+
+    def fake(*a, **kw):
+        cmd = real(*a, **kw)
+        path = cmd.argv[cmd.argv.index("--config_file") + 1]
+        cmd.argv = [sys.executable, "-c", f"import sys; sys.exit(0 if open({path!r}).read() else 3)"]
+        seen["path"] = path
+        return cmd
+
+    monkeypatch.setattr(distributed, "launch_command", fake)
+    distributed.relaunch(tmp_path, "train", Resources(processes=2), launcher="accelerate")
+    assert "num_processes: 2" in Path(seen["path"]).read_text()

@@ -28,7 +28,9 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+import yaml
 
 from cruijff_kit._api.kinds import Resources
 from cruijff_kit._base.errors import StageError
@@ -120,16 +122,35 @@ class LaunchCommand:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     world_size: int = 1
+    #: files the launcher reads, to write before it starts (the accelerate configuration), path -> text
+    files: dict[Path, str] = field(default_factory=dict)
 
     def full_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
         """``base`` (default: this process's environment) with :attr:`env` applied."""
         return {**(os.environ if base is None else base), **self.env}
 
 
+def accelerate_config(resources: Resources, total: int, machines: int, rank: int, ip: str, port: int) -> dict[str, Any]:
+    """The whole ``accelerate launch`` configuration of a stage, from its resources: given with
+    ``--config_file``, so the user's default accelerate configuration (its ``gpu_ids``, mixed
+    precision, process count...) is never read. Precision is the trainer's own setting (its
+    training arguments), so the launcher adds none; the devices are those the scheduler made visible."""
+    gpus = int(resources.gpus) > 0
+    return {"compute_environment": "LOCAL_MACHINE", "distributed_type": "MULTI_GPU" if gpus else "MULTI_CPU",
+            "num_processes": total, "num_machines": machines, "machine_rank": rank,
+            "main_process_ip": ip, "main_process_port": port, "rdzv_backend": "static", "same_network": True,
+            "mixed_precision": "no", "gpu_ids": "all", "use_cpu": not gpus, "dynamo_config": {},
+            "downcast_bf16": "no", "enable_cpu_affinity": False, "main_training_function": "main",
+            "tpu_env": [], "tpu_use_cluster": False, "tpu_use_sudo": False}
+
+
 def launch_command(run_dir: str | Path, stage: str, resources: Resources, *,
                    launcher: Launcher = "torchrun", python: str | None = None,
                    env: Mapping[str, str] | None = None, port: int | None = None) -> LaunchCommand:
-    """The command that reruns ``ck stage RUN_DIR STAGE`` as ``world_size(resources)`` processes."""
+    """The command that reruns ``ck stage RUN_DIR STAGE`` as ``world_size(resources)`` processes.
+
+    With ``accelerate`` it also carries the launcher's configuration (:func:`accelerate_config`) as
+    ``logs/<stage>.accelerate.yaml``, which :func:`relaunch` writes before starting it."""
     python = python or sys.executable
     nproc = processes_per_node(resources)
     total = world_size(resources)
@@ -151,20 +172,22 @@ def launch_command(run_dir: str | Path, stage: str, resources: Resources, *,
     elif launcher == "accelerate":
         # `--multi_gpu` is accelerate's torchrun path; with ACCELERATE_USE_CPU it gives DDP over gloo.
         # (`--cpu --num_processes N` would silently start one process.)
-        argv = [python, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(total)]
         if rdzv is None:
-            argv += ["--num_machines", "1", "--main_process_ip", "127.0.0.1",
-                     "--main_process_port", str(port or free_port())]
+            machines, rank, ip, main_port = 1, 0, "127.0.0.1", port or free_port()
         else:
-            argv += ["--num_machines", str(rdzv.nnodes), "--machine_rank", str(rdzv.node_rank),
-                     "--main_process_ip", rdzv.master_addr, "--main_process_port", str(rdzv.master_port)]
-        if int(resources.gpus) == 0:
-            argv += ["--mixed_precision", "no"]
+            machines, rank, ip, main_port = rdzv.nnodes, rdzv.node_rank, rdzv.master_addr, rdzv.master_port
+        config_file = Path(run_dir).resolve() / "logs" / f"{stage}.accelerate.yaml"
+        files = {config_file: yaml.safe_dump(accelerate_config(resources, total, machines, rank, ip, main_port),
+                                             sort_keys=False)}
+        argv = [python, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(total),
+                "--config_file", str(config_file), "--num_machines", str(machines), "--machine_rank", str(rank),
+                "--main_process_ip", ip, "--main_process_port", str(main_port), "--mixed_precision", "no",
+                "--gpu_ids", "all"]
     else:  # pragma: no cover - guarded by the Literal
         raise ValueError(f"unknown launcher {launcher!r}")
     if total > 1 and nproc > 1:
         child_env.setdefault("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
-    return LaunchCommand(argv + target, child_env, total)
+    return LaunchCommand(argv + target, child_env, total, files if launcher == "accelerate" else {})
 
 
 def worker_error_file(run_dir: str | Path, stage: str) -> Path:
@@ -203,6 +226,9 @@ def relaunch(run_dir: str | Path, stage: str, resources: Resources, *, launcher:
     cmd = launch_command(run_dir, stage, resources, launcher=launcher, python=python)
     note = worker_error_file(run_dir, stage)
     note.unlink(missing_ok=True)  # left by an earlier attempt
+    for path, text in cmd.files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
     print(f"[ck] launching {cmd.world_size} processes: {' '.join(cmd.argv)}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     proc = subprocess.Popen(cmd.argv, env=cmd.full_env(),
