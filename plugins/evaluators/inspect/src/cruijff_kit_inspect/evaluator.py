@@ -65,7 +65,7 @@ def model_for(cfg: InspectConfig, model_path: str, adapter: Path | None, chat_te
         if cfg.device != "auto":
             args["device"] = cfg.device
         return name, args
-    args = {"device": cfg.device, "dtype": cfg.dtype, "batch_size": cfg.batch_size,
+    args = {"device": cfg.device, "dtype": cfg.dtype, "batch_size": local_batch_size(cfg),
             "do_sample": cfg.generation.sample}
     if adapter is not None:
         args["adapter"] = str(adapter)
@@ -93,8 +93,18 @@ def base_loading(cfg: InspectConfig, adapter: Path | None, train_method: str | N
     return quant, (cfg.dtype if cfg.backend == "vllm" else dtype_name)
 
 
+def local_batch_size(cfg: InspectConfig) -> int:
+    """Answers generated per batch by a local model: ``generation.max_connections`` if set, else ``batch_size``."""
+    return int(cfg.generation.max_connections or cfg.batch_size)
+
+
 def generate_args(cfg: InspectConfig, seed: int, local: bool) -> dict[str, Any]:
-    """GenerateConfig arguments of ``inspect_ai.eval``: greedy unless sampling was asked for."""
+    """GenerateConfig arguments of ``inspect_ai.eval``: greedy unless sampling was asked for.
+
+    A local (``ck/``) model keeps two batches of samples in flight (``max_connections`` and
+    ``max_samples`` twice its batch size), so the next batch fills while one is generated; a remote
+    model gets ``generation.max_connections`` as given.
+    """
     gen = cfg.generation
     out: dict[str, Any] = {"max_tokens": gen.max_tokens, "seed": gen.seed if gen.seed is not None else seed}
     if gen.sample:
@@ -106,7 +116,9 @@ def generate_args(cfg: InspectConfig, seed: int, local: bool) -> dict[str, Any]:
     if cfg.needs_logprobs:
         out["logprobs"] = True
         out["top_logprobs"] = gen.top_logprobs
-    if gen.max_connections is not None:
+    if local:
+        out["max_connections"] = out["max_samples"] = 2 * local_batch_size(cfg)
+    elif gen.max_connections is not None:
         out["max_connections"] = gen.max_connections
     return out
 
@@ -127,6 +139,15 @@ def write_merged(base: str, adapter: Path, out: Path, dtype: str) -> Path:
     return out
 
 
+def _sample_count(task: Any, cfg: InspectConfig) -> int | None:
+    """Samples the eval will run (``limit`` and ``epochs`` applied), or None when unknown."""
+    try:
+        n = len(task.dataset)
+    except TypeError:
+        return None
+    return min(n, cfg.limit or n) * cfg.epochs
+
+
 class InspectEvaluator(Evaluator):
     """inspect-ai evals of the base model and fine-tuned checkpoints (base model + PEFT adapter)."""
 
@@ -135,6 +156,10 @@ class InspectEvaluator(Evaluator):
                                   "files, calibration and regression scorers.")
     Config = InspectConfig
     config: InspectConfig
+
+    def uses_gpus(self) -> bool:
+        """The run's own model runs here; a ``model:`` served elsewhere (an API) needs no GPU here."""
+        return self.config.model is None
 
     # ------------------------------------------------------------------ plan time
     def check(self, run: PlannedRun) -> None:
@@ -207,6 +232,7 @@ class InspectEvaluator(Evaluator):
         """Run the eval of ``ctx.target``; write the .eval log under ``ctx.eval_dir``; return results."""
         from inspect_ai import eval as inspect_eval
 
+        from cruijff_kit_inspect.progress import reporting
         from cruijff_kit_inspect.results import results_from_log
 
         cfg = self.config
@@ -247,13 +273,20 @@ class InspectEvaluator(Evaluator):
             "split": cfg.split, "sweep": dict(ctx.run.sweep), "seed": seed, **loading,
         }
         metadata = scrub(metadata)
+        total = _sample_count(task, cfg)
+        gen_args = generate_args(cfg, seed, local=model.startswith("ck/"))
+        if model.startswith("ck/"):  # each target samples from its own seed, whatever ran before in this process
+            from transformers import set_seed
+
+            set_seed(int(gen_args["seed"]))
         try:
-            logs = inspect_eval(
-                task, model=model, model_args=model_args, log_dir=str(out), log_format="eval",
-                model_base_url=cfg.base_url, display="none", limit=cfg.limit, epochs=cfg.epochs, metadata=metadata,
-                tags=[str(ctx.spec.get("experiment")), ctx.run.name, target.name], score_display=False,
-                **generate_args(cfg, seed, local=model.startswith("ck/")),
-            )
+            with ctx.progress(total, "samples") as bar, reporting(bar):
+                logs = inspect_eval(
+                    task, model=model, model_args=model_args, log_dir=str(out), log_format="eval",
+                    model_base_url=cfg.base_url, display="none", limit=cfg.limit, epochs=cfg.epochs,
+                    metadata=metadata, tags=[str(ctx.spec.get("experiment")), ctx.run.name, target.name],
+                    score_display=False, log_realtime=False, **gen_args,
+                )
         except CkError:
             raise
         except Exception as exc:
