@@ -50,9 +50,29 @@ def positive(text: str) -> float:
 
 
 def test_benchmark_scripts_all_covered() -> None:
-    assert sorted(p.name for p in BENCH.glob("*.py")) == sorted(
-        ["cli_startup.py", "data_convert.py", "packing.py", "simulate_throughput.py", "torchtune_overhead.py",
-         "trl_overhead.py"]), "a new benchmark needs a smoke run here"
+    """Every script under benchmarks/ (benchmarks/gpu/ included) is run by a smoke test: this file or a
+    tests/test_benchmarks_smoke_*.py / test_gpu_check_dry_run.py beside it names it."""
+    smoke = "".join(p.read_text() for p in [*Path(__file__).parent.glob("test_benchmarks_smoke*.py"),
+                                            *Path(__file__).parent.glob("test_gpu_check*.py")])
+    scripts = sorted(p.relative_to(BENCH).as_posix() for p in BENCH.rglob("*.py"))
+    assert "experiment_loop.py" in scripts  # the glob finds them
+    missing = [s for s in scripts if Path(s).name not in smoke]
+    assert not missing, f"a benchmark needs a smoke run: {missing}"
+
+
+@pytest.mark.slow
+@slow_tier
+@pytest.mark.timeout(900)
+def test_experiment_loop() -> None:
+    out = run("experiment_loop.py", "--repeats", "1", "--rows", "16", timeout=850)
+    floor = re.search(r"import floor \(.*\): (\S+) s;", out)
+    positive(floor.group(1))
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.split()[:1] in (["default"], ["serial"])}
+    assert set(rows) == {"default", "serial"}, out
+    assert rows["serial"][0] == "7" and int(rows["default"][0]) < 7  # stage processes: grouped evaluations
+    for cells in rows.values():
+        assert all(positive(c) for c in cells[1:]), cells
+    positive(re.search(r"serial / default: (\S+)", out).group(1))
 
 
 def test_cli_startup() -> None:
@@ -81,7 +101,7 @@ def test_cli_startup_default_sweep_is_unchanged() -> None:
 
 
 def test_data_convert() -> None:
-    rows = table(run("data_convert.py", "--rows", "120"))
+    rows = table(run("data_convert.py", "--rows", "120", "--no-reference"))
     assert len(rows) == 3, rows
     for name, cells in rows.items():
         assert cells[0] == "120", (name, cells)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import sys
 from pathlib import Path
@@ -10,7 +12,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator
 
 from cruijff_kit import DataError, Dataset, DatasetConfig
-from cruijff_kit.data import as_prompt, check_run_splits, shown, to_dataset_dict
+from cruijff_kit.data import ArrowDir, as_prompt, check_run_splits, file_identity, shown, to_dataset_dict
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -59,7 +61,8 @@ class MultiturnDataset(Dataset):
 
     def __init__(self, config: MultiturnConfig, base_dir: Path | None = None) -> None:  # type: ignore[override]
         super().__init__(config, base_dir)
-        self._splits: dict[str, list[dict[str, Any]]] | None = None
+        self._splits: dict[str, Any] | None = None
+        self._rows: dict[str, list[dict[str, Any]]] | None = None
         self._system: Any = object()
 
     # -- where the data is
@@ -72,27 +75,63 @@ class MultiturnDataset(Dataset):
 
     def rows(self, system: str | None = None) -> dict[str, list[dict[str, Any]]]:
         """Training rows per split (plain dicts), built once per system prompt."""
-        if self._splits is None or self._system != system:
-            from cruijff_kit_multiturn import build
-            from cruijff_kit_multiturn.rows import read_candidates
+        built = self._build(system)
+        if self._rows is None:
+            self._rows = {s: r if isinstance(r, list) else r.to_pylist() for s, r in built.items()}
+        return self._rows
 
+    def _build(self, system: str | None) -> dict[str, Any]:
+        """Split -> an Arrow table (the column-wise path) or a list of rows (the row-by-row path)."""
+        if self._splits is None or self._system != system:
             cfg = self.config
             local, hub = self.source()
-            cands = read_candidates(local, source_split=cfg.source_split, hub_id=hub)
-            mask = build.keep_mask(cands, cfg.threshold, cfg.threshold_on)
-            if cfg.pairs:
-                built = build.pairs(cands, mask, system, cfg.min_gap)
-                what = ("preference pairs (no turn has two candidates whose scores differ by at least "
-                        f"dataset.min_gap = {cfg.min_gap}")
-            else:
-                built = build.conversations(cands, mask, system)
-                what = "conversations (no conversation's first turn has a candidate above the threshold"
-            if not built:
-                raise DataError(f"{shown(local)}: no {what}). Lower dataset.threshold, or simulate with "
-                                "scoring and more candidates.")
-            self._splits = build.split_rows(built, cfg.splits, cfg.seed)
+            splits = None if cfg.pairs or hub else self._columnwise(local, system)
+            self._splits = splits if splits is not None else self._row_by_row(local, hub, system)
             self._system = system
+            self._rows = None
         return self._splits
+
+    def _columnwise(self, local: Path, system: str | None) -> dict[str, Any] | None:
+        """Greedy-best conversations built on whole columns; None when the source needs the row-by-row path."""
+        from cruijff_kit_multiturn import fast
+
+        cfg = self.config
+        if not local.exists():
+            return None
+        if local.is_file():
+            table = fast.read_jsonl_table(local) if local.suffix == ".jsonl" else None
+        elif ArrowDir.recognises(local) or any(local.glob("*.parquet")):
+            table = fast.read_arrow_table(local, cfg.source_split)
+        else:
+            table = None
+        cands = fast.candidates(table) if table is not None else None
+        mask = fast.keep_mask(cands, cfg.threshold, cfg.threshold_on) if cands is not None else None
+        if cands is None or mask is None:
+            return None
+        convs = fast.conversations(cands, mask)
+        if not len(convs["code"]):
+            raise DataError(f"{shown(local)}: no {self._none_built()}). Lower dataset.threshold, or simulate with "
+                            "scoring and more candidates.")
+        return fast.split_tables(cands, convs, system, cfg.splits, cfg.seed)
+
+    def _none_built(self) -> str:
+        if self.config.pairs:
+            return ("preference pairs (no turn has two candidates whose scores differ by at least "
+                    f"dataset.min_gap = {self.config.min_gap}")
+        return "conversations (no conversation's first turn has a candidate above the threshold"
+
+    def _row_by_row(self, local: Path, hub: str | None, system: str | None) -> dict[str, list[dict[str, Any]]]:
+        from cruijff_kit_multiturn import build
+        from cruijff_kit_multiturn.rows import read_candidates
+
+        cfg = self.config
+        cands = read_candidates(local, source_split=cfg.source_split, hub_id=hub)
+        mask = build.keep_mask(cands, cfg.threshold, cfg.threshold_on)
+        built = build.pairs(cands, mask, system, cfg.min_gap) if cfg.pairs else build.conversations(cands, mask, system)
+        if not built:
+            raise DataError(f"{shown(local)}: no {self._none_built()}). Lower dataset.threshold, or simulate with "
+                            "scoring and more candidates.")
+        return build.split_rows(built, cfg.splits, cfg.seed)
 
     # -- the Dataset API
     def allows_truncation(self) -> bool:
@@ -102,7 +141,19 @@ class MultiturnDataset(Dataset):
     def load(self, prompt: Any = None) -> Any:
         """A DatasetDict: ``messages`` rows (SFT) or ``prompt``/``chosen``/``rejected`` rows (pairs)."""
         local, _ = self.source()
-        return to_dataset_dict(self.rows(as_prompt(prompt).system), file=local)
+        built = self._build(as_prompt(prompt).system)
+        if all(isinstance(r, list) for r in built.values()):
+            return to_dataset_dict(built, file=local)
+        import datasets
+
+        key = self._fingerprint(local, as_prompt(prompt).system)
+        return datasets.DatasetDict({s: datasets.Dataset(t, fingerprint=f"{key}-{s}") for s, t in built.items()})
+
+    def _fingerprint(self, local: Path, system: str | None) -> str:
+        """A ``datasets`` fingerprint from the source files and the options (hashing the rows takes longer)."""
+        files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
+        text = json.dumps([file_identity(files), self.config.model_dump(mode="json"), system], default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def describe(self, prompt: Any = None) -> dict[str, Any]:
         """Rows per split, when the data exists already (it may be simulated later)."""

@@ -68,6 +68,29 @@ def from_simulation(conv: dict[str, Any]) -> list[dict[str, Any]]:
 
 def check_candidate(row: Any, *, source: Path, index: int) -> dict[str, Any]:
     """Check one CollabLLM-form row; return it with ``conv_id`` as text and messages as role/content."""
+    if (not isinstance(row, dict) or any(k not in row for k in REQUIRED) or not isinstance(row["completion"], str)
+            or not _messages_ok(row["prompt"])
+            or (row.get("score") is not None and not isinstance(row.get("score"), int | float))):
+        bad_candidate(row, source=source, index=index)
+    prompt = row["prompt"]
+    out = dict(row)
+    out["prompt"] = _clean([{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt)
+    out["conv_id"] = str(row["conv_id"])
+    try:
+        out["turn_id"] = int(row["turn_id"])
+    except (TypeError, ValueError, OverflowError):
+        raise DataError(f"{shown(source)}: row {index}: `turn_id` must be a whole number (it is "
+                        f"{repr(row['turn_id'])[:60]}).") from None
+    return out
+
+
+def _messages_ok(prompt: Any) -> bool:
+    return isinstance(prompt, str) or (isinstance(prompt, list) and all(
+        isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in prompt))
+
+
+def bad_candidate(row: Any, *, source: Path, index: int) -> None:
+    """Raise the error for a bad row, naming the file, the row and the field (built only for a bad row)."""
     where = f"{shown(source)}: row {index}"
     if not isinstance(row, dict):
         raise DataError(f"{where} is not an object.")
@@ -75,23 +98,12 @@ def check_candidate(row: Any, *, source: Path, index: int) -> dict[str, Any]:
     if missing:
         raise DataError(f"{where} has no `{missing[0]}` (its fields: {', '.join(sorted(row))}). Rows need "
                         f"{', '.join(REQUIRED)} and usually score; or give the JSONL that `ck simulate` writes.")
-    prompt = row["prompt"]
-    if isinstance(prompt, str):
-        prompt = [{"role": "user", "content": prompt}]
-    if not isinstance(prompt, list) or not all(isinstance(m, dict) and m.get("role") in ROLES
-                                               and isinstance(m.get("content"), str) for m in prompt):
+    if not _messages_ok(row["prompt"]):
         raise DataError(f"{where}: `prompt` must be a list of {{role, content}} messages (roles "
                         f"{', '.join(ROLES)}).")
     if not isinstance(row["completion"], str):
         raise DataError(f"{where}: `completion` must be text.")
-    score = row.get("score")
-    if score is not None and not isinstance(score, int | float):
-        raise DataError(f"{where}: `score` must be a number or null.")
-    out = dict(row)
-    out["prompt"] = _clean(prompt)
-    out["conv_id"] = str(row["conv_id"])
-    out["turn_id"] = int(row["turn_id"])
-    return out
+    raise DataError(f"{where}: `score` must be a number or null.")
 
 
 def _read_file_rows(path: Path) -> list[Any]:
