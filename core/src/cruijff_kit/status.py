@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from cruijff_kit._base.errors import DataError, short_repr
-from cruijff_kit._base.fileio import atomic_write_json, locked
+from cruijff_kit._base.fileio import atomic_write_json, atomic_write_many, locked
 from cruijff_kit._base.parsing import parse_json_text
 from cruijff_kit._base.secrets import scrub
 
@@ -25,7 +26,7 @@ PENDING, SUBMITTED, RUNNING, DONE, FAILED, INTERRUPTED, CANCELLED = (
 __all__ = [
     "ACTIVE_STATES", "CANCELLED", "DONE", "FAILED", "FINISHED_STATES", "INTERRUPTED", "PENDING", "RUNNING",
     "STATES", "SUBMITTED", "ensure_stages", "now", "overrides", "read", "record_override", "stage_state", "tail",
-    "update_stage",
+    "update_runs", "update_stage",
 ]
 FINISHED_STATES = {DONE}
 ACTIVE_STATES = {SUBMITTED, RUNNING}
@@ -151,6 +152,23 @@ def stage_state(run_dir: Path, stage: str) -> str:
     return read(run_dir)["stages"].get(stage, {}).get("state", PENDING)
 
 
+def _merge(data: dict[str, Any], run_dir: Path, stage: str, fields: Mapping[str, Any], replace: bool,
+           when: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any] | None:
+    """Merge (already scrubbed) ``fields`` into the stage's entry of ``data``; the entry, or None when
+    ``when`` does not hold."""
+    data.setdefault("run", Path(run_dir).name)
+    entry = data.setdefault("stages", {}).setdefault(stage, {"state": PENDING})
+    if when is not None and not when(dict(entry)):
+        return None
+    if replace:
+        entry.clear()
+    entry.update({k: v for k, v in fields.items() if v is not None})
+    for key in [k for k, v in fields.items() if v is None]:
+        entry.pop(key, None)
+    entry["updated"] = now()
+    return entry
+
+
 def update_stage(run_dir: Path, stage: str, *, when: Callable[[dict[str, Any]], bool] | None = None,
                  replace: bool = False, **fields: Any) -> dict[str, Any]:
     """Merge ``fields`` into a stage's entry (secrets scrubbed); a field given as None is removed from
@@ -164,20 +182,65 @@ def update_stage(run_dir: Path, stage: str, *, when: Callable[[dict[str, Any]], 
     result: dict[str, Any] = {}
 
     def change(data: dict[str, Any]) -> None:
-        data.setdefault("run", Path(run_dir).name)
-        entry = data.setdefault("stages", {}).setdefault(stage, {"state": PENDING})
-        if when is not None and not when(dict(entry)):
-            return
-        if replace:
-            entry.clear()
-        entry.update({k: v for k, v in fields.items() if v is not None})
-        for key in [k for k, v in fields.items() if v is None]:
-            entry.pop(key, None)
-        entry["updated"] = now()
-        result.update(entry)
+        entry = _merge(data, run_dir, stage, fields, replace, when)
+        if entry is not None:
+            result.update(entry)
 
     _update(run_dir, change)
     return result
+
+
+#: A change of :func:`update_runs`: ``(run_dir, stages, files)`` -> ``{stage: fields}`` (or None).
+RunChange = Callable[[Path, dict[str, dict[str, Any]], dict[Path, Any]], Mapping[str, Mapping[str, Any]] | None]
+
+
+def update_runs(run_dirs: Iterable[Path], change: RunChange, *, batch: int = 128) -> dict[Path, dict[str, Any]]:
+    """Update the ``status.json`` of many runs with one wait for the disk per ``batch`` runs.
+
+    For each run folder (in sorted order, ``batch`` runs at a time) its ``status.json`` is locked and
+    read, and ``change(run_dir, stages, files)`` is called with the run's stage entries, as read under
+    the lock (nobody changes them until they are written: compare and set as with
+    :func:`update_stage`'s ``when``), and an empty dict ``files`` it may fill with other JSON files
+    to write together with it (path -> data; e.g. a job's full accounting record). It returns
+    ``{stage: fields}``, merged as :func:`update_stage` merges ``fields`` (secrets scrubbed, a field
+    given as None removed, ``updated`` stamped), or None or ``{}`` for no change; a run without
+    changes or files is not written.
+
+    The files of a batch are written atomically together (temp files, fsynced at once, renamed: the
+    other files first, each ``status.json`` last) before its locks are let go: a ``status.json`` is
+    never seen half-written, and after a crash every file is whole, old or new. An exception in
+    ``change``, a damaged ``status.json`` (:class:`DamagedState`) or a failed write leaves every file
+    of that batch as it was (earlier batches are written) and is raised.
+
+    Returns run folder -> its status after the change (the whole object, as :func:`read` gives it).
+    """
+    dirs = sorted({Path(d) for d in run_dirs})
+    out: dict[Path, dict[str, Any]] = {}
+    for start in range(0, len(dirs), max(1, batch)):
+        group = dirs[start:start + max(1, batch)]
+        writes: list[tuple[Path, str]] = []
+        status_writes: list[tuple[Path, str]] = []
+        with ExitStack() as locks:
+            for run_dir in group:  # always in sorted order: two of these never wait for each other
+                locks.enter_context(locked(run_dir / "status.json"))
+            for run_dir in group:
+                data = read(run_dir)
+                files: dict[Path, Any] = {}
+                stages = {name: dict(entry) for name, entry in data["stages"].items()}
+                changes = change(run_dir, stages, files) or {}
+                for stage, fields in changes.items():
+                    _merge(data, run_dir, stage, scrub(dict(fields)), False)
+                writes += [(Path(p), _json_text(v)) for p, v in files.items()]
+                if changes:
+                    status_writes.append((run_dir / "status.json", _json_text(data)))
+                out[run_dir] = data
+            atomic_write_many(writes + status_writes)
+    return out
+
+
+def _json_text(data: Any) -> str:
+    """JSON as :func:`~cruijff_kit._base.fileio.atomic_write_json` writes it."""
+    return json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
 
 
 def ensure_stages(run_dir: Path, stages: list[str]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,19 +16,35 @@ from cruijff_kit._base.errors import DataError
 from cruijff_kit._base.parsing import parse_json_text
 
 
+def _temp_beside(path: Path, mode: int | None) -> tuple[int, str]:
+    """A new temp file in ``path``'s folder (created), with ``mode`` or the umask's bits; its fd and name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if mode is None:
+        mode = _umask_mode()  # mkstemp makes 0600; shared cluster folders need group/other read
+    try:
+        os.chmod(tmp, mode)
+    except BaseException:
+        os.close(fd)
+        _unlink(tmp)
+        raise
+    return fd, tmp
+
+
+def _unlink(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+
+
 def atomic_write_text(path: Path, text: str, *, mode: int | None = None) -> None:
     """Write ``text`` to ``path`` via a temp file in the same folder and a rename (never half-written).
 
     ``mode`` gives the file exactly these permission bits whatever the umask (``0o700`` for a job
     script no one else may read); by default the umask applies as usual.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    if mode is None:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask  # mkstemp makes 0600; shared cluster folders need group/other read
-    os.chmod(tmp, mode)
+    fd, tmp = _temp_beside(path, mode)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -36,10 +52,71 @@ def atomic_write_text(path: Path, text: str, *, mode: int | None = None) -> None
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _unlink(tmp)
+        raise
+
+
+#: Threads that write and fsync the temp files of one :func:`atomic_write_many` call at once: a file
+#: system commits what arrives together in one journal commit; one file after another, each waits for its own.
+WRITE_THREADS = 16
+
+
+def _umask_mode() -> int:
+    """The bits a new file gets under the umask (read here, once: setting the umask is not thread-safe)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _write_synced_temp(path: Path, text: str, mode: int) -> str:
+    """A temp file beside ``path`` holding ``text``, fsynced; its name."""
+    fd, tmp = _temp_beside(path, mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        _unlink(tmp)
+        raise
+    return tmp
+
+
+def atomic_write_many(items: Sequence[tuple[Path, str]]) -> None:
+    """Write several text files, each as :func:`atomic_write_text` does, waiting for the disk once.
+
+    Every file's temp file is written and fsynced first (in parallel threads), then each is renamed
+    onto its path in the order given. So a file is never seen half-written and, after a crash, each
+    file is whole: the old content or the new. A failure before the renames (a full disk, an error
+    while writing) removes the temp files and leaves every file as it was; one during the renames
+    leaves the files before it new and the rest old. Two items with the same path: the last one wins.
+    """
+    items = [(Path(p), text) for p, text in items]
+    if not items:
+        return
+    mode = _umask_mode()
+    temps: list[str] = []
+    if len(items) == 1:
+        temps.append(_write_synced_temp(items[0][0], items[0][1], mode))
+    else:
+        from concurrent.futures import ThreadPoolExecutor  # here: not a cost of every import
+
+        with ThreadPoolExecutor(min(WRITE_THREADS, len(items))) as pool:
+            futures = [pool.submit(_write_synced_temp, p, text, mode) for p, text in items]
+        errors = [e for f in futures if (e := f.exception()) is not None]
+        temps = [f.result() for f in futures if f.exception() is None]
+        if errors:
+            for tmp in temps:
+                _unlink(tmp)
+            raise errors[0]
+    done = 0  # temp files renamed so far
+    try:
+        for tmp, (path, _) in zip(temps, items, strict=True):
+            os.replace(tmp, path)
+            done += 1
+    except BaseException:
+        for tmp in temps[done:]:
+            _unlink(tmp)
         raise
 
 

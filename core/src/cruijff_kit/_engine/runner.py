@@ -488,8 +488,11 @@ def experiment_status(exp: ExperimentLayout, *, refresh: bool = True) -> list[di
             states = sched.refresh([j for j, _ in items])
         except CkError:
             continue
+        after: dict[Path, dict[str, Any]] = {}  # refresh may have updated entries: each file read again, once
         for job, row in items:
-            row.update(status.read(job.run_dir)["stages"].get(job.stage, {}))  # refresh may update entries
+            if job.run_dir not in after:
+                after[job.run_dir] = status.read(job.run_dir)["stages"]
+            row.update(after[job.run_dir].get(job.stage, {}))
             new = states.get(str(row.get("job_id")))
             if new:
                 row["state"] = new

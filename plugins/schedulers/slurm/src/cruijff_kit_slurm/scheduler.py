@@ -19,7 +19,6 @@ from cruijff_kit import (
     StageJob,
     status,
 )
-from cruijff_kit.files import atomic_write_json
 from cruijff_kit_slurm import slurmcli
 from cruijff_kit_slurm.config import SlurmConfig, SlurmProfile
 from cruijff_kit_slurm.script import StageScript, array_script, stage_script, write_script
@@ -356,26 +355,45 @@ class SlurmScheduler(Scheduler):
         return state in (status.DONE, status.FAILED, status.CANCELLED) and not entry.get("usage")
 
     def refresh(self, jobs: list[StageJob]) -> dict[str, str]:
-        """One squeue and one sacct call for every job of ``jobs``; fixes status entries SLURM ended."""
-        entries: dict[str, tuple[StageJob, dict[str, Any]]] = {}
+        """One squeue and one sacct call for every job of ``jobs``; fixes status entries SLURM ended.
+
+        Each run's ``status.json`` is read once before asking SLURM, and changed with one locked write
+        per run after (every stage of the run at once; the files of many runs synced to disk together,
+        see :func:`cruijff_kit.status.update_runs`). An entry is reconciled as read under that lock:
+        a stage that ended before SLURM said so has recorded its end by then."""
+        asked: dict[Path, dict[str, tuple[StageJob, str]]] = {}  # run folder -> stage -> (job, its job id)
+        read: dict[Path, dict[str, Any]] = {}
         for job in jobs:
-            entry = status.read(job.run_dir)["stages"].get(job.stage, {})
+            run_dir = Path(job.run_dir)
+            if run_dir not in read:
+                read[run_dir] = status.read(run_dir)["stages"]
+            entry = read[run_dir].get(job.stage, {})
             if entry.get("scheduler") == NAME and entry.get("job_id"):
-                entries[str(entry["job_id"])] = (job, entry)
-        if not entries:
+                asked.setdefault(run_dir, {})[job.stage] = (job, str(entry["job_id"]))
+        ids = list(dict.fromkeys(jid for stages in asked.values() for _, jid in stages.values()))
+        if not ids:
             return {}
-        infos = slurmcli.query(list(entries))
+        infos = slurmcli.query(ids)
         out: dict[str, str] = {}
-        for jid, (job, _) in entries.items():
-            if jid in infos:
-                # read again: a stage that ended before SLURM said so has recorded its end by now
-                entry = status.read(job.run_dir)["stages"].get(job.stage, {})
-                if str(entry.get("job_id")) == jid:
-                    out[jid] = self._reconcile(job, entry, infos[jid])
+
+        def change(run_dir: Path, stages: dict[str, dict[str, Any]], files: dict[Path, Any]) -> dict[str, Any]:
+            changes: dict[str, Any] = {}
+            for stage, (job, jid) in asked[run_dir].items():
+                entry = stages.get(stage, {})
+                if jid in infos and str(entry.get("job_id")) == jid:  # still the job SLURM was asked about
+                    out[jid], fields = self._reconcile(job, entry, infos[jid], files)
+                    if fields:
+                        changes[stage] = fields
+            return changes
+
+        status.update_runs([d for d, stages in asked.items() if any(jid in infos for _, jid in stages.values())],
+                           change)
         return out
 
-    def _reconcile(self, job: StageJob, entry: dict[str, Any], info: slurmcli.JobInfo) -> str:
-        """Bring a stage's status entry in line with what SLURM says; returns the stage state."""
+    def _reconcile(self, job: StageJob, entry: dict[str, Any], info: slurmcli.JobInfo,
+                   files: dict[Path, Any]) -> tuple[str, dict[str, Any]]:
+        """What brings a stage's status entry in line with what SLURM says: the stage state and the
+        fields to change (a finished job's full sacct record is added to ``files``)."""
         mapped = slurmcli.stage_state(info, has_dependency=bool(entry.get("dependency")))
         cur = entry.get("state", status.PENDING)
         reason = info.reason if info.reason not in ("", "None") else None
@@ -421,15 +439,13 @@ class SlurmScheduler(Scheduler):
                     state = status.PENDING
                     fields.update(state=state, job_id=None, last_job_id=info.job_id,
                                   error="not run: the train stage it waits for did not finish",
-                                  usage=self._record_usage(job, info))  # no later refresh: no job id
+                                  usage=self._record_usage(job, info, files))  # no later refresh: no job id
             elif mapped == status.INTERRUPTED and cur in status.ACTIVE_STATES:
                 state = status.INTERRUPTED
                 fields.update(state=state, error=f"SLURM job {info.job_id} was preempted; `ck run` resumes it")
             if finished and not entry.get("usage") and "usage" not in fields:
-                fields["usage"] = self._record_usage(job, info)
-        if fields:
-            status.update_stage(job.run_dir, job.stage, **fields)
-        return state
+                fields["usage"] = self._record_usage(job, info, files)
+        return state, fields
 
     @staticmethod
     def _exit_code(info: slurmcli.JobInfo, entry: dict[str, Any]) -> int | None:
@@ -461,12 +477,12 @@ class SlurmScheduler(Scheduler):
         return status.tail(layout.log(job.stage, "err"), lines) or status.tail(layout.log(job.stage, "out"), lines)
 
     @staticmethod
-    def _record_usage(job: StageJob, info: slurmcli.JobInfo) -> dict[str, Any]:
-        """sacct's usage of a finished job: in the status entry, and in full in ``slurm/<stage>.sacct.json``."""
+    def _record_usage(job: StageJob, info: slurmcli.JobInfo, files: dict[Path, Any]) -> dict[str, Any]:
+        """sacct's usage of a finished job: for the status entry (returned), and in full for
+        ``slurm/<stage>.sacct.json`` (added to ``files``, written with the status entry)."""
         usage: dict[str, Any] = {"job_id": info.job_id, "state": info.state, "exit_code": info.exit_code,
                                  **{k.lower(): v for k, v in info.usage.items()}}
-        atomic_write_json(job.run_dir / "slurm" / f"{job.stage}.sacct.json",
-                          {"job": usage, "steps": info.steps})
+        files[Path(job.run_dir) / "slurm" / f"{job.stage}.sacct.json"] = {"job": usage, "steps": info.steps}
         return usage
 
     # ------------------------------------------------------------------ cancel
