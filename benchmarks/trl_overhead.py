@@ -10,8 +10,9 @@ in one process so imports are paid once:
 
 For each path it reports the wall time of the whole run (data + model loading + training + saving),
 its CPU time, and the training throughput (tokens trained / seconds inside ``SFTTrainer.train``),
-as best-of and median over the repeats (best-of is what to read on a shared, noisy machine). Run
-by hand: ``python benchmarks/trl_overhead.py [--rows 256] [--epochs 2] [--repeats 5] [--threads 1]``.
+as best-of and median over the repeats, and the load average before and after. The two paths
+alternate, and which goes first alternates too, so load that comes and goes falls on both. Run by
+hand: ``python benchmarks/trl_overhead.py [--rows 256] [--epochs 2] [--repeats 7] [--threads 1]``.
 """
 
 from __future__ import annotations
@@ -127,6 +128,11 @@ def run_plain(model_dir: Path, data: dict[str, list[dict[str, str]]], out: Path,
     return time.perf_counter() - t, {**LAST_TRAIN, "total_cpu": time.process_time() - c}
 
 
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as ``a/b/c``."""
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 @contextlib.contextmanager
 def quiet(enabled: bool):  # type: ignore[no-untyped-def]
     if not enabled:
@@ -142,7 +148,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=256)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads for both paths (1 keeps a shared machine's noise low)")
     ap.add_argument("--verbose", action="store_true", help="show the trainers' output")
@@ -162,6 +168,7 @@ def main() -> None:
         data, data_file = write_data(folder, args.rows)
         spec = write_spec(folder, model, data_file, args.epochs, args.batch_size)
         timed_train()
+        before = load_average()
         ours: list[tuple[float, dict[str, float]]] = []
         plain: list[tuple[float, dict[str, float]]] = []
         with quiet(not args.verbose):
@@ -173,6 +180,7 @@ def main() -> None:
                 ours.append(run_ours(spec))
                 if not i % 2:
                     plain.append(run_plain(model, data, folder / "plain", args.epochs, args.batch_size))
+        after = load_average()
 
     def stats(runs: list[tuple[float, dict[str, float]]]) -> dict[str, float]:
         walls = [w for w, _ in runs]
@@ -185,7 +193,9 @@ def main() -> None:
     o, p = stats(ours), stats(plain)
     tokens = ours[-1][1]["tokens"]
     print(f"model: {model.name}, {args.rows} rows, batch {args.batch_size}, {args.epochs} epochs "
-          f"({tokens:.0f} tokens trained), {args.threads} thread(s), {args.repeats} repeats after a warm-up")
+          f"({tokens:.0f} tokens trained), {args.threads} thread(s), {args.repeats} interleaved repeats after a "
+          "warm-up")
+    print(f"load average (1/5/15 min): {before} before, {after} after")
     print("| path | wall min (s) | wall median (s) | CPU median (s) | tokens/s best | tokens/s median "
           "| tokens per CPU s |\n|---|---|---|---|---|---|---|")
     for name, v in (("plain TRL script", p), ("ck stage train (trl plugin)", o)):

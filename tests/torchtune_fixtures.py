@@ -129,3 +129,29 @@ def _peft_to_tune(peft_sd: dict[str, Any], cfg: Any) -> dict[str, Any]:
             value = value.view(n, 2, head_dim // 2, r).transpose(1, 2).reshape(n * head_dim, r)
         out[f"layers.{layer}.{names[module]}.lora_{ab}.weight"] = value
     return out
+
+
+class RecordingLogger:
+    """A torchtune metric logger that keeps every logged payload (``metric_logger._component_``)."""
+
+    #: ``(step, payload)`` of every ``log_dict`` call since the last :meth:`clear`.
+    logged: list[tuple[int, dict[str, Any]]] = []
+
+    def __init__(self, **_: Any) -> None:
+        pass
+
+    @classmethod
+    def clear(cls) -> None:
+        cls.logged = []
+
+    def log_config(self, config: Any) -> None:
+        """Nothing to record."""
+
+    def log(self, name: str, data: Any, step: int) -> None:
+        type(self).logged.append((int(step), {name: float(data)}))
+
+    def log_dict(self, payload: dict[str, Any], step: int) -> None:
+        type(self).logged.append((int(step), {k: float(v) for k, v in payload.items()}))
+
+    def close(self) -> None:
+        """Nothing to close."""

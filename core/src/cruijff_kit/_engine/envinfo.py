@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -20,14 +21,56 @@ PACKAGES = ("cruijff-kit", "torch", "transformers", "peft", "trl", "torchtune", 
             "bitsandbytes", "inspect-ai", "datasets", "tokenizers", "openai", "submitit", "pydantic", "pluggy")
 
 
+#: Prefix of the distributions of cruijff-kit and its plugins (all recorded), in normalized form.
+OWN_PREFIX = "cruijff-kit"
+
+
+def _normalized(name: str) -> str:
+    """A distribution name as packaging normalizes it (``Cruijff_Kit.X`` -> ``cruijff-kit-x``)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _own_metadata_dirs() -> list[Path]:
+    """The ``*.dist-info``/``*.egg-info`` folders on ``sys.path`` whose name starts with cruijff-kit's.
+
+    Only folder names are listed (no metadata file is read), in ``sys.path`` order.
+    """
+    found: list[Path] = []
+    for entry in sys.path:
+        try:
+            with os.scandir(entry or ".") as it:
+                for e in it:
+                    if (e.name.endswith((".dist-info", ".egg-info")) and _normalized(e.name).startswith(OWN_PREFIX)
+                            and e.is_dir()):
+                        found.append(Path(e.path))
+        except OSError:
+            continue
+    return found
+
+
 @cache
 def package_versions() -> dict[str, str]:
-    """Installed versions of the packages that matter, plus every cruijff-kit plugin distribution."""
+    """Installed versions of the packages that matter, plus every cruijff-kit plugin distribution.
+
+    Reads the metadata of those distributions only (not of every installed one): the first found on
+    ``sys.path`` of each name, as ``importlib.metadata.version`` does.
+    """
     out: dict[str, str] = {}
-    for dist in md.distributions():
+    seen: set[str] = set()
+    dists: list[md.Distribution] = []
+    for name in PACKAGES:
+        try:
+            dists.append(md.distribution(name))
+        except md.PackageNotFoundError:
+            continue
+    dists.extend(md.PathDistribution(folder) for folder in _own_metadata_dirs())
+    for dist in dists:
         name = dist.metadata["Name"] or ""
-        if name.lower() in PACKAGES or name.lower().startswith("cruijff-kit"):
-            out[name] = dist.version
+        key = _normalized(name)
+        if not name or key in seen or not (key in PACKAGES or key.startswith(OWN_PREFIX)):
+            continue
+        seen.add(key)
+        out[name] = dist.version
     return dict(sorted(out.items()))
 
 

@@ -8,6 +8,7 @@ Nothing here imports torch at import time; the functions that need it import it 
 from cruijff_kit.training._adapters import (
     ADAPTER_FILES,
     MetricsRow,
+    MetricsWriter,
     adapter_info,
     chat_template_text,
     export_adapter,
@@ -44,7 +45,7 @@ from cruijff_kit.training._truncation import (
 )
 
 __all__ = [
-    "ADAPTER_FILES", "LossWatch", "MetricsRow", "ModelShape", "SplitTruncation", "TruncationCheck", "adapter_info",
+    "ADAPTER_FILES", "LossWatch", "MetricsRow", "MetricsWriter", "ModelShape", "SplitTruncation", "TruncationCheck", "adapter_info",
     "chat_template_text", "check_targets", "check_validation_split", "count_truncation", "estimate_run",
     "export_adapter", "find_config", "is_worker", "method_info", "model_ref", "model_shape", "needs_launch", "nonfinite_loss_error",
     "peak_memory_mb", "plan_device", "plan_truncation", "read_metrics", "relaunch", "require_saved_epochs",

@@ -19,7 +19,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import queue
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -150,6 +152,65 @@ class MetricsRow:
         ctx.log_metrics(step, **d)
 
 
+class MetricsWriter:
+    """Logs :class:`MetricsRow` s through ``ctx.log_metrics`` on a background thread, in order.
+
+    The training loop only queues a row (:meth:`log`); the append to ``metrics.jsonl`` (with its
+    fsync), the ``metrics_logged`` hook (trackers) and the live display run on the writer's thread,
+    so a slow disk or tracker never stalls a training step. :meth:`flush` waits until every queued
+    row is logged: call it before saving resumable state, so the rows up to a saved step are on disk
+    before the state that resumes from it. :meth:`close` flushes and ends the thread. An error while
+    logging a row is raised again in the caller's thread by the next :meth:`log`, :meth:`flush` or
+    :meth:`close`, and later rows are dropped.
+    """
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self._queue: queue.Queue[MetricsRow | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def log(self, row: MetricsRow) -> None:
+        """Queue ``row`` (returns at once; the writer's thread starts with the first row)."""
+        self._raise()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="ck-metrics", daemon=True)
+            self._thread.start()
+        self._queue.put(row)
+
+    def flush(self) -> None:
+        """Wait until every queued row is logged; raise the error of one that failed."""
+        if self._thread is not None:
+            self._queue.join()
+        self._raise()
+
+    def close(self) -> None:
+        """Flush and end the writer's thread (a later :meth:`log` starts a new one)."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _run(self) -> None:
+        while True:
+            row = self._queue.get()
+            try:
+                if row is None:
+                    return
+                if self._error is None:
+                    row.log(self.ctx)
+            except BaseException as exc:  # noqa: BLE001 - raised again in the training thread
+                self._error = exc
+            finally:
+                self._queue.task_done()
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """The rows of a ``metrics.jsonl`` (skipping a torn last line)."""
     from cruijff_kit._base.fileio import read_jsonl
@@ -208,13 +269,21 @@ def write_adapter_dir(adapter_dir: Path, write: Callable[[Path], None], tokenize
         broken = nonfinite_tensors(tmp / "adapter_model.safetensors")
         if broken:  # diverged weights never become an adapter, whichever trainer wrote them
             raise nonfinite_weights_error(adapter_dir, broken, extra)
-        name_base_model(tmp, base_model_path or base_model)
-        info = {"base_model": base_model, "base_model_path": base_model_path, **(extra or {})}
-        atomic_write_json(tmp / ADAPTER_INFO, info)
+        # tmp is private until it is renamed in, so its files are written in place (no temp file each)
+        config_path = tmp / "adapter_config.json"
+        config = read_json(config_path)
+        config["base_model_name_or_path"] = base_model_path or base_model
+        _write_json(config_path, config)
+        _write_json(tmp / ADAPTER_INFO, {"base_model": base_model, "base_model_path": base_model_path, **(extra or {})})
         _replace_dir(tmp, adapter_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return adapter_dir
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented JSON straight to ``path`` (a file in a folder no reader sees yet)."""
+    path.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
 
 
 def save_adapter(model: Any, tokenizer: Any, adapter_dir: Path, *, base_model: str,
@@ -284,7 +353,7 @@ def save_adapter_weights(weights: dict[str, Any], adapter_config: dict[str, Any]
 
     def write(tmp: Path) -> None:
         save_file(weights, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
-        atomic_write_json(tmp / "adapter_config.json", adapter_config)
+        _write_json(tmp / "adapter_config.json", adapter_config)
 
     return write_adapter_dir(adapter_dir, write, tokenizer, base_model=base_model,
                              base_model_path=base_model_path, extra=extra)

@@ -144,10 +144,10 @@ def _first_nonfinite(values: list[Any], device: Any) -> tuple[float | None, bool
     import torch.distributed as dist
 
     if tensors and local is None:
-        flat = torch.cat([t.float().reshape(-1) for t in tensors])
-        bad = flat[~torch.isfinite(flat)]
-        if bad.numel():  # reading the count is the one synchronisation per optimizer step
-            local = float(bad[0].item())
+        flat = tensors[0].reshape(-1) if len(tensors) == 1 else torch.cat([t.float().reshape(-1) for t in tensors])
+        finite = torch.isfinite(flat)
+        if not bool(finite.all()):  # reading the verdict is the one synchronisation per optimizer step
+            local = float(flat[~finite][0].item())
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         flag = torch.tensor([0.0 if local is None else 1.0], device=device if device is not None else "cpu")
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)

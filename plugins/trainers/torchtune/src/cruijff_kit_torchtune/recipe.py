@@ -71,6 +71,10 @@ class RecipeHooks:
 
     #: Receives every metrics row (called on rank 0 only).
     log: Callable[[MetricsRow], None] | None = None
+    #: Waits until every row given to ``log`` is written (rank 0, before resume state is saved).
+    flush: Callable[[], None] | None = None
+    #: Called once after training (also after an error): every row given to ``log`` is written.
+    close: Callable[[], None] | None = None
     #: ``(epoch, torchtune adapter state dict, step)``: write the epoch's PEFT adapter (rank 0 only).
     save_adapter: Callable[[int, dict[str, Any], int], None] | None = None
     #: Folder for resume state; None disables resume.
@@ -319,6 +323,8 @@ class CkRecipeMixin:
         adapter = self._ck_adapter_state() if (want_adapter or want_state) else {}
         optimizer = self._ck_optimizer_state() if want_state else None
         if self._ck_rank0:
+            if self.ck_hooks.flush is not None:  # the rows up to this step are on disk before its state
+                self.ck_hooks.flush()
             if want_adapter and self.ck_hooks.save_adapter is not None:
                 self.ck_hooks.save_adapter(epoch, adapter, step)
             if want_state:

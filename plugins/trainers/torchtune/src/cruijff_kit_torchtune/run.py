@@ -6,6 +6,7 @@ relaunched under ``torchrun`` (``resources.processes`` / ``gpus`` > 1).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -101,11 +102,18 @@ def run_recipe(tune_cfg: dict[str, Any], *, ctx: Any, family: ModelFamily, world
     backend = torch_backend() if world > 1 else None
     print(f"[ck torchtune] rank {rank}/{world} recipe={cls.__name__} backend={backend} model={family.name} "
           f"device={conf.device} dtype={conf.dtype} pid={os.getpid()}", flush=True)
-    recipe.setup(cfg=conf)
+    close = hooks.close or (lambda: None)
     try:
-        recipe.train()
-    finally:
-        recipe.cleanup()
+        recipe.setup(cfg=conf)
+        try:
+            recipe.train()
+        finally:
+            recipe.cleanup()
+    except BaseException:
+        with contextlib.suppress(Exception):  # the rows logged so far, without hiding the error
+            close()
+        raise
+    close()
     if recipe.ck_stopped_at is not None and rank == 0:
         from cruijff_kit.training import require_saved_epochs
 
@@ -123,7 +131,13 @@ def torch_backend() -> str | None:
 
 def make_hooks(ctx: Any, conf: Any, family: ModelFamily) -> Any:
     """Connect the recipe to the run: metrics rows, PEFT adapters per epoch, resume state, the nan/inf stop."""
-    from cruijff_kit.training import LossWatch, method_info, save_adapter_weights, truncate_metrics
+    from cruijff_kit.training import (
+        LossWatch,
+        MetricsWriter,
+        method_info,
+        save_adapter_weights,
+        truncate_metrics,
+    )
     from cruijff_kit_torchtune.peft_export import peft_config, to_peft_weights
     from cruijff_kit_torchtune.recipe import RecipeHooks
 
@@ -156,5 +170,6 @@ def make_hooks(ctx: Any, conf: Any, family: ModelFamily) -> Any:
     def resumed(step: int) -> None:
         truncate_metrics(ctx.layout.metrics, step)
 
-    return RecipeHooks(log=lambda row: row.log(ctx), save_adapter=save_adapter, state_dir=ctx.state_dir,
-                       resumed=resumed, watch=LossWatch(ctx, precision=str(conf.dtype)))
+    writer = MetricsWriter(ctx)  # rows are written off the training thread
+    return RecipeHooks(log=writer.log, flush=writer.flush, close=writer.close, save_adapter=save_adapter,
+                       state_dir=ctx.state_dir, resumed=resumed, watch=LossWatch(ctx, precision=str(conf.dtype)))

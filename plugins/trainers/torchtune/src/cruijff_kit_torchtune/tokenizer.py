@@ -12,7 +12,9 @@ by rendering each conversation prefix and mapping character offsets to tokens.
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,60 @@ from cruijff_kit import DataError, StageError
 #: Label value the loss ignores (torchtune's CROSS_ENTROPY_IGNORE_IDX).
 IGNORE_INDEX = -100
 _GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+#: Loaded Hugging Face tokenizers by (folder, chat template, the tokenizer files' sizes and times):
+#: the truncation count, the recipe and the adapter export of a stage share one load.
+_LOADED: dict[tuple[Any, ...], Any] = {}
+#: While :func:`shared_tokenization` is active: conversations the truncation count tokenized, kept
+#: until the recipe's dataset takes them (each is tokenized once per stage, not twice): the tokens,
+#: the flags, and how many times the count met the conversation (the dataset takes it as often).
+_TOKENIZED: dict[tuple[Any, ...], tuple[list[int], list[bool], int]] | None = None
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
+                    "special_tokens_map.json", "chat_template.jinja")
+
+
+def _load_hf(path: str, chat_template: str | None) -> Any:
+    """``AutoTokenizer.from_pretrained(path)`` with ``chat_template`` set, loaded once per process while
+    the tokenizer files stay unchanged."""
+    from transformers import AutoTokenizer
+
+    stamps = []
+    for name in _TOKENIZER_FILES:
+        try:
+            st = (Path(path) / name).stat()
+        except OSError:
+            continue
+        stamps.append((name, st.st_size, st.st_mtime_ns))
+    key = (str(path), chat_template, tuple(stamps))
+    if key not in _LOADED:
+        hf = AutoTokenizer.from_pretrained(str(path))
+        if chat_template:
+            hf.chat_template = chat_template
+        _LOADED.clear()  # one tokenizer at a time: a process trains one model
+        _LOADED[key] = hf
+    return _LOADED[key]
+
+
+@contextlib.contextmanager
+def shared_tokenization() -> Iterator[None]:
+    """Within it, a conversation tokenized for the truncation count (:meth:`HFChatTokenizer.target_mask`)
+    is not tokenized again for the recipe's dataset (:meth:`HFChatTokenizer.tokenize_messages`)."""
+    global _TOKENIZED
+    _TOKENIZED = {}
+    try:
+        yield
+    finally:
+        _TOKENIZED = None
+
+
+def _conversation_key(messages: list[dict[str, Any]]) -> tuple[Any, ...] | None:
+    try:
+        key = tuple((m["role"], m["content"]) for m in messages)
+        hash(key)
+    except (KeyError, TypeError):
+        return None
+    return key
 
 
 class HFChatTokenizer:
@@ -33,14 +89,11 @@ class HFChatTokenizer:
     """
 
     def __init__(self, path: str, max_seq_len: int | None = None, chat_template: str | None = None) -> None:
-        from transformers import AutoTokenizer
-
         try:
-            self.hf = AutoTokenizer.from_pretrained(str(path))
+            self.hf = _load_hf(str(path), chat_template)
         except (OSError, ValueError) as exc:
             raise StageError(f"cannot load the tokenizer of {path}: {exc}") from None
-        if chat_template:
-            self.hf.chat_template = chat_template
+        self.chat_template = chat_template
         if not getattr(self.hf, "chat_template", None):
             raise StageError(f"the tokenizer of {path} has no chat template, so chat rows cannot be rendered. "
                              "Set train.chat_template to a Jinja chat template.")
@@ -86,7 +139,7 @@ class HFChatTokenizer:
 
         Cut to ``max_seq_len``. Raises DataError when the template renders no assistant text.
         """
-        tokens, mask = self.tokens_and_mask(messages)
+        tokens, mask = self._remembered(messages) or self.tokens_and_mask(messages)
         if self.max_seq_len is not None:
             tokens, mask = tokens[: self.max_seq_len], mask[: self.max_seq_len]
         labels = [t if m else IGNORE_INDEX for t, m in zip(tokens, mask, strict=True)]
@@ -104,7 +157,31 @@ class HFChatTokenizer:
     def target_mask(self, messages: list[dict[str, Any]]) -> list[bool]:
         """True for each token the loss trains on (the assistant turns), before any cut: the trainer's
         :meth:`~cruijff_kit.Trainer.target_masker`."""
-        return self.tokens_and_mask(messages)[1]
+        key = self._memo_key(messages)
+        if key is None or _TOKENIZED is None:
+            return self.tokens_and_mask(messages)[1]
+        if key in _TOKENIZED:
+            tokens, mask, seen = _TOKENIZED[key]
+        else:
+            (tokens, mask), seen = self.tokens_and_mask(messages), 0
+        _TOKENIZED[key] = (tokens, mask, seen + 1)
+        return list(mask)
+
+    def _remembered(self, messages: list[dict[str, Any]]) -> tuple[list[int], list[bool]] | None:
+        """The count's tokenization of ``messages`` (each taken as often as the count met it), or None."""
+        key = self._memo_key(messages)
+        if key is None or _TOKENIZED is None or key not in _TOKENIZED:
+            return None
+        tokens, mask, seen = _TOKENIZED[key]
+        if seen > 1:
+            _TOKENIZED[key] = (tokens, mask, seen - 1)
+        else:
+            del _TOKENIZED[key]
+        return tokens, mask
+
+    def _memo_key(self, messages: list[dict[str, Any]]) -> tuple[Any, ...] | None:
+        conversation = _conversation_key(messages)
+        return None if conversation is None else (self.path, self.chat_template, conversation)
 
     def _render(self, msgs: list[dict[str, Any]], generation_prompt: bool) -> str:
         return str(self.hf.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation_prompt))

@@ -92,7 +92,9 @@ class TorchtuneTrainer(Trainer):
         if training.needs_launch(resources):
             training.relaunch(Path(ctx.run_dir), ctx.stage.name, resources, launcher="torchrun")
             return
-        training.require_truncation_allowed(ctx, self, ctx.dataset())
         from cruijff_kit_torchtune.run import run_training
+        from cruijff_kit_torchtune.tokenizer import shared_tokenization
 
-        run_training(self, ctx)
+        with shared_tokenization():  # the count's tokenization is the dataset's: each row tokenized once
+            training.require_truncation_allowed(ctx, self, ctx.dataset())
+            run_training(self, ctx)

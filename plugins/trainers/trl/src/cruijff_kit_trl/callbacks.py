@@ -107,6 +107,8 @@ class MetricsRows(TrainerCallback):
     def __init__(self, ctx: Any, device: str, *, force_epoch_eval: bool = False,
                  force_epoch_save: bool = False) -> None:
         self.ctx, self.device = ctx, device
+        #: Rows are written off the training thread; flushed before every save and at the end.
+        self.writer = training.MetricsWriter(ctx)
         self.force_epoch_eval, self.force_epoch_save = force_epoch_eval, force_epoch_save
         self.trainer: Any = None
         self._since = time.perf_counter()
@@ -130,6 +132,12 @@ class MetricsRows(TrainerCallback):
             wrapped = type(getattr(self.trainer, "model_wrapped", None)).__name__
             print(f"[trl] rank {dist.get_rank()}/{dist.get_world_size()} backend={dist.get_backend()} "
                   f"wrapper={wrapped} pid={os.getpid()}", file=sys.stderr, flush=True)
+
+    def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.writer.flush()
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.writer.flush()
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         if self.force_epoch_eval:
@@ -156,7 +164,9 @@ class MetricsRows(TrainerCallback):
             self._since = now  # evaluation time does not count against training throughput
         else:
             return
-        row.log(self.ctx)
+        self.writer.log(row)
+        if control.should_save:  # the rows up to a checkpoint are on disk before the checkpoint
+            self.writer.flush()
         d = row.as_dict()
         shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                          for k, v in d.items() if v is not None)

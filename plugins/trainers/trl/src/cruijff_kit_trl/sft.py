@@ -5,6 +5,7 @@ Imported only inside a train stage (it imports torch, transformers, peft and trl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -321,7 +322,13 @@ def run_trainer(trainer: Any, adapters: Any, metrics: Any, ctx: Any, config: Trl
     adapters.trainer = trainer
     NonFiniteLossStop(ctx, precision or config.precision).attach(trainer)
     _say(message)
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    try:
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the rows logged so far, without hiding the error
+            metrics.writer.close()
+        raise
+    metrics.writer.close()
     if trainer.is_world_process_zero():
         adapters.finish(trainer.model, trainer.state)
         if config.push_to_hub:
