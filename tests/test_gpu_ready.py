@@ -11,6 +11,8 @@ import json
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from cruijff_kit._api.kinds import Resources
 from cruijff_kit._base.errors import StageError
 from cruijff_kit._base.fileio import read_jsonl
@@ -161,3 +163,40 @@ def test_relaunch_writes_the_configuration_before_starting(tmp_path: Path, monke
     monkeypatch.setattr(distributed, "launch_command", fake)
     distributed.relaunch(tmp_path, "train", Resources(processes=2), launcher="accelerate")
     assert "num_processes: 2" in Path(seen["path"]).read_text()
+
+
+# --------------------------------------------------------------------------- bf16: native only
+@pytest.mark.parametrize(("capability", "native"), [((7, 5), False), ((8, 0), True), ((9, 0), True), ((6, 1), False)])
+def test_bf16_means_native_bf16(monkeypatch, capability, native) -> None:
+    """A GPU below compute capability 8.0 only emulates bf16 (torch's is_bf16_supported says True for it):
+    `auto` picks fp32 there, bf16 from 8.0 on; the local assistant and the inference API follow the same rule."""
+    import torch
+
+    from cruijff_kit.inference import resolve_dtype
+    from cruijff_kit.training import resolve_precision, supports_bf16
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # emulation counts there
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
+    monkeypatch.setattr(torch.version, "hip", None, raising=False)
+    assert supports_bf16("cuda") is native and supports_bf16("cuda:1") is native
+    assert resolve_precision("auto", "cuda") == ("bf16" if native else "fp32")
+    assert resolve_dtype("auto", "cuda") == (torch.bfloat16 if native else torch.float32)
+    assert supports_bf16("cpu") is False
+    if not native:
+        with pytest.raises(StageError, match="compute capability below 8.0"):
+            resolve_precision("bf16", "cuda")
+
+
+def test_local_assistant_inputs_follow_the_model(tmp_path: Path, tiny_llama: Path) -> None:
+    """The local simulated assistant puts its inputs where the model's input embeddings are (a 4-bit
+    load places weights itself), through PEFT as well."""
+    from cruijff_kit_local_simulator.simulator import input_device
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    peft = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    peft.get_input_embeddings().to("meta")  # stands in for a device other than the one asked for
+    assert str(input_device(peft)) == "meta"

@@ -19,11 +19,14 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 
 
 def resolve_dtype(dtype: str | None, device: str) -> Any:
-    """The torch dtype for a ``dtype`` option (``auto``: bfloat16 on a GPU that supports it, else float32)."""
+    """The torch dtype for a ``dtype`` option (``auto``: bfloat16 on a GPU that computes in it natively,
+    :func:`cruijff_kit.training.supports_bf16`, else float32)."""
     import torch
 
     if dtype in (None, "auto"):
-        if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        from cruijff_kit.training import supports_bf16
+
+        if supports_bf16(device):
             return torch.bfloat16
         return torch.float32
     try:

@@ -21,6 +21,7 @@ from cruijff_kit.training._adapters import (
     run_device,
     save_adapter,
     save_adapter_weights,
+    supports_bf16,
     torch_dtype,
     truncate_metrics,
     write_adapter_dir,
@@ -49,6 +50,6 @@ __all__ = [
     "chat_template_text", "check_targets", "check_validation_split", "count_truncation", "estimate_run",
     "export_adapter", "find_config", "is_worker", "method_info", "model_ref", "model_shape", "needs_launch", "nonfinite_loss_error",
     "peak_memory_mb", "plan_device", "plan_truncation", "read_metrics", "relaunch", "require_saved_epochs",
-    "require_truncation_allowed", "resolve_precision", "run_device", "save_adapter", "save_adapter_weights",
+    "require_truncation_allowed", "resolve_precision", "run_device", "save_adapter", "save_adapter_weights", "supports_bf16",
     "torch_dtype", "truncate_metrics", "world_size", "write_adapter_dir",
 ]

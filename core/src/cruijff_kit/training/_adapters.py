@@ -55,23 +55,38 @@ def run_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def supports_bf16(device: str = "cuda") -> bool:
+    """Whether ``device`` computes in bfloat16 natively: a CUDA GPU of compute capability 8.0 or newer
+    (Ampere and later; on ROCm what torch reports). Older GPUs only emulate bf16, slowly, and the CPU is
+    not counted: both are False, so ``auto`` picks float32 there."""
+    import torch
+
+    if not str(device).startswith("cuda") or not torch.cuda.is_available():
+        return False
+    if getattr(torch.version, "hip", None):
+        return bool(torch.cuda.is_bf16_supported())
+    index = torch.device(device).index
+    major, _minor = torch.cuda.get_device_capability(torch.cuda.current_device() if index is None else index)
+    return major >= 8
+
+
 def resolve_precision(precision: str, device: str | None = None) -> str:
     """``auto`` -> ``bf16`` on a GPU that supports it, else ``fp32``; explicit values are checked.
 
     Raises :class:`StageError` for ``fp16``/``bf16`` where the device cannot train in it.
     """
-    import torch
 
     device = device or run_device()
-    bf16_ok = device == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    bf16_ok = supports_bf16(device)
     if precision == "auto":
         return "bf16" if bf16_ok else "fp32"
     if precision == "fp16" and device != "cuda":
         raise StageError("train.precision is fp16, but this machine has no GPU: mixed fp16 training needs "
                          "CUDA. Use precision: auto (fp32 on CPU).")
-    if precision == "bf16" and device == "cuda" and not bf16_ok:
-        raise StageError("train.precision is bf16, but this GPU does not support bf16. Use precision: auto "
-                         "(fp32 here) or fp16.")
+    if precision == "bf16" and device.startswith("cuda") and not bf16_ok:
+        raise StageError("train.precision is bf16, but this GPU does not compute in bf16 natively (compute "
+                         "capability below 8.0: it would only emulate it, slowly). Use precision: auto (fp32 "
+                         "here) or fp16.")
     return precision
 
 

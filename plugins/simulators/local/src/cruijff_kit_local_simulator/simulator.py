@@ -167,7 +167,9 @@ class LocalAssistant(Simulator):
         if self._tok.pad_token is None:
             self._tok.pad_token = self._tok.eos_token
         self._tok.padding_side = "left"
-        kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if self._device == "cuda" else torch.float32}
+        from cruijff_kit.training import supports_bf16
+
+        kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if supports_bf16(self._device) else torch.float32}
         quant = self.base_quantization(str(kwargs["dtype"]).removeprefix("torch."))
         if quant.four_bit:
             from cruijff_kit.inference import require_nf4_backend
@@ -259,7 +261,7 @@ class LocalAssistant(Simulator):
 
         tok, model = self._tok, self._model
         prompts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in conversations]
-        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self._device)
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(input_device(model))
         if seed is not None:
             torch.manual_seed(int(seed))
         sample = temperature > 0
@@ -269,3 +271,9 @@ class LocalAssistant(Simulator):
                                  pad_token_id=tok.pad_token_id)
         new = out[:, enc["input_ids"].shape[1]:]
         return [tok.decode(row, skip_special_tokens=True).strip() for row in new]
+
+
+def input_device(model: Any) -> Any:
+    """Where a model's inputs go: the device of its input embeddings (4-bit loading places the weights
+    itself, which may not be the device this simulator was asked for)."""
+    return model.get_input_embeddings().weight.device
