@@ -154,7 +154,7 @@ def test_plan_refuses_auto_on_vllm_for_a_qlora_run(tiny_llama: Path, tmp_path: P
 
     with pytest.raises(CkError, match=r"trained with qlora.*quantization: none"):
         plan_spec(spec)
-    data["eval"] = [{**EVAL, "backend": "vllm", "quantization": "none"}]
+    data["eval"] = [{**EVAL, "backend": "vllm", "quantization": "none", "device": "auto"}]  # vllm serves on GPUs
     spec.write_text(yaml.safe_dump(data, sort_keys=False))
     with pytest.raises(CkError, match="vllm package"):  # past the quantization check: vllm is not installed
         plan_spec(spec)

@@ -141,7 +141,8 @@ class InspectConfig(EvalConfig):
     epochs: int = Field(1, gt=0, description="Repeat each sample N times (useful with sampling).")
     backend: Literal["hf", "vllm"] = Field("hf", description="hf: transformers + peft in process; vllm: "
                                            "inspect's vLLM provider (GPU machines with vllm installed).")
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, mps.")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, mps; with backend: vllm auto, cuda, "
+                        "cuda:1 or cuda:0,1 (passed to vLLM as the GPU list 1 or 0,1).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto = bfloat16 on a GPU that supports it, else float32.")
     batch_size: int = Field(8, gt=0, description="Local models: answers generated per batch.")
@@ -151,7 +152,8 @@ class InspectConfig(EvalConfig):
         "4-bit NF4 (bitsandbytes); none = full precision in `dtype`.")
     merge_adapter: Literal["no", "memory", "disk"] = Field(
         "no", description="Merge the adapter into the base weights: in memory, or as a copy on disk "
-        "under the eval folder (e.g. for vllm without LoRA).")
+        "under the eval folder, saved in the training dtype (e.g. for vllm without LoRA: adapters vLLM "
+        "cannot serve, with LoRA on lm_head or embed_tokens, or modules_to_save).")
     model: str | None = Field(None, description="An inspect model string (openai/..., hf/..., vllm/...) "
                               "to evaluate instead of the run's model; base target only.")
     model_args: dict[str, Any] = Field(default_factory=dict, description="Model args of `model` (e.g. "

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
@@ -35,6 +37,136 @@ def compatible_base_url(cfg: InspectConfig) -> str | None:
     return url
 
 
+#: The ``max_lora_rank`` values vLLM accepts (``MaxLoRARanks`` in ``vllm/config/lora.py``, vLLM 0.11 and later;
+#: older versions accept a subset, from 8 up).
+VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+#: Modules vLLM does not serve as LoRA (no LoRA layers for the embeddings or the output head).
+VLLM_UNSERVABLE_MODULES = ("lm_head", "embed_tokens")
+_DEVICE_IDS = re.compile(r"\d+(,\d+)*")
+#: Resolved training precisions as torch dtype names.
+_PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def vllm_devices(device: str) -> str | None:
+    """The GPU list the vllm provider takes as ``device`` (its ``CUDA_VISIBLE_DEVICES``), or None to let it choose.
+
+    ``auto`` and ``cuda`` -> None; ``cuda:1`` -> ``"1"``; ``cuda:0,1`` and ``0,1`` -> ``"0,1"``. Anything
+    else (``cpu``, ``mps``, ``cuda:x``) raises ValueError: vLLM serves on CUDA GPUs named by index.
+    """
+    value = device.strip()
+    if value in ("auto", "cuda"):
+        return None
+    ids = value.removeprefix("cuda:").replace(" ", "")
+    if _DEVICE_IDS.fullmatch(ids):
+        return ids
+    raise ValueError(f"device: {device} is not a GPU vLLM can serve on. With backend: vllm use auto or cuda "
+                     "(vLLM chooses), cuda:1 (one GPU by index) or cuda:0,1 (several), or set backend: hf "
+                     f"for {value}.")
+
+
+def vllm_max_lora_rank(rank: int) -> int:
+    """The smallest ``max_lora_rank`` vLLM accepts that holds an adapter of LoRA rank ``rank``.
+
+    Raises ValueError above the largest (512): such an adapter must be merged (``merge_adapter: disk``).
+    """
+    for size in VLLM_MAX_LORA_RANKS:
+        if size >= rank:
+            return size
+    raise ValueError(f"LoRA rank {rank} is above the largest rank vLLM serves ({VLLM_MAX_LORA_RANKS[-1]}). Set "
+                     "merge_adapter: disk (vLLM then serves a merged copy, no LoRA), or set backend: hf.")
+
+
+def adapter_rank(adapter_config: dict[str, Any]) -> int:
+    """The largest LoRA rank of an ``adapter_config.json``: ``r``, or a larger value of its ``rank_pattern``."""
+    ranks = [int(adapter_config.get("r") or 0)]
+    ranks += [int(v) for v in (adapter_config.get("rank_pattern") or {}).values()]
+    return max(ranks)
+
+
+def vllm_unservable(targets: list[str] | str | None, modules_to_save: list[str] | None) -> list[str]:
+    """What of an adapter vLLM cannot serve as LoRA: LoRA on ``lm_head``/``embed_tokens``, ``modules_to_save``.
+
+    ``targets`` is ``target_modules`` of ``adapter_config.json`` (a list, or a regular expression) or the
+    run's ``train.lora.targets``.
+    """
+    if isinstance(targets, str):
+        hits = [m for m in VLLM_UNSERVABLE_MODULES if m in targets]
+    else:
+        hits = [t for t in targets or [] if t.rsplit(".", 1)[-1] in VLLM_UNSERVABLE_MODULES]
+    out = [f"LoRA on {t}" for t in hits]
+    if modules_to_save:
+        out.append(f"modules_to_save {list(modules_to_save)}")
+    return out
+
+
+def read_adapter_config(adapter: Path) -> dict[str, Any] | None:
+    """``adapter_config.json`` of an adapter folder, or None when there is none."""
+    path = Path(adapter) / "adapter_config.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CkError(f"{path} cannot be read as JSON ({exc}). Give an adapter folder a trainer wrote, or "
+                      "repair the file.") from None
+    if not isinstance(data, dict):
+        raise CkError(f"{path} is not a JSON object (an adapter_config.json maps names to values). Give an "
+                      "adapter folder a trainer wrote, or repair the file.")
+    return data
+
+
+def vllm_args(cfg: InspectConfig, adapter: Path | None, chat_template: str | None = None) -> dict[str, Any]:
+    """Server args of inspect's vllm provider for the run's model (+ ``adapter``).
+
+    ``dtype`` unless auto; ``device`` as the GPU list the provider expects (:func:`vllm_devices`);
+    ``max_lora_rank`` rounded up to a size vLLM accepts (the provider passes the adapter's raw ``r``,
+    which vLLM refuses unless it is one of its sizes, and ignores ``rank_pattern``); ``tokenizer``, the
+    folder with the tokenizer saved next to the adapter; ``chat_template``, a file with the training
+    chat template.
+    """
+    from cruijff_kit.inference import tokenizer_dir
+
+    args: dict[str, Any] = {}
+    if cfg.dtype != "auto":
+        args["dtype"] = cfg.dtype
+    try:
+        devices = vllm_devices(cfg.device)
+    except ValueError as exc:
+        raise StageError(str(exc)) from None
+    if devices is not None:
+        args["device"] = devices
+    if adapter is not None:
+        config = read_adapter_config(adapter)
+        if config is not None and adapter_rank(config) > 0:
+            try:
+                args["max_lora_rank"] = vllm_max_lora_rank(adapter_rank(config))
+            except ValueError as exc:
+                raise StageError(f"adapter {adapter}: {exc}") from None
+        tok = tokenizer_dir(adapter)
+        if tok is not None:
+            args["tokenizer"] = str(tok)
+    if chat_template:
+        args["chat_template"] = chat_template
+    return args
+
+
+def write_chat_template(value: str | None, resolve: Any, folder: Path) -> str | None:
+    """``train.chat_template`` (text, or a ``.jinja`` file) written to ``folder/chat_template.jinja``.
+
+    vLLM reads ``--chat-template`` as a file, or as single-line text with escapes decoded, which would
+    change a template holding backslashes; a file keeps it as trained. Returns the file's path.
+    """
+    from cruijff_kit.training import chat_template_text
+
+    text = chat_template_text(value, resolve)
+    if not text:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "chat_template.jinja"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
 def model_for(cfg: InspectConfig, model_path: str, adapter: Path | None, chat_template: str | None = None,
               quantization: str | None = None) -> tuple[str, dict[str, Any]]:
     """The inspect model string and model args that evaluate ``model_path`` (+ ``adapter``).
@@ -44,7 +176,8 @@ def model_for(cfg: InspectConfig, model_path: str, adapter: Path | None, chat_te
     follows the adapter). The vllm backend refuses a 4-bit base. An ``openai/`` model served at another
     base URL (an OpenAI-compatible server) speaks chat completions unless ``model_args.responses_api``
     asks for the responses API: inspect would pick the responses API by the model's name, which such
-    servers rarely offer.
+    servers rarely offer. With vllm, ``chat_template`` is a file (see :func:`write_chat_template`) and
+    the model args are :func:`vllm_args`.
     """
     quantization = quantization or cfg.quantization
     if cfg.model:
@@ -59,12 +192,7 @@ def model_for(cfg: InspectConfig, model_path: str, adapter: Path | None, chat_te
                              "hf to evaluate on the 4-bit base, or quantization: none for a full-precision "
                              "evaluation (the results then say quantization: none).")
         name = f"vllm/{model_path}" + (f":{adapter}" if adapter else "")
-        args: dict[str, Any] = {}
-        if cfg.dtype != "auto":
-            args["dtype"] = cfg.dtype
-        if cfg.device != "auto":
-            args["device"] = cfg.device
-        return name, args
+        return name, vllm_args(cfg, adapter, chat_template)
     args = {"device": cfg.device, "dtype": cfg.dtype, "batch_size": local_batch_size(cfg),
             "do_sample": cfg.generation.sample}
     if adapter is not None:
@@ -123,8 +251,44 @@ def generate_args(cfg: InspectConfig, seed: int, local: bool) -> dict[str, Any]:
     return out
 
 
+def merged_dtype(dtype: str, adapter: Path, train: dict[str, Any] | None, base: str) -> str:
+    """The torch dtype name a merged copy is saved in: the eval's ``dtype`` unless auto, else the training dtype.
+
+    The training dtype is the one the adapter records (``cruijff_kit.json``: ``precision``, or a qlora
+    adapter's ``compute_dtype``), else the run's ``train.precision`` (``auto`` resolved as the trainer
+    resolves it, on this machine), else (an adapter trained elsewhere) the base model's own dtype
+    (``config.json``), else float32.
+    """
+    from cruijff_kit.training import adapter_info, resolve_precision, run_device
+
+    if dtype != "auto":
+        return dtype
+    info = adapter_info(adapter)
+    if info.get("precision") in _PRECISION_DTYPES:
+        return _PRECISION_DTYPES[info["precision"]]
+    compute = (info.get("quantization") or {}).get("compute_dtype")
+    if compute in _PRECISION_DTYPES.values():
+        return str(compute)
+    precision = (train or {}).get("precision")
+    if precision == "auto":
+        precision = resolve_precision("auto", run_device())
+    if precision in _PRECISION_DTYPES:
+        return _PRECISION_DTYPES[precision]
+    config = Path(base) / "config.json"
+    if config.is_file():
+        data = json.loads(config.read_text(encoding="utf-8"))
+        own = data.get("torch_dtype") or data.get("dtype") if isinstance(data, dict) else None
+        if own in _PRECISION_DTYPES.values():
+            return str(own)
+    return "float32"
+
+
 def write_merged(base: str, adapter: Path, out: Path, dtype: str) -> Path:
-    """Merge ``adapter`` into ``base`` and save the result (weights and tokenizer) to ``out``."""
+    """Merge ``adapter`` into ``base`` and save the result (weights and tokenizer) to ``out``.
+
+    ``dtype`` is the torch dtype name the copy is saved in (see :func:`merged_dtype`); the merge is
+    computed in float32 and rounded once.
+    """
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -132,9 +296,11 @@ def write_merged(base: str, adapter: Path, out: Path, dtype: str) -> Path:
 
     if (out / "config.json").exists():
         return out
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=resolve_dtype(dtype, "cpu"))
+    import torch
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-    merged.save_pretrained(out)
+    merged.to(resolve_dtype(dtype, "cpu")).save_pretrained(out)
     AutoTokenizer.from_pretrained(str(tokenizer_dir(adapter) or base)).save_pretrained(out)
     return out
 
@@ -163,7 +329,7 @@ class InspectEvaluator(Evaluator):
 
     # ------------------------------------------------------------------ plan time
     def check(self, run: PlannedRun) -> None:
-        """Plan-time checks: the task exists, the split exists, the adapter exists, vllm is installed."""
+        """Plan-time checks: the task, the split and the adapter exist; for vllm the device and adapters it can serve."""
         from cruijff_kit_inspect.tasks import split_task_ref, task_functions
 
         cfg = self.config
@@ -201,9 +367,49 @@ class InspectEvaluator(Evaluator):
                           "Set checkpoints: none (and include_base: true), or remove `model`.")
         if not cfg.model and cfg.quantization == "auto" and (cfg.backend == "vllm" or cfg.merge_adapter != "no"):
             self._check_auto_quantization(run, targets)
+        if cfg.backend == "vllm" and not cfg.model:
+            self._check_vllm(run, targets)
         if cfg.backend == "vllm" and not cfg.model and importlib.util.find_spec("vllm") is None:
             raise CkError("backend: vllm needs the vllm package, which is not installed here. Install vllm on "
                           "a GPU machine, or use backend: hf.")
+
+    def _check_vllm(self, run: PlannedRun, targets: list[str]) -> None:
+        """Plan time, backend vllm: a device vLLM can serve on, and adapters it can serve as LoRA.
+
+        The adapter of ``epoch_N`` targets is judged from the run's ``train.lora`` (it does not exist yet),
+        a given adapter (``model.adapter``) from its ``adapter_config.json``. ``merge_adapter: disk``
+        serves a merged copy, so any adapter goes.
+        """
+        cfg = self.config
+        try:
+            vllm_devices(cfg.device)
+        except ValueError as exc:
+            raise CkError(str(exc), option="device") from None
+        if cfg.merge_adapter == "disk":
+            return
+        checks: list[tuple[str, int, list[str]]] = []  # (which adapter, its rank, what vLLM cannot serve)
+        if any(t.startswith("epoch_") for t in targets):
+            train = run.spec.get("train") or {}
+            lora = train.get("lora") or {}
+            modules = list(lora.get("targets") or [])
+            if train.get("apply_lora_to_output"):  # torchtune's switch for LoRA on the output projection
+                modules.append("lm_head")
+            checks.append(("the adapters this run trains (train.lora)", int(lora.get("rank", 8)),
+                           vllm_unservable(modules, None)))
+        adapter = run.spec["model"].get("adapter")
+        if "adapter" in targets and adapter:
+            config = read_adapter_config(Path(adapter)) or {}
+            checks.append((f"model.adapter {adapter}", adapter_rank(config),
+                           vllm_unservable(config.get("target_modules"), config.get("modules_to_save"))))
+        for which, rank, unservable in checks:
+            if unservable:
+                raise CkError(f"backend: vllm cannot serve {which} as LoRA: {'; '.join(unservable)} (vLLM has "
+                              "LoRA layers for linear layers inside the blocks only). Set merge_adapter: disk "
+                              "(vLLM then serves a merged copy), or set backend: hf.", option="merge_adapter")
+            try:
+                vllm_max_lora_rank(rank)
+            except ValueError as exc:
+                raise CkError(f"{which}: {exc}", option="merge_adapter") from None
 
     def _check_auto_quantization(self, run: PlannedRun, targets: list[str]) -> None:
         """Plan time: ``quantization: auto`` would load a 4-bit base that vllm or merge_adapter cannot use."""
@@ -260,9 +466,13 @@ class InspectEvaluator(Evaluator):
                                  "merge_adapter: no (the adapter is applied on top of the 4-bit base, as it was "
                                  "trained), or quantization: none to merge into a full-precision base.")
         if adapter is not None and cfg.merge_adapter == "disk" and not cfg.model:
-            model_path = str(write_merged(model_path, adapter, out / "merged", cfg.dtype))
+            dtype = merged_dtype(cfg.dtype, adapter, train, model_path)
+            model_path = str(write_merged(model_path, adapter, out / "merged", dtype))
             adapter = None
-        model, model_args = model_for(cfg, model_path, adapter, train.get("chat_template"),
+        template = train.get("chat_template")
+        if cfg.backend == "vllm" and not cfg.model:
+            template = write_chat_template(template, self.path, out)
+        model, model_args = model_for(cfg, model_path, adapter, template,
                                       quant.quantization if quant is not None else None)
         seed = ctx.seed
         metadata = {
