@@ -40,3 +40,31 @@ def test_two_ranks_over_gloo_write_each_adapter_once(tmp_path: Path, tiny_llama:
         assert info["world_size"] == 2 and info["step"] == 2 * (epoch + 1)
         assert sorted(p.name for p in (train / f"epoch_{epoch}").iterdir()) == ["adapter"]
     assert not [p for p in train.rglob("*") if ".tmp-" in p.name]
+
+
+def test_saving_gathers_only_the_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At each saved epoch only the LoRA parameters are gathered (each once, every rank in the same
+    order), not the whole base model parameter by parameter; what comes back is each LoRA weight whole."""
+    import importlib
+
+    import torch
+    from cruijff_kit_torchtune import recipe
+
+    # after the recipe module, which makes torchtune importable with the pinned torchao
+    LoRALinear = importlib.import_module("torchtune.modules.peft").LoRALinear  # noqa: N806
+
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict({"q": LoRALinear(8, 8, rank=2, alpha=4), "k": LoRALinear(8, 8, rank=2, alpha=4),
+                                 "mlp": torch.nn.Linear(8, 32), "norm": torch.nn.LayerNorm(8)})
+    gathered: list[int] = []
+    real = recipe.full_tensor
+    monkeypatch.setattr(recipe, "full_tensor", lambda p, d: gathered.append(p.numel()) or real(p, d))
+    state = recipe.gather_adapter_state(model, True, None)
+    expected = {f"{m}.lora_{ab}.weight" for m in ("q", "k") for ab in ("a", "b")}
+    assert set(state) == expected
+    # 4 LoRA matrices of 2x8 / 8x2 = 16 elements each; the base (8x8 weights, 8x32 MLP, norm) never gathered
+    assert gathered == [16, 16, 16, 16]
+    for name in expected:
+        module, part = name.split(".", 1)
+        assert torch.equal(state[name], model[module].state_dict()[part]) and state[name].device.type == "cpu"
+    assert recipe.gather_adapter_state(model, False, None) == {}  # other ranks keep nothing

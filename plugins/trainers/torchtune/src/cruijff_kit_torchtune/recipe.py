@@ -54,6 +54,32 @@ def clean_name(name: str) -> str:
     return name
 
 
+def full_tensor(param: Any, device: Any) -> Any:
+    """One parameter whole: a sharded one (DTensor) gathered from every rank (a collective), on ``device``."""
+    if param.is_cpu and device is not None:
+        param = param.to(device)
+    return param.full_tensor() if hasattr(param, "_local_tensor") else param
+
+
+def gather_adapter_state(model: Any, is_rank_zero: bool, device: Any) -> dict[str, Any]:
+    """The LoRA weights of a sharded model, whole and on CPU on rank 0 (empty elsewhere), in state-dict
+    names. Only the adapter's parameters are gathered (every rank in the same order): torchtune's
+    ``gather_cpu_state_dict(adapter_weights_only=True)`` gathers the whole base model parameter by
+    parameter and drops it afterwards, at every saved epoch."""
+    wanted = {clean_name(k) for k in get_adapter_params(model)}
+    out: dict[str, Any] = {}
+    for name, param in model.state_dict().items():
+        key = clean_name(name)
+        if key not in wanted:
+            continue
+        whole = full_tensor(param, device)
+        if is_rank_zero:
+            out[key] = whole.detach().to("cpu", copy=True)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return out
+
+
 class ConsoleLogger(StdoutLogger):
     """torchtune's stdout logger, minus its copy of the config (the run keeps ``train/torchtune.yaml``)."""
 
@@ -303,9 +329,7 @@ class CkRecipeMixin:
     def _ck_adapter_state(self) -> dict[str, Any]:
         """Full LoRA weights on CPU in torchtune names (rank 0; a collective in distributed runs)."""
         if self._ck_distributed:
-            full = training.gather_cpu_state_dict(self._model, self._ck_rank0, device=self._device,
-                                                  adapter_weights_only=True)
-            return {clean_name(k): v for k, v in full.items()}
+            return gather_adapter_state(self._model, self._ck_rank0, self._device)
         return {clean_name(k): v.detach().to("cpu", copy=True) for k, v in get_adapter_params(self._model).items()}
 
     def _ck_optimizer_state(self) -> dict[str, Any]:
