@@ -44,12 +44,8 @@ def atomic_write_text(path: Path, text: str, *, mode: int | None = None) -> None
     ``mode`` gives the file exactly these permission bits whatever the umask (``0o700`` for a job
     script no one else may read); by default the umask applies as usual.
     """
-    fd, tmp = _temp_beside(path, mode)
+    tmp = _write_synced_temp(path, text, mode)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         _unlink(tmp)
@@ -68,7 +64,7 @@ def _umask_mode() -> int:
     return 0o666 & ~umask
 
 
-def _write_synced_temp(path: Path, text: str, mode: int) -> str:
+def _write_synced_temp(path: Path, text: str, mode: int | None) -> str:
     """A temp file beside ``path`` holding ``text``, fsynced; its name."""
     fd, tmp = _temp_beside(path, mode)
     try:
