@@ -67,7 +67,7 @@ def test_experiment_loop() -> None:
     out = run("experiment_loop.py", "--repeats", "1", "--rows", "16", timeout=850)
     floor = re.search(r"import floor \(.*\): (\S+) s;", out)
     positive(floor.group(1))
-    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.split()[:1] in (["default"], ["serial"])}
+    rows = {m.group(1): m.group(2).split() for m in re.finditer(r"^(default|serial) +(\d.*)$", out, re.MULTILINE)}
     assert set(rows) == {"default", "serial"}, out
     assert rows["serial"][0] == "7" and int(rows["default"][0]) < 7  # stage processes: grouped evaluations
     for cells in rows.values():

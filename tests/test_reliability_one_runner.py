@@ -48,6 +48,7 @@ dataset: {plugin: toy-data}
 train: {plugin: toy, epochs: 1, steps_per_epoch: 40, step_seconds: 0.05}
 eval:
   - {plugin: toy-eval, task: exact, checkpoints: last}
+scheduler: {plugin: local, slots: 1}  # one stage at a time: the evaluations wait, claimed, while training runs
 """
 STAGES = ("train", "eval.exact.base", "eval.exact.epoch_0")
 
