@@ -75,14 +75,25 @@ class MetricSpec(_Model):
 class ScoringConfig(_Model):
     """The multiturn-aware reward: per assistant turn, candidates scored by simulated futures."""
 
+    preset: Literal["ck", "collabllm"] = Field("ck", description="ck: the reward described in docs/simulation.md; "
+                                              "collabllm: CollabLLM's official computation (whole-conversation "
+                                              "futures, cl100k tokens, official judge prompts, no max_turns cut, "
+                                              "3 futures unless continuations is set).")
     candidates: int = Field(3, gt=0, description="Candidate responses sampled per assistant turn.")
-    continuations: int = Field(2, gt=0, description="Futures simulated per candidate (N).")
+    continuations: int = Field(2, gt=0, description="Futures simulated per candidate (N; 3 by default with "
+                               "preset collabllm).")
     horizon: int = Field(2, ge=0, description="User turns simulated into each future.")
     candidate_temperature: float | None = Field(None, ge=0.0, description="Temperature for candidates "
                                                 "(default: the assistant's).")
     judge: ParticipantSection | None = Field(None, description="Default model of grader/interactivity metrics.")
     metrics: dict[str, MetricSpec] = Field(..., min_length=1, description="name: metric; the reward is "
                                            "sum(weight x value).")
+
+    @model_validator(mode="after")
+    def _collabllm_futures(self) -> ScoringConfig:
+        if self.preset == "collabllm" and "continuations" not in self.model_fields_set:
+            self.continuations = 3
+        return self
 
     @model_validator(mode="after")
     def _judge_for_llm_metrics(self) -> ScoringConfig:
@@ -288,6 +299,14 @@ def load_simulation(loaded: Any) -> Simulation:
                 raise SpecError(f"metric `{name}` ({m.type}) compares with a reference answer, but "
                                 "simulate.tasks.answer_field is null.", file=file, path=where,
                                 hint="Name the row field with the reference answer in tasks.answer_field.")
+        if cfg.scoring.preset == "collabllm" and any(m.type == "tokens" for m in cfg.scoring.metrics.values()):
+            from cruijff_kit._base.errors import CkError
+            from cruijff_kit._simulate.collabllm import cl100k_file
+
+            try:
+                cl100k_file()
+            except CkError as exc:
+                raise SpecError(str(exc), file=file, path="simulate.scoring.preset") from None
     user_prompt = (_text_or_file(cfg.user_prompt, base_dir, file=file, path="simulate.user_prompt")
                    if cfg.user_prompt else prompts.USER_PROMPT)
     if "{chat_history}" not in user_prompt or "{task}" not in user_prompt:

@@ -25,10 +25,14 @@ from cruijff_kit._simulate.turns import derive_seed, user_message
 from cruijff_kit._simulate.user import UserSimulator
 
 
-def next_user_message(candidate: dict[str, Any]) -> dict[str, Any] | None:
-    """The user's reply to a chosen candidate, taken from its first simulated future (None when the
-    futures hold no user message, as with ``horizon: 0``)."""
-    for future in candidate.get("continuations") or []:
+def next_user_message(candidate: dict[str, Any], preset: str = "ck") -> dict[str, Any] | None:
+    """The user's reply to a chosen candidate, taken from its first simulated future (under
+    ``preset: collabllm``, as CollabLLM does, from its longest future, the last of equally long ones;
+    None when the futures hold no user message, as with ``horizon: 0``)."""
+    futures = list(candidate.get("continuations") or [])
+    if preset == "collabllm" and futures:
+        futures = [sorted(futures, key=lambda f: len(f.get("messages") or []))[-1]]
+    for future in futures:
         messages = future.get("messages") or []
         if messages and messages[0].get("role") == "user":
             return dict(messages[0])
@@ -77,7 +81,7 @@ class Engine:
                 text = candidates[chosen]["completion"]
                 turns.append({"turn_id": turn, "message_index": len(history), "chosen": chosen,
                               "candidates": candidates})
-                user_next = next_user_message(candidates[chosen])
+                user_next = next_user_message(candidates[chosen], self.scoring.preset)
             history.append({"role": "assistant", "content": text, "turn_id": turn})
             turn += 1
             if turn >= self.max_turns:

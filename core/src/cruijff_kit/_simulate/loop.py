@@ -134,7 +134,8 @@ def build_engine(sim: Simulation, limit: asyncio.Semaphore, rng: random.Random) 
         for name, spec in cfg.scoring.metrics.items():
             model = sim.metric_models.get(name)
             metrics.append(Metric(name, spec, sim.base_dir, caller=caller(model) if model else None,
-                                  prompt=sim.metric_prompts.get(name), json_retries=cfg.json_retries))
+                                  prompt=sim.metric_prompts.get(name), json_retries=cfg.json_retries,
+                                  preset=cfg.scoring.preset))
     engine = Engine(user=user, assistant=caller(sim.assistant), max_turns=cfg.max_turns, seed=sim.seed,
                     system=sim.system_prompt, scoring=cfg.scoring, metrics=metrics,
                     fingerprint=cfg.fingerprint(),

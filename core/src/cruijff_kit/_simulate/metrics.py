@@ -48,6 +48,8 @@ class Outcome:
     conversation: list[dict[str, Any]]
     assistant_texts: list[str]
     final_answer: str
+    session: list[dict[str, Any]] | None = None
+    """The whole conversation through the end of the future (set under ``preset: collabllm``)."""
 
     def chat(self) -> list[dict[str, str]]:
         """The conversation as plain role/content messages."""
@@ -134,14 +136,17 @@ class Metric:
     """One configured metric, ready to score outcomes."""
 
     def __init__(self, name: str, spec: MetricSpec, base_dir: Path, *, caller: Caller | None = None,
-                 prompt: str | None = None, json_retries: int = 3) -> None:
+                 prompt: str | None = None, json_retries: int = 3, preset: str = "ck") -> None:
         self.name, self.spec, self.caller, self.prompt, self.json_retries = name, spec, caller, prompt, json_retries
+        self.preset = preset
         self._fn = load_function(str(spec.function), base_dir) if spec.type == "python" else None
 
     async def __call__(self, outcome: Outcome) -> float:
         """The metric's value for one outcome."""
         kind = self.spec.type
         task = outcome.task
+        if self.preset == "collabllm" and kind in ("tokens", "grader", "interactivity"):
+            return await self._collabllm(outcome)
         if kind == "tokens":
             return sum(count_tokens(t) for t in outcome.assistant_texts) / self.spec.per
         if kind in ("exact_match", "contains"):
@@ -170,6 +175,29 @@ class Metric:
                                  "must return a finite number.")
             return number
         return await self._judge(outcome)
+
+    async def _collabllm(self, outcome: Outcome) -> float:
+        """CollabLLM's token_amount / accuracy / interactivity over the whole conversation."""
+        from cruijff_kit._simulate import collabllm
+
+        session = outcome.session if outcome.session is not None else outcome.conversation
+        if self.spec.type == "tokens":
+            text = " ".join(m["content"] for m in collabllm.strip_system(session) if m["role"] == "assistant")
+            return await asyncio.to_thread(collabllm.count_cl100k, text) / self.spec.per
+        assert self.caller is not None
+        if self.spec.type == "grader":
+            key, text = "accuracy", collabllm.accuracy_prompt(outcome.task.prompt, outcome.task.answer or "", session)
+        else:
+            key, text = "interactivity", collabllm.interactivity_prompt(session)
+        messages = [{"role": "user", "content": text}]
+        last: Exception | None = None
+        for attempt in range(self.json_retries):
+            reply = await self.caller(messages, temperature=0.0 if attempt == 0 else 0.7)
+            try:
+                return collabllm.judged_value(reply, key)
+            except MalformedReply as exc:
+                last = exc
+        raise CallFailed(f"metric `{self.name}`: no valid JSON `{key}` in {self.json_retries} tries: {last}")
 
     async def _judge(self, outcome: Outcome) -> float:
         assert self.caller is not None and self.prompt is not None

@@ -36,12 +36,12 @@ async def simulate_future(engine: Engine, conv_id: str, task: Task, history: lis
         if engine.user.ends(reply):
             ended = True
             break
-        if turn + 1 + h >= engine.max_turns:
+        if turn + 1 + h >= engine.max_turns and engine.scoring.preset != "collabllm":
             break
         text = await engine.respond(conv, seed=derive_seed(engine.seed, conv_id, "future", turn, k, j, h))
         conv.append({"role": "assistant", "content": text})
         texts.append(text)
-    outcome = Outcome(task, conv, texts, final_answer(conv, start))
+    outcome = Outcome(task, conv, texts, final_answer(conv, start), session=conv)
     values = await asyncio.gather(*(m(outcome) for m in engine.metrics))
     rewards = {m.name: float(v) for m, v in zip(engine.metrics, values, strict=True)}
     score = sum(m.spec.weight * rewards[m.name] for m in engine.metrics)
