@@ -36,7 +36,11 @@ def looks_like_hub_id(path: str) -> bool:
 
 
 def default_hub_cache() -> Path:
-    """The hub library's default cache folder (``HF_HUB_CACHE``, ``HF_HOME/hub``, ``~/.cache/huggingface/hub``)."""
+    """The hub library's default cache folder (``HF_HUB_CACHE``, ``HF_HOME/hub``, ``~/.cache/huggingface/hub``).
+
+    Read from the environment on each call rather than from ``huggingface_hub.constants``, which fixes
+    these values once, when it is first imported: a process that sets ``HF_HUB_CACHE`` later (a
+    profile, a test) would otherwise resolve the old folder, and this layer imports no hub library."""
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
     home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")

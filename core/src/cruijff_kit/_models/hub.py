@@ -12,7 +12,6 @@ verified against the hub's file hashes (sha256 for large files, the git blob id 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -60,22 +59,18 @@ class CachedModel:
 
 # --------------------------------------------------------------------------- verification
 def git_blob_sha1(path: Path) -> str:
-    """The git blob id of a file (how the hub names small files)."""
-    h = hashlib.sha1()
-    h.update(f"blob {path.stat().st_size}\0".encode())
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """The git blob id of a file (how the hub names small files), by the hub library's ``git_hash``."""
+    from huggingface_hub.utils.sha import git_hash
+
+    return git_hash(path.read_bytes())  # only small (non-LFS) files are named this way
 
 
 def sha256_file(path: Path) -> str:
-    """The sha256 of a file (how the hub names large files)."""
-    h = hashlib.sha256()
+    """The sha256 of a file (how the hub names large files), by the hub library's ``sha_fileobj``."""
+    from huggingface_hub.utils.sha import sha_fileobj
+
     with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return sha_fileobj(f).hex()
 
 
 def verify_snapshot(snapshot: Path, files: Iterable[dict[str, Any]]) -> list[str]:
@@ -252,26 +247,50 @@ def _experiment_specs(roots: Iterable[Path]) -> list[tuple[str, dict[str, Any]]]
 
 
 def list_cached(cache: Path, experiment_roots: Iterable[Path] = ()) -> list[CachedModel]:
-    """Every cached snapshot in ``cache``, with its size, refs and the experiments (under
-    ``experiment_roots``) whose runs use it."""
+    """Every cached model snapshot in ``cache``, with its size, refs and the experiments (under
+    ``experiment_roots``) whose runs use it.
+
+    The hub library's ``scan_cache_dir`` reads the cache; a repository it reports as corrupted (a
+    missing blob, a ref to a missing snapshot) is still listed, read by hand, since it takes space."""
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
     cache = Path(cache)
+    try:
+        info = scan_cache_dir(cache)
+    except CacheNotFound:
+        return []
     specs = _experiment_specs(experiment_roots)
+    found: dict[str, list[tuple[str, list[str], int]]] = {}
+    for repo in info.repos:
+        if repo.repo_type == "model":
+            found[repo.repo_path.name] = [(rev.commit_hash, sorted(rev.refs), rev.size_on_disk)
+                                          for rev in repo.revisions]
+    for repo in sorted(cache.glob("models--*")):  # the ones scan_cache_dir left out as corrupted
+        if repo.name not in found and repo.is_dir():
+            found[repo.name] = _walk_repo(repo)
     out = []
-    for repo in sorted(cache.glob("models--*")):
-        hub_id = repo.name[len("models--"):].replace("--", "/", 1)
-        refs: dict[str, list[str]] = {}
-        for ref in (repo / "refs").rglob("*") if (repo / "refs").is_dir() else []:
-            if ref.is_file():
-                refs.setdefault(ref.read_text().strip(), []).append(str(ref.relative_to(repo / "refs")))
-        for snap in sorted(p for p in (repo / "snapshots").glob("*") if p.is_dir()):
+    for name in sorted(found):
+        hub_id = name[len("models--"):].replace("--", "/", 1)
+        for commit, refs, size in sorted(found[name]):
+            snap = cache / name / "snapshots" / commit
             used = set()
             for exp, data in specs:
                 model = data.get("model") or {}
                 local = str(model.get("local_path") or "")
-                names = (snap.name, *refs.get(snap.name, []))
                 if local.startswith(str(snap)) or (model.get("path") == hub_id
-                                                   and (model.get("revision") or "main") in names):
+                                                   and (model.get("revision") or "main") in (commit, *refs)):
                     used.add(exp)
-            out.append(CachedModel(hub_id=hub_id, commit=snap.name, refs=sorted(refs.get(snap.name, [])),
-                                   path=str(snap), size_bytes=_size(snap), used_by=sorted(used)))
+            out.append(CachedModel(hub_id=hub_id, commit=commit, refs=refs, path=str(snap), size_bytes=size,
+                                   used_by=sorted(used)))
     return out
+
+
+def _walk_repo(repo: Path) -> list[tuple[str, list[str], int]]:
+    """(commit, refs, size) of each snapshot of a repository folder ``scan_cache_dir`` reports as corrupted."""
+    refs: dict[str, list[str]] = {}
+    for ref in (repo / "refs").rglob("*") if (repo / "refs").is_dir() else []:
+        if ref.is_file():
+            refs.setdefault(ref.read_text().strip(), []).append(ref.relative_to(repo / "refs").as_posix())
+    return [(snap.name, sorted(refs.get(snap.name, [])), _size(snap))
+            for snap in sorted(p for p in (repo / "snapshots").glob("*") if p.is_dir())]

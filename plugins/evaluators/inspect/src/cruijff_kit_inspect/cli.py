@@ -11,17 +11,22 @@ from typing import Any
 
 import click
 
-KNOWN_PROVIDERS = (
-    "anthropic", "azureai", "bedrock", "ck", "cloudflare", "deepseek", "fireworks", "google", "grok",
-    "groq", "hf", "hf-inference-providers", "litellm", "llama-cpp-python", "meta", "mistral", "mockllm",
-    "moonshot", "nnterp", "none", "ollama", "openai", "openai-api", "openrouter", "perplexity",
-    "sagemaker", "sambanova", "sglang", "together", "transformer_lens", "vllm",
-)
-"""Prefixes that make MODEL an inspect model string rather than a hub id."""
+
+def known_providers() -> frozenset[str]:
+    """The model providers inspect-ai knows (its model registry, read after importing
+    ``inspect_ai.model``), plus this plugin's ``ck``: the prefixes that make MODEL an inspect model
+    string rather than a hub id."""
+    import inspect_ai.model  # noqa: F401 - registers inspect's built-in providers
+
+    # Private: inspect-ai exports no public way to list model providers (checked for 0.3.285); pin tightly.
+    from inspect_ai._util.registry import registry_find, registry_info
+
+    names = {registry_info(api).name.split("/")[-1] for api in registry_find(lambda info: info.type == "modelapi")}
+    return frozenset(names | {"ck"})
 
 
 def _is_model_string(model: str) -> bool:
-    return "/" in model and model.split("/", 1)[0] in KNOWN_PROVIDERS and not Path(model).exists()
+    return "/" in model and model.split("/", 1)[0] in known_providers() and not Path(model).exists()
 
 
 def build_spec(model: str, *, adapter: str | None, task: str, dataset: str | None, dataset_plugin: str,

@@ -30,6 +30,8 @@ from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
+# Private: inspect-ai exports no public base for its hf provider or the helpers below (checked for
+# 0.3.285); pin inspect-ai tightly. tests/test_public_apis.py lists every such import and why.
 from inspect_ai.model import ChatMessage, GenerateConfig, ModelOutput
 from inspect_ai.model._providers.hf import HuggingFaceAPI
 from inspect_ai.tool import ToolChoice, ToolInfo

@@ -197,6 +197,7 @@ def _shorten_dataset_arg(task: Any, n: int) -> None:
     """Record the injected dataset in the log's task_args as a note, not as every sample."""
     note = f"<the run's dataset split: {n} samples>"
     try:
+        # Private: inspect-ai has no public API to rewrite a task's logged args (0.3.285); pinned tightly.
         from inspect_ai._eval.task.constants import TASK_ALL_PARAMS_ATTR
         from inspect_ai._util.registry import registry_params, set_registry_params
 
