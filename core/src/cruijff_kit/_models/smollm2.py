@@ -143,7 +143,8 @@ def _require_backends() -> None:
     if importlib.util.find_spec("gguf") is None:
         raise CkError(
             "SmolLM2 is shipped as a GGUF file, and reading it needs the `gguf` package, which is not "
-            f"installed. Install it with `pip install gguf=={GGUF_VERSION}` and try again."
+            "installed. Install the model extras with `pip install 'cruijff-kit[models]'` "
+            f"(or `pip install gguf=={GGUF_VERSION}`) and try again."
         )
 
 

@@ -29,7 +29,7 @@ name = "__DIST__"
 version = "0.1.0"
 description = "A cruijff-kit __KIND__ plugin: __NAME__."
 requires-python = ">=3.11"
-dependencies = ["cruijff-kit"]
+dependencies = ["cruijff-kit__CK_RANGE__"]
 
 [project.optional-dependencies]
 test = ["pytest"]
@@ -306,9 +306,18 @@ EXAMPLES = {
 }
 
 
+def ck_range() -> str:
+    """The cruijff-kit versions a generated plugin accepts: this minor version (``>=0.1,<0.2``)."""
+    from cruijff_kit._base.version import __version__
+
+    major, minor = (int(x) for x in __version__.split(".")[:2])
+    return f">={major}.{minor},<{major}.{minor + 1}"
+
+
 def _fill(text: str, n: Names, kind: str) -> str:
     base, base_config, hook = PLUGIN_KINDS[kind]
-    for key, value in (("__EXAMPLE__", EXAMPLES[kind]), ("__PACKAGE__", n.package), ("__DIST__", n.dist),
+    for key, value in (("__CK_RANGE__", ck_range()), ("__EXAMPLE__", EXAMPLES[kind]), ("__PACKAGE__", n.package),
+                       ("__DIST__", n.dist),
                        ("__CLASS__", n.cls), ("__HOOK__", hook), ("__KIND__", kind), ("__NAME__", n.name)):
         text = text.replace(key, value)
     return text

@@ -6,6 +6,7 @@ import itertools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cruijff_kit._base.errors import CkError
 from cruijff_kit._summaries.metrics import lower_is_better
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -13,7 +14,13 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 
 def _plt() -> Any:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise CkError(
+            "ck summarize draws its plots with matplotlib, which is not installed. Install the plots extra "
+            'with `pip install "cruijff-kit[plots]"`, or pass `--no-plots` to write only summary.md and summary.csv.'
+        ) from exc
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
