@@ -14,7 +14,7 @@ $(VENV)/.installed: constraints.txt requirements-dev.txt core/pyproject.toml $(w
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e core $(addprefix -e ,$(PLUGINS)) -r requirements-dev.txt
+	$(PY) -m pip install -q -c constraints.txt -e "core[plots,models,data]" $(addprefix -e ,$(PLUGINS)) -r requirements-dev.txt
 	touch $@
 
 install: $(VENV)/.installed
