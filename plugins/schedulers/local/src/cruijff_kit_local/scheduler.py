@@ -47,6 +47,12 @@ def visible_gpus() -> list[str]:
     return []
 
 
+def gpu_source() -> str:
+    """Where :func:`visible_gpus` read the GPUs from, for messages."""
+    seen = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return f"CUDA_VISIBLE_DEVICES={seen!r}" if seen is not None else "as nvidia-smi lists them"
+
+
 def cpu_cores() -> int:
     """The CPU cores this process may use (its affinity mask), at least 1."""
     try:
@@ -213,8 +219,7 @@ class LocalScheduler(Scheduler):
         have = len(visible_gpus())
         if wanted <= have:
             return None
-        seen = os.environ.get("CUDA_VISIBLE_DEVICES")
-        where = f"CUDA_VISIBLE_DEVICES={seen!r}" if seen is not None else "as nvidia-smi lists them"
+        where = gpu_source()
         return [f"scheduler.resources.gpus is {wanted} but this machine has {have} GPU(s) ({where}): the local "
                 "scheduler will not start those stages here (never on the CPU instead). Run the spec where the "
                 f"GPUs are, or set scheduler.resources.gpus to at most {have} (0: on the CPU)."]
@@ -226,8 +231,7 @@ class LocalScheduler(Scheduler):
 
     def _refuse(self, job: StageJob, have: int) -> str:
         """Fail a stage that asks for more GPUs than this machine has (it would wait forever)."""
-        seen = os.environ.get("CUDA_VISIBLE_DEVICES")
-        where = f"CUDA_VISIBLE_DEVICES={seen!r}" if seen is not None else "as nvidia-smi lists them"
+        where = gpu_source()
         status.update_stage(job.run_dir, job.stage, state=status.FAILED, ended=status.now(), exit_code=None,
                             error=f"not started: it asks for {job.resources.gpus} GPU(s) (scheduler.resources.gpus) "
                                   f"and this machine has {have} ({where}). Run it where the GPUs are (another "

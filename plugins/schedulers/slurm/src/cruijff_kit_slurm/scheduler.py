@@ -165,11 +165,10 @@ class SlurmScheduler(Scheduler):
     # ------------------------------------------------------------------ planning
     @staticmethod
     def _resources(job: StageJob, cfg: SlurmConfig) -> Resources:
-        if job.kind == "train":
-            return job.resources
-        if cfg.eval_resources is not None:
+        # an evaluation's job already asks what an evaluation needs (Resources.for_stage: one GPU, one node)
+        if job.kind != "train" and cfg.eval_resources is not None:
             return cfg.eval_resources
-        return job.resources.model_copy(update={"nodes": 1, "processes": None})
+        return job.resources
 
     def _plan(self, jobs: list[StageJob], prof: SlurmProfile, python: str,
               own: dict[Path, SlurmConfig]) -> list[_Part]:
