@@ -123,6 +123,8 @@ class MetricsRows(TrainerCallback):
         if not self._announced:
             self._announced = True
             self._announce()
+        if control.should_save:  # a save without a log at its step: earlier rows first
+            self.writer.flush()
 
     def _announce(self) -> None:
         """One line per rank saying how it trains (the evidence that DDP really runs)."""
@@ -144,6 +146,8 @@ class MetricsRows(TrainerCallback):
             control.should_evaluate = True
         if self.force_epoch_save:
             control.should_save = True
+        if control.should_save:
+            self.writer.flush()
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
         if not state.is_world_process_zero or not logs or "train_runtime" in logs:
