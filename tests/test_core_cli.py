@@ -125,6 +125,26 @@ def test_logs_command(tmp_path, with_toy, ck):
     res = ck("logs", str(run_dir), "eval.t.bsae")
     assert res.returncode == 2 and "Did you mean `eval.t.base`?" in res.stderr
 
+    # the same logs from the spec (or the experiment folder) and the run's name
+    for target in (spec, tmp_path / "runs/toy"):
+        res = ck("logs", str(target), run_dir.name, "eval.t.base", check=True)
+        assert "logs/eval.t.base.out" in res.stdout and "stage eval.t.base of run" in res.stdout
+    res = ck("logs", str(spec), run_dir.name[:-1] + "x")
+    assert res.returncode == 2 and f"Did you mean `{run_dir.name}`?" in res.stderr
+    res = ck("logs", str(spec))
+    assert res.returncode == 2 and "needs a run name" in res.stderr and run_dir.name in res.stderr
+
+    # shell completion (click's, as docs/cli.md sets it up) offers the run names, then the stages
+    def complete(*words: str) -> list[str]:
+        env = {"COMP_WORDS": " ".join(("ck", "logs", *words)), "COMP_CWORD": str(len(words) + 1),
+               "_CK_COMPLETE": "bash_complete"}
+        res = ck(check=True, env=env)
+        return [line.split(",", 1)[1] for line in res.stdout.splitlines()]
+
+    assert complete(str(spec), "") == [run_dir.name]
+    assert complete(str(spec), run_dir.name, "eval.t") == ["eval.t.base"]
+    assert complete(str(run_dir), "ev") == ["eval.t.base"]
+
 
 def test_plan_of_a_big_sweep_prints_a_short_table_and_writes_all(tmp_path, with_toy, ck):
     spec = write_spec(tmp_path, """

@@ -50,6 +50,30 @@ def test_example_spec_validates_and_needs_key_and_bucket(fake_store, tmp_path, c
     assert code == 2 and "runpod.store" in out and "needs a bucket" in out
 
 
+def test_init_yes_writes_a_profile_that_validates_or_says_what_it_needs(fake_store, tmp_path, capsys, monkeypatch):
+    """`ck init --scheduler runpod --yes` never writes a profile that `ck validate` then refuses."""
+    (tmp_path / "examples").mkdir()
+    example = tmp_path / "examples" / "qlora-runpod.yaml"
+    shutil.copy(ROOT / "examples" / "qlora-runpod.yaml", example)
+    (tmp_path / ".cache" / "data").mkdir(parents=True)
+    shutil.copy(ROOT / "tests" / "data" / "capitalize_instruct.json", tmp_path / ".cache" / "data" / "capitalize.json")
+    profile = tmp_path / "profile.yaml"
+    monkeypatch.setenv("CK_PROFILE", str(profile))
+    monkeypatch.setenv("RUNPOD_API_KEY", "test-key")
+
+    code, out = run_ck(capsys, "init", "--scheduler", "runpod", "--yes", "--path", str(profile))
+    assert code == 2 and not profile.exists(), out
+    assert "`runpod.store` is needed" in out and "--set runpod.store.bucket=" in out
+
+    store = {"bucket": BUCKET, "prefix": "ck", "endpoint_url": fake_store.url, "region": "us-east-1",
+             "addressing_style": "path"}
+    sets = [a for k, v in store.items() for a in ("--set", f"runpod.store.{k}={v}")]
+    code, out = run_ck(capsys, "init", "--scheduler", "runpod", "--yes", "--path", str(profile), *sets)
+    assert code == 0, out
+    code, out = run_ck(capsys, "validate", str(example))
+    assert code == 0 and "valid. 2 run(s), 8 stage(s)" in out, out
+
+
 def test_plan_shows_cost_and_run_refuses_over_budget(fake_runpod, fake_store, tmp_path, capsys):
     spec = write_toy_spec(tmp_path, scheduler="max_spend_per_run: 0.5\n")
     write_profile(tmp_path, fake_store)

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from cruijff_kit._base.errors import CkError, ExitCode
+from cruijff_kit._base.errors import CkError, ExitCode, SpecError
 from cruijff_kit._cli.common import (
     ALLOW_LARGE_SWEEP_HELP,
     ALLOW_MANY_EPOCHS_HELP,
@@ -73,7 +73,15 @@ def validate(spec: str, sets: tuple[str, ...], allow_large_sweep: bool, allow_ma
         emit(plan_document(plan))
     if not as_json:
         show_notes(plan)
+        if _simulate_only(plan):
+            click.echo(f"{spec}: valid. No runs: the spec holds only a `simulate:` section (`ck simulate {spec}`).")
+            return
         click.echo(f"{spec}: valid. {len(plan.runs)} run(s), {sum(len(r.stages) for r in plan.runs)} stage(s).")
+
+
+def _simulate_only(plan: Any) -> bool:
+    """A spec with a ``simulate:`` section and no dataset: ``ck simulate`` runs it, there are no runs."""
+    return plan.loaded.model.dataset is None
 
 
 @click.command()
@@ -95,12 +103,16 @@ def plan(spec: str, sets: tuple[str, ...], no_write: bool, allow_large_sweep: bo
         p = make_plan(load(spec, sets), estimate=True, allow_large_sweep=allow_large_sweep,
                       allow_many_epochs=allow_many_epochs)
         text = plan_markdown(p)
+        no_write = no_write or _simulate_only(p)
         if not no_write:
             atomic_write_text(p.layout.plan, text)
         emit({**plan_document(p, estimates=True), "plan_file": None if no_write else str(p.layout.plan)})
     if as_json:
         return
     show_notes(p)
+    if _simulate_only(p):
+        click.echo(f"No runs: the spec holds only a `simulate:` section (`ck simulate {spec}`).")
+        return
     # a terminal table of a thousand rows helps nobody: the file has them all
     console().print(Markdown(text if len(p.runs) <= 50 or no_write else plan_markdown(p, max_rows=20)))
     if not no_write:
@@ -126,6 +138,10 @@ def run(spec: str, sets: tuple[str, ...], scheduler: str | None, force: bool, dr
     with json_output(as_json) as emit:
         p = make_plan(load(spec, sets, scheduler), allow_large_sweep=allow_large_sweep,
                       allow_many_epochs=allow_many_epochs)
+        if _simulate_only(p):
+            raise SpecError("the spec has no runs: it holds only a `simulate:` section.", file=str(p.loaded.file),
+                            path="dataset", hint=f"Run it with `ck simulate {spec}`; add `dataset:` (and `train:` "
+                                                 "or `eval:`) for runs.")
         sel = run_plan(p, force=force, dry_run=dry_run, retry_failed=retry_failed or None)
         blocking = bool(p.runs) and p.runs[0].scheduler().blocking
         bad = _unfinished_rows(p.layout) if blocking and not dry_run else []
@@ -258,34 +274,81 @@ def _damage_warnings(exp: Any, rows: list[dict[str, Any]]) -> list[str]:
 
 
 @click.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.argument("stage", required=False)
+@click.argument("target", type=click.Path(exists=True))
+@click.argument("names", nargs=-1, shell_complete=lambda ctx, param, incomplete: _complete_logs(ctx, incomplete))
 @click.option("-n", "--lines", default=40, show_default=True, help="How many lines of each log.")
-def logs(run_dir: str, stage: str | None, lines: int) -> None:
-    """Show the logs of a run's stage (all stages when STAGE is omitted)."""
-    from cruijff_kit._base.layout import RunLayout
+def logs(target: str, names: tuple[str, ...], lines: int) -> None:
+    """Show the logs of a run's stages: `ck logs RUN_DIR [STAGE]` or `ck logs SPEC|EXPERIMENT RUN [STAGE]`.
+
+    All stages of the run when STAGE is omitted."""
     from cruijff_kit.status import tail
 
-    layout = RunLayout(Path(run_dir).resolve())
+    layout, stage = _logs_target(target, names)
     for line in _run_damage(layout):  # the logs are still shown
         click.echo(f"Warning: {line}", err=True)
     where = {n: layout for n in _logged_stages(layout)}
     where.update(_shared_logs(layout))  # a shared stage's logs are in its shared folder
     if not where:
-        raise CkError(f"{run_dir} has no logs/ folder yet: nothing of this run has started.")
-    names = sorted(where)
+        raise CkError(f"{layout.root} has no logs/ folder yet: nothing of this run has started.")
+    shown = sorted(where)
     if stage:
-        if stage not in names:
+        if stage not in shown:
             from cruijff_kit._base.errors import did_you_mean
 
-            raise CkError(f"No logs for stage `{stage}` in {run_dir}. {did_you_mean(stage, names)}")
-        names = [stage]
-    for name in names:
+            raise CkError(f"No logs for stage `{stage}` in {layout.root}. {did_you_mean(stage, shown)}")
+        shown = [stage]
+    for name in shown:
         for stream in ("out", "err"):
             text = tail(where[name].log(name, stream), lines)
             if text:
                 click.echo(f"==> {where[name].log(name, stream)} <==")
                 click.echo(text)
+
+
+def _complete_logs(ctx: click.Context, incomplete: str) -> list[str]:
+    """Shell completion of ``ck logs``: run names after a spec or experiment, then stage names."""
+    target, given = ctx.params.get("target"), tuple(ctx.params.get("names") or ())
+    if not target:
+        return []
+    try:
+        from cruijff_kit._base.layout import RunLayout
+
+        path = Path(target).resolve()
+        if path.is_dir() and ((path / "status.json").exists() or (path / "logs").is_dir()):
+            layout = RunLayout(path)
+        elif not given:
+            from cruijff_kit._engine.runner import find_experiment
+
+            runs_dir = find_experiment(target).runs_dir
+            return sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and p.name.startswith(incomplete))
+        else:
+            layout, _ = _logs_target(target, given[:1])
+        return [n for n in _logged_stages(layout) if n.startswith(incomplete)]
+    except (CkError, OSError):  # completion never prints an error into the user's shell
+        return []
+
+
+def _logs_target(target: str, names: tuple[str, ...]) -> tuple[Any, str | None]:
+    """(the run's layout, the stage or None) from ``ck logs`` arguments."""
+    from cruijff_kit._base.errors import did_you_mean
+    from cruijff_kit._base.layout import RunLayout
+    from cruijff_kit._engine.runner import find_experiment
+
+    path = Path(target).resolve()
+    is_run = path.is_dir() and ((path / "status.json").exists() or (path / "logs").is_dir())
+    if is_run:
+        if len(names) > 1:
+            raise CkError(f"`ck logs RUN_DIR [STAGE]` takes one stage; got {' '.join(names)}.")
+        return RunLayout(path), (names[0] if names else None)
+    exp = find_experiment(target)
+    runs = sorted(p.name for p in exp.runs_dir.iterdir() if p.is_dir()) if exp.runs_dir.is_dir() else []
+    if not names or len(names) > 2:
+        listed = ", ".join(runs[:20]) + (f" and {len(runs) - 20} more" if len(runs) > 20 else "") or "none yet"
+        raise CkError(f"`ck logs {target}` needs a run name (and optionally a stage): `ck logs {target} RUN "
+                      f"[STAGE]`. Runs of {exp.root.name}: {listed}.")
+    if names[0] not in runs:
+        raise CkError(f"No run `{names[0]}` in {exp.runs_dir}. {did_you_mean(names[0], runs)}".rstrip())
+    return RunLayout(exp.runs_dir / names[0]), (names[1] if len(names) > 1 else None)
 
 
 def _logged_stages(layout: Any) -> list[str]:

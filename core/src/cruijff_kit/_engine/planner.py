@@ -125,6 +125,8 @@ def combinations(loaded: LoadedSpec) -> Iterator[dict[str, Any]]:
 
     A generator: one combination at a time, so a plan holds its resolved runs and nothing more.
     """
+    if loaded.model.dataset is None:  # a simulate-only spec: no runs (load_spec allows nothing else)
+        return
     sweep = loaded.model.sweep
     keys = list(sweep)
     variants = loaded.model.variants or [{}]
@@ -287,6 +289,8 @@ def _resolve_run(loaded: LoadedSpec, combo: dict[str, Any], layout: ExperimentLa
             cache[key] = validate_section(kind, sec, path=path, file=file)
         return cache[key]
 
+    if top.dataset is None:  # a variant cannot remove it; load_spec refused a spec without one
+        raise SpecError("required key `dataset` is missing.", file=file, path="dataset")
     _, ds_cfg = section("dataset", top.dataset.model_dump(), "dataset")
     resolved: dict[str, Any] = {
         "experiment": top.experiment,
@@ -370,13 +374,12 @@ def make_plan(loaded: LoadedSpec, *, estimate: bool = False, check: bool = True,
             collapsed.append((runs[run.name], run))
             continue
         runs[run.name] = run
-    if check:  # a spec section's own rule (e.g. simulate settings are not swept) says it best
-        check_sections(loaded)
+    section_notes = check_sections(loaded) if check else []  # a section's own rule says it best
     for first, again in collapsed:
         check_collapse(loaded, first, again)
     plan = Plan(loaded, list(runs.values()))
     share_stages(plan)
-    plan.notes = plan_notes(plan)
+    plan.notes = list(dict.fromkeys([*plan_notes(plan), *section_notes]))
     if check:
         check_plan(plan)
         check_truncation(plan)
@@ -439,11 +442,13 @@ def _plugin_key(section: dict[str, Any] | None, extra: Any = None) -> str:
     return json.dumps([section, extra], sort_keys=True, default=str)
 
 
-def check_sections(loaded: LoadedSpec) -> None:
-    """Each spec section owner's plan-time ``check`` (e.g. the ``simulate`` section's)."""
+def check_sections(loaded: LoadedSpec) -> list[str]:
+    """Each spec section owner's plan-time ``check`` (e.g. the ``simulate`` section's); the notes they return."""
+    notes: list[str] = []
     for key, owner in registry().spec_sections.items():
         if getattr(loaded.model, key, None) is not None:
-            owner.check(loaded)
+            notes += owner.check(loaded) or []
+    return notes
 
 
 def check_plan(plan: Plan) -> None:

@@ -53,7 +53,8 @@ class SpecModel(BaseModel):
     output_dir: str = Field("runs", description="Where experiments are written (relative to the spec).")
     seed: int = Field(42, ge=0, lt=2**32, description="Random seed of the run: 0 <= seed < 2**32.")
     model: ModelSpec
-    dataset: Section
+    dataset: Section | None = Field(None, description="The data runs train and evaluate on; required unless "
+                                   "the spec only holds a `simulate:` section (for `ck simulate`).")
     prompt: Prompt = Field(default_factory=Prompt)
     train: Section | None = Field(None, description="Omit for control or eval-only runs.")
     eval: list[Section] = Field(default_factory=list)
@@ -202,6 +203,18 @@ def validate_top(data: dict[str, Any], file: str | None) -> SpecModel:
         raise spec_error_from(exc, SpecModel, file=file) from None
 
 
+def check_dataset_named(model: SpecModel, file: str) -> None:
+    """SpecError unless the spec names a dataset or is simulate-only (no runs to plan at all)."""
+    if model.dataset is not None:
+        return
+    runs_keys = [k for k in ("train", "eval", "sweep", "variants") if getattr(model, k)]
+    if model.simulate is None or runs_keys:
+        also = f" (the spec sets {', '.join(f'`{k}`' for k in runs_keys)}, which need one)" if runs_keys else ""
+        raise SpecError(f"required key `dataset` is missing{also}.", file=file, path="dataset",
+                        hint="Add `dataset: {plugin: ..., ...}` (see `ck plugins`); a spec without runs holds "
+                             "only a `simulate:` section, for `ck simulate`.")
+
+
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> LoadedSpec:
     """Read a spec file, apply ``--set`` overrides, and validate the top level."""
     file = Path(path).resolve()
@@ -214,6 +227,7 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Load
                             hint=did_you_mean(top, SpecModel.model_fields))
     merged = apply_overrides(raw, overrides, "--set", str(file))
     model = validate_top(merged, str(file))
+    check_dataset_named(model, str(file))
     for key in model.sweep:
         top = str(split_path(key)[0]) if split_path(key) else key
         if top in ("sweep", "variants", "experiment", "output_dir"):

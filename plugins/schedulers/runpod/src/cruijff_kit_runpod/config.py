@@ -102,7 +102,8 @@ class RunpodProfile(PluginConfig):
         "{{ RUNPOD_SECRET_name }} and the value never leaves RunPod.")
     env: dict[str, str] = Field(default_factory=dict, description="Other (non-secret) pod environment variables.")
     pod_root: str = Field("/ck", pattern=r"^/[A-Za-z0-9_./-]*$", description="Working folder on the pod.")
-    store: StoreProfile | None = Field(None, description="Bucket for inputs and results (required to run).")
+    store: StoreProfile | None = Field(None, description="Bucket for inputs and results (required to run).",
+                                       json_schema_extra={"required_to_run": True})
     prices: dict[str, float] = Field(
         default_factory=dict, description="USD per GPU-hour by GPU type, used when the RunPod API gives none.")
     prices_from_api: bool = Field(True, description="Ask RunPod for current prices (ck plan and ck run).")
