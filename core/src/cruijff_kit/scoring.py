@@ -28,12 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "TOKEN_MARKERS", "CalibrationBin", "brier_score", "calibration_bins", "classification_metrics",
-    "expected_calibration_error", "mean_stderr", "normalize_token", "parse_number", "parse_probability",
-    "regression_metrics", "risk_calibration_error", "roc_auc", "roc_curve",
-]
-
-__all__ = [
     "CalibrationBin",
     "brier_score",
     "calibration_bins",
