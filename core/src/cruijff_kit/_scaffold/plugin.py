@@ -2,9 +2,12 @@
 
 The distribution has a ``pyproject.toml`` with the ``cruijff_kit`` entry point, a package whose
 ``__init__.py`` holds only the ``@hookimpl`` function, the plugin class with its pydantic ``Config``,
-a README and a test that passes as generated. The dataset template is complete (JSON lines of
-``{split, input, output}``); the evaluator template scores exact matches with
-:mod:`cruijff_kit.inference`; the trainer template is a skeleton whose ``train`` you write.
+a README and tests that pass as generated. Every template works as written: the dataset reads JSON
+lines of ``{split, input, output}``; the evaluator scores exact matches with
+:mod:`cruijff_kit.inference`; the trainer is a minimal LoRA loop in plain PyTorch
+(``templates_trainer``); the scheduler runs each stage as a ``ck stage`` subprocess, one at a time
+(``templates_scheduler``); the simulator answers through a Python function named in its section
+(``templates_simulator``).
 """
 
 from __future__ import annotations
@@ -12,12 +15,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from cruijff_kit._scaffold.names import Names, check_name, write_files
+from cruijff_kit._scaffold.templates_scheduler import SCHEDULER, SCHEDULER_TESTS
+from cruijff_kit._scaffold.templates_simulator import SIMULATOR, SIMULATOR_TESTS
+from cruijff_kit._scaffold.templates_trainer import TRAINER, TRAINER_TESTS
 
 #: Plugin kinds ``ck new plugin`` can write -> (base class, base config, hook).
 PLUGIN_KINDS = {
     "dataset": ("Dataset", "DatasetConfig", "register_datasets"),
     "evaluator": ("Evaluator", "EvalConfig", "register_evaluators"),
     "trainer": ("Trainer", "TrainConfig", "register_trainers"),
+    "scheduler": ("Scheduler", "SchedulerConfig", "register_schedulers"),
+    "simulator": ("Simulator", "SimulatorConfig", "register_simulators"),
 }
 
 PYPROJECT = '''[build-system]
@@ -182,45 +190,6 @@ class __CLASS__(Evaluator):
         return {"accuracy": {"value": mean, "stderr": se}, "samples": len(rows)}
 '''
 
-TRAINER = '''"""The __NAME__ trainer (a skeleton: write :meth:`__CLASS__.train`).
-
-Options every trainer shares (epochs, learning_rate, lora.rank, ...) come from ``TrainConfig``; add
-your own below. ``train`` must write a PEFT adapter folder to ``ctx.adapter_dir(epoch)`` for every
-saved epoch (``cruijff_kit.training._adapters.save_adapter`` does it atomically) and log metrics with
-``ctx.log_metrics``; the core does the bookkeeping.
-"""
-
-from __future__ import annotations
-
-from typing import Any
-
-from pydantic import Field
-
-from cruijff_kit import Estimate, TrainConfig, Trainer
-
-
-class __CLASS__Config(TrainConfig):
-    """Options of __NAME__ (unknown keys are errors)."""
-
-    warmup_steps: int = Field(0, ge=0, description="Learning-rate warm-up steps.")
-
-
-class __CLASS__(Trainer):
-    """Fine-tunes the run's model (write the loop in train)."""
-
-    name = "__NAME__"
-    description = "A LoRA trainer (skeleton)."
-    Config = __CLASS__Config
-
-    def estimate(self, run: Any) -> Estimate:
-        """Cheap plan-time estimate (never import torch here)."""
-        return Estimate(notes=[f"{self.config.epochs} epoch(s) at lr {self.config.learning_rate}"])
-
-    def train(self, ctx: Any) -> None:
-        """Train on ``ctx.dataset()["train"]`` and save ``ctx.adapter_dir(epoch)`` per saved epoch."""
-        raise NotImplementedError("__NAME__: write the training loop in __PACKAGE__/plugin.py")
-'''
-
 TEST_COMMON = '''"""Tests of the __NAME__ __KIND__ plugin (run with `pytest`)."""
 
 from __future__ import annotations
@@ -269,14 +238,9 @@ def test_scoring_rule() -> None:
     assert exact_match(" APPLE\\n", "APPLE")
     assert not exact_match("apple", "APPLE")
 ''',
-    "trainer": '''
-MINIMAL = {"epochs": 2}
-
-
-def test_estimate_is_cheap() -> None:
-    plugin = __CLASS__(__CLASS__.Config.model_validate(MINIMAL))
-    assert "2 epoch(s)" in plugin.estimate(None).notes[0]
-''',
+    "trainer": TRAINER_TESTS,
+    "scheduler": SCHEDULER_TESTS,
+    "simulator": SIMULATOR_TESTS,
 }
 
 README = '''# __DIST__
@@ -302,7 +266,12 @@ errors), plan-time checks in `check`, the work in the kind's method.
 EXAMPLES = {
     "dataset": "dataset: {plugin: __NAME__, path: rows.jsonl}",
     "evaluator": "eval:\n  - {plugin: __NAME__, task: exact, max_new_tokens: 8}",
-    "trainer": "train: {plugin: __NAME__, epochs: 1, learning_rate: 1.0e-4}",
+    "trainer": "train: {plugin: __NAME__, epochs: 2, learning_rate: 1.0e-3, lora: {rank: 8}}",
+    "scheduler": "scheduler: {plugin: __NAME__, env: {OMP_NUM_THREADS: \"2\"}}",
+    "simulator": ("simulate:                          # ck simulate SPEC\n"
+                  "  tasks: {path: tasks.json}\n"
+                  "  user: {plugin: __NAME__, function: people.py:user}\n"
+                  "  assistant: {plugin: __NAME__, function: __PACKAGE__.plugin:echo}"),
 }
 
 
@@ -331,7 +300,8 @@ def plugin_files(kind: str, name: str) -> dict[str, str]:
         raise SpecError(f"kind {kind!r} has no template.", file="ck new plugin",
                         hint=f"Use one of {', '.join(PLUGIN_KINDS)}.")
     n = check_name(name, "plugin")
-    body = {"dataset": DATASET, "evaluator": EVALUATOR, "trainer": TRAINER}[kind]
+    body = {"dataset": DATASET, "evaluator": EVALUATOR, "trainer": TRAINER, "scheduler": SCHEDULER,
+            "simulator": SIMULATOR}[kind]
     return {rel: _fill(text, n, kind) for rel, text in {
         "pyproject.toml": PYPROJECT,
         "README.md": README,
