@@ -1,4 +1,4 @@
-"""The summaries feature as a default plugin: ``ck summarize``."""
+"""The summaries feature as a default plugin: ``ck summarize`` and ``ck report``."""
 
 from __future__ import annotations
 
@@ -37,7 +37,41 @@ def summarize(target: str, no_plots: bool, overwrite: bool, as_json: bool) -> No
         click.echo(f"Warning: {line}", err=True)
 
 
+@click.command()
+@click.argument("target", default=".", type=click.Path())
+@click.option("--watch", is_flag=True, help="Write it again each time a stage changes, until none is running.")
+@click.option("--interval", default=5.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="With --watch: seconds between looks at the experiment's state files.")
+@click.option("--overwrite", is_flag=True, help="Write over a report.html ck did not write.")
+@json_flag
+def report(target: str, watch: bool, interval: float, overwrite: bool, as_json: bool) -> None:
+    """One self-contained HTML page of the experiment (report.html in its folder): open it from disk."""
+    from cruijff_kit._engine.runner import find_experiment
+    from cruijff_kit._summaries.report import write as report_write
+
+    with json_output(as_json) as emit:
+        exp = find_experiment(target)
+        written: list[tuple[str, dict]] = []
+
+        def said(path: object, data: dict) -> None:
+            written.append((str(path), data))
+            if not as_json:
+                n = report_write.active(data)
+                click.echo(f"Wrote {path}" + (f" ({n} stage(s) still running)" if n else ""))
+
+        if watch:
+            report_write.watch(exp, overwrite=overwrite, interval=interval, on_write=said)
+        else:
+            said(*report_write.write_report(exp, overwrite=overwrite))
+        path, data = written[-1]
+        emit({"ok": True, "exit_code": 0, "experiment": data["experiment"], "experiment_dir": str(exp.root),
+              "report": path, "rows": len(data["rows"]), "damaged": data["damaged"]})
+    for line in written[-1][1]["damaged"]:
+        click.echo(f"Warning: {line}", err=True)
+
+
 @hookimpl(tryfirst=True)
 def register_commands(cli: click.Group) -> None:
-    """Add ``ck summarize``."""
+    """Add ``ck summarize`` and ``ck report``."""
     cli.add_command(summarize)
+    cli.add_command(report)

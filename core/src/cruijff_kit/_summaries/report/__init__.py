@@ -1,0 +1,1 @@
+"""``ck report``: one self-contained HTML page per experiment (``report.html`` in its folder)."""
