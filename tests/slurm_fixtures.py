@@ -358,10 +358,10 @@ def cancel_leftovers_fixture() -> Iterator[Callable[[Path], None]]:
     for exp in folders:
         for st in exp.glob("runs/*/status.json"):
             for entry in json.loads(st.read_text()).get("stages", {}).values():
-                if entry.get("job_id"):
-                    ids.append(str(entry["job_id"]))
+                if entry.get("job_id"):  # a grouped stage's id is "<job>/<stage>"
+                    ids.append(str(entry["job_id"]).split("/", 1)[0])
     if ids and shutil.which("scancel"):
-        subprocess.run(["scancel", *ids], capture_output=True, check=False)
+        subprocess.run(["scancel", *dict.fromkeys(ids)], capture_output=True, check=False)
 
 
 def settled(rows: list[dict[str, Any]]) -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cruijff_kit._api.kinds import Resources
+from cruijff_kit._api.kinds import Resources, SchedulerConfig
 from cruijff_kit._base.errors import StageError
 from cruijff_kit._base.fileio import read_jsonl
 
@@ -101,6 +101,21 @@ def test_a_stage_asking_for_no_gpu_sees_none(with_toy: Path, tmp_path: Path, ck)
     assert ck("run", str(spec), env={"CUDA_VISIBLE_DEVICES": "0,1"}).returncode == 0
     rows = read_jsonl(_runs(tmp_path)[0] / "train" / "metrics.jsonl")
     assert {r["cuda"] for r in rows} == {""}
+
+
+def test_eval_resources_apply_to_every_scheduler(with_toy: Path, tmp_path: Path, ck) -> None:
+    """`scheduler.eval_resources` is an option of every scheduler: here the local one runs the evaluation
+    on no GPU while its training has one."""
+    spec = _spec(tmp_path, "{gpus: 1}", eval_=True)
+    spec.write_text(spec.read_text().replace("resources: {gpus: 1}", "resources: {gpus: 1}, eval_resources: {gpus: 0}"))
+    res = ck("run", str(spec), env={"CUDA_VISIBLE_DEVICES": "0,1"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    (run,) = _runs(tmp_path)
+    assert {r["cuda"] for r in read_jsonl(run / "train" / "metrics.jsonl")} in ({"0"}, {"1"})
+    assert json.loads((run / "eval" / "toy" / "epoch_0" / "log.json").read_text())["cuda"] == ""
+    config = SchedulerConfig.model_validate({"resources": {"gpus": 4, "nodes": 2}, "eval_resources": {"cpus": 3}})
+    assert (config.stage_resources("eval").cpus, config.stage_resources("eval").gpus) == (3, 0)
+    assert config.stage_resources("train").gpus == 4
 
 
 def test_evaluations_ask_for_one_gpu() -> None:

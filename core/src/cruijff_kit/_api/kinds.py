@@ -64,17 +64,29 @@ class LoraOptions(PluginConfig):
     rank: int = Field(8, gt=0, description="LoRA rank r (must be > 0).")
     alpha: float | None = Field(None, gt=0, description="LoRA alpha; defaults to 2 x rank.")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
-    targets: list[str] = Field(
+    targets: list[str] | Literal["all-linear"] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
         min_length=1,
-        description="Module names (HF naming) that get LoRA adapters.",
+        description="Module names (HF naming) that get LoRA adapters, or `all-linear` (PEFT's: every linear "
+                    "layer of the decoder blocks, not the output layer).",
     )
+    modules_to_save: list[str] | None = Field(
+        None, min_length=1, description="Modules trained in full and saved with the adapter (PEFT's "
+                                        "modules_to_save, e.g. [lm_head]).")
+    use_rslora: bool = Field(False, description="Rank-stabilized LoRA: scale by alpha / sqrt(rank) instead of "
+                                                "alpha / rank.")
+    use_dora: bool = Field(False, description="DoRA: a learned magnitude per output row on top of LoRA.")
 
     @model_validator(mode="after")
     def _default_alpha(self) -> LoraOptions:
         if self.alpha is None:
             self.alpha = float(2 * self.rank)
         return self
+
+    @property
+    def all_linear(self) -> bool:
+        """True when ``targets`` is ``all-linear``."""
+        return self.targets == "all-linear"
 
 
 #: Epochs a run trains without ``--allow-many-epochs`` (``TrainConfig.epochs`` refuses more than 100,000).
@@ -110,6 +122,23 @@ class TrainConfig(PluginConfig):
     allow_truncation: bool = Field(
         False, description="Train even when max_seq_length cuts target (assistant) tokens off some rows; "
         "by default `ck plan`, `ck run` and the train stage refuse such data (the rows and tokens are counted).")
+    trainer_args: dict[str, Any] = Field(
+        default_factory=dict, description="Settings of the trainer's own config class that no option above "
+        "sets (TRL's SFTConfig/DPOConfig fields; torchtune recipe keys, dotted), checked at `ck validate`.")
+
+    #: Whether the plugin reads ``trainer_args``; a Config that leaves this False refuses them (so that they
+    #: are never silently dropped).
+    accepts_trainer_args: ClassVar[bool] = False
+
+    @field_validator("trainer_args")
+    @classmethod
+    def _trainer_args_read(cls, v: dict[str, Any]) -> dict[str, Any]:
+        # The core reads the shared options of any train section with TrainConfig itself; a plugin's Config
+        # subclass says whether its trainer reads trainer_args (a plain TrainConfig: Trainer.__init__ does).
+        if v and cls is not TrainConfig and not cls.accepts_trainer_args:
+            raise ValueError("this trainer does not read trainer_args, so they would be ignored; remove them, "
+                             "or use a trainer that reads them (trl, torchtune)")
+        return v
 
     @field_validator("save_epochs")
     @classmethod
@@ -199,6 +228,23 @@ class SchedulerConfig(PluginConfig):
     """Options every scheduler accepts."""
 
     resources: Resources = Field(default_factory=Resources)
+    eval_resources: Resources | None = Field(
+        None, description="Resources of eval stages; default: those of `resources` with at most one GPU, "
+        "on one node.")
+
+    def stage_resources(self, kind: str) -> Resources:
+        """What a stage of ``kind`` (train or eval) asks: ``eval_resources`` for an evaluation when set,
+        else :meth:`Resources.for_stage` of ``resources``."""
+        if kind == "eval" and self.eval_resources is not None:
+            return self.eval_resources
+        return self.resources.for_stage(kind)
+
+    @classmethod
+    def stage_resources_of(cls, section: dict[str, Any], kind: str) -> Resources:
+        """:meth:`stage_resources` from a ``scheduler:`` section of a resolved spec (its other keys,
+        the plugin's own, are not read)."""
+        common = {k: section[k] for k in cls.model_fields if section.get(k) is not None}
+        return cls.model_validate(common).stage_resources(kind)
 
 
 class DatasetConfig(PluginConfig):
@@ -255,6 +301,15 @@ class Trainer(Plugin):
 
     kind = "trainer"
     Config = TrainConfig
+
+    def __init__(self, config: PluginConfig, base_dir: Path | None = None) -> None:
+        super().__init__(config, base_dir)
+        if getattr(config, "trainer_args", None) and not getattr(type(config), "accepts_trainer_args", False):
+            from cruijff_kit._base.errors import SpecError
+
+            raise SpecError(f"the `{self.name}` trainer does not read trainer_args, so they would be ignored.",
+                            path="train.trainer_args", hint="Remove them, or use a trainer that reads them "
+                                                            "(trl, torchtune).")
 
     def estimate(self, run: PlannedRun) -> Estimate:
         """Cheap resource estimate (never imports torch)."""

@@ -27,14 +27,14 @@ class SpecSection:
     """A top-level spec section that a feature or plugin owns (``simulate`` is one).
 
     The engine does not know what the section means: at plan time it calls ``check`` once per spec
-    (raise :class:`SpecError` naming the path), writes ``resolve(section, spec)`` into each run's
+    (raise :class:`SpecError` naming the path; the notes it may return are shown like the plan's), writes ``resolve(section, spec)`` into each run's
     resolved spec (kept out of the run name), and adds ``reference()`` to the spec reference page.
     ``schema()`` (optional) returns the section's JSON Schema for ``ck schema`` (its own ``$defs``
     and ``#/$defs/...`` references are allowed); without it the section is any mapping there.
     """
 
     key: str
-    check: Callable[[LoadedSpec], None]
+    check: Callable[[LoadedSpec], list[str] | None]
     resolve: Callable[[Any, LoadedSpec], Any]
     reference: Callable[[], list[ReferenceTable]]
     schema: Callable[[], dict[str, Any]] | None = None

@@ -382,7 +382,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def filter_log_streams(pairs: list[tuple[int, int]], *, parent: int, control: int, group: bool,
-                       env: dict[str, str] | None = None) -> None:
+                       env: dict[str, str] | None = None, make_scrubber: Any = None) -> None:
     """The log filter of ``ck stage``: copy each ``(read_fd, write_fd)`` pipe to its log through a
     :class:`StreamScrubber` until every writer has closed it.
 
@@ -391,7 +391,8 @@ def filter_log_streams(pairs: list[tuple[int, int]], *, parent: int, control: in
     left in its group (workers, launchers) get SIGTERM, and SIGKILL 10 s later, so none lives on
     unnoticed; a note saying so is written to the last log. SIGTERM/SIGINT/SIGHUP are ignored here, so
     the last lines a stopped stage prints still reach its log; the filter ends at most 15 s after the
-    stage when something it started keeps the pipes open.
+    stage when something it started keeps the pipes open. ``make_scrubber(write_fd)``, when given, makes
+    each stream's scrubber instead of :class:`StreamScrubber` (same ``feed``/``flush``/``pending``).
     """
     import select
     import signal
@@ -399,7 +400,7 @@ def filter_log_streams(pairs: list[tuple[int, int]], *, parent: int, control: in
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    scrubbers = {r: (w, StreamScrubber(env)) for r, w in pairs}
+    scrubbers = {r: (w, make_scrubber(w) if make_scrubber else StreamScrubber(env)) for r, w in pairs}
     waiting: dict[int, float] = {}  # read fd -> since when its partial line waits
     watched = [*scrubbers, control]
     clean, gone_at, stopping = False, 0.0, ""
@@ -453,11 +454,12 @@ def _signal_group(pgid: int, sig: int) -> int:
     return 1
 
 
-def log_filter_main(argv: list[str] | None = None) -> None:
+def log_filter_main(argv: list[str] | None = None, make_scrubber: Any = None) -> None:
     """Entry of the log filter process: ``PARENT CONTROL GROUP READ:WRITE [READ:WRITE]`` (see
     :func:`filter_log_streams`)."""
     import sys
 
     args = sys.argv[1:] if argv is None else argv
     pairs = [(int(r), int(w)) for r, w in (a.split(":") for a in args[3:])]
-    filter_log_streams(pairs, parent=int(args[0]), control=int(args[1]), group=args[2] == "1")
+    filter_log_streams(pairs, parent=int(args[0]), control=int(args[1]), group=args[2] == "1",
+                       make_scrubber=make_scrubber)

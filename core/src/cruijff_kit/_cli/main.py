@@ -7,6 +7,7 @@ runs. Imports only light modules; heavy work is imported inside commands.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -18,7 +19,9 @@ from cruijff_kit._cli import admin, runs
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="cruijff-kit")
-def cli() -> None:
+@click.option("--show-noise", is_flag=True, help="Show the known third-party messages that ck hides and counts "
+              "(optional-kernel load failures, deprecation chatter); the same as CK_SHOW_NOISE=1.")
+def cli(show_noise: bool = False) -> None:
     """cruijff-kit: fine-tune, evaluate and compare LLMs from one YAML run spec.
 
     \b
@@ -29,6 +32,10 @@ def cli() -> None:
       ck status spec.yaml       runs x stages with their states
       ck summarize spec.yaml    one table and plots across runs
     """
+    if show_noise:  # stages this command starts inherit it
+        from cruijff_kit._base.noise import SHOW_NOISE_ENV
+
+        os.environ[SHOW_NOISE_ENV] = "1"
 
 
 runs.add_commands(cli)
@@ -58,7 +65,19 @@ def shown_error(exc: CkError) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning user errors into one-paragraph messages and the exit codes of
-    :class:`~cruijff_kit._base.errors.ExitCode`."""
+    :class:`~cruijff_kit._base.errors.ExitCode`. Known third-party noise in warnings and log records
+    is hidden, kept in a side file and counted in one line at the end (see docs/cli.md#quiet-logs)."""
+    from cruijff_kit._base.noise import cli_noise_file, count_line, quiet
+
+    with quiet(cli_noise_file(), follow_stage=True, streams=True) as hidden:  # in a stage: its side file
+        try:
+            _main(argv)
+        finally:
+            if hidden.count:
+                click.echo(count_line(hidden.count, hidden.path), err=True)
+
+
+def _main(argv: list[str] | None) -> None:
     try:
         _add_plugin_commands()
     except CkError as exc:

@@ -22,7 +22,7 @@ from cruijff_kit._api.kinds import (
     EvalConfig,
     Plugin,
     Prompt,
-    Resources,
+    SchedulerConfig,
     TrainConfig,
 )
 from cruijff_kit._api.records import PlannedRun, StageDef, StageJob
@@ -46,6 +46,9 @@ if TYPE_CHECKING:  # pragma: no cover
 FINETUNE, CONTROL, EVAL_ONLY = "finetune", "control", "eval-only"
 #: Keys of the resolved spec that do not change what a run computes, so not in its name's hash.
 NOT_HASHED = ("run", "scheduler", "output_dir", "description", "simulate")
+#: ``train`` options that change no result (where metrics are reported, where the adapter is uploaded,
+#: whether cut rows are allowed): changing one keeps the run's name, so nothing retrains.
+TRAIN_NOT_HASHED = ("allow_truncation", "report_to", "trackers", "push_to_hub", "hub_private")
 
 
 @dataclass
@@ -75,12 +78,12 @@ class Plan:
         """Every stage to execute as a scheduler job: each run's own stages, and each shared stage once."""
         out = []
         for run in [*self.runs, *self.shared]:
-            resources = Resources.model_validate(run.spec["scheduler"].get("resources", {}))
+            section = run.spec["scheduler"]
             for st in run.stages:
                 if (run.name, st.name) in self.pointers:
                     continue  # executed once, in its shared folder
                 out.append(StageJob(self.experiment, run.name, run.layout.root, st.name, list(st.depends_on),
-                                    resources.for_stage(st.kind), st.kind))
+                                    SchedulerConfig.stage_resources_of(section, st.kind), st.kind))
         return out
 
     def swept_keys(self) -> list[str]:
@@ -335,8 +338,8 @@ def _resolve_run(loaded: LoadedSpec, combo: dict[str, Any], layout: ExperimentLa
     _, sched_cfg = section("scheduler", top.scheduler.model_dump(), "scheduler")
     resolved["scheduler"] = dump_section(top.scheduler.plugin, sched_cfg)
     hashed = {k: v for k, v in resolved.items() if k not in NOT_HASHED}
-    if resolved["train"] is not None:  # allowing truncation changes no result: run names stay as they were
-        hashed["train"] = {k: v for k, v in resolved["train"].items() if k != "allow_truncation"}
+    if resolved["train"] is not None:
+        hashed["train"] = {k: v for k, v in resolved["train"].items() if k not in TRAIN_NOT_HASHED}
     name = run_name(hashed)
     resolved["model"] = _resolve_model(resolved["model"], base_dir, file)
     for key, owner in registry().spec_sections.items():  # not hashed (e.g. a simulation's output path)
@@ -391,7 +394,8 @@ def make_plan(loaded: LoadedSpec, *, estimate: bool = False, check: bool = True,
 def check_collapse(loaded: LoadedSpec, first: PlannedRun, again: PlannedRun) -> None:
     """SpecError when two sweep points make the same run (same name) but their resolved specs differ:
     they differ only in what a run's name does not hash (``NOT_HASHED``: the scheduler, ``output_dir``,
-    ``description``, ``simulate``, or ``train.allow_truncation``), so one would be dropped without a word.
+    ``description``, ``simulate``; ``TRAIN_NOT_HASHED``: ``train.allow_truncation``, the trackers, the hub
+    upload), so one would be dropped without a word.
     Points that ``--set`` made equal are one run, as asked."""
     def body(run: PlannedRun) -> dict[str, Any]:
         return {k: v for k, v in run.spec.items() if k != "run"}
@@ -406,7 +410,8 @@ def check_collapse(loaded: LoadedSpec, first: PlannedRun, again: PlannedRun) -> 
     points = "; ".join(f"{{{', '.join(f'{k}: {run.sweep_values.get(k)!r}' for k in keys)}}}" for run in (first, again))
     raise SpecError(f"two sweep points ({points}) make the same run {first.name}: they differ only in {shown}, which "
                     "changes where or how a run is scheduled (or what ck simulate does), not what it computes. A run's "
-                    "name hashes its resolved spec without " + ", ".join(f"`{k}`" for k in NOT_HASHED[1:]) +
+                    "name hashes its resolved spec without " + ", ".join(
+                        [f"`{k}`" for k in NOT_HASHED[1:]] + [f"`train.{k}`" for k in TRAIN_NOT_HASHED]) +
                     ", so one of them would be dropped.", file=str(loaded.file), path="sweep",
                     hint="Sweep settings that change the result. To compare scheduler settings, run the spec once per "
                          "setting with --set and a different `experiment:` name.")

@@ -3,7 +3,8 @@
 It reads the run's resolved spec, builds the stage's plugin and :class:`StageContext`, records
 status and environment, runs the plugin, and marks the stage done only after it returned. What it
 and the processes it starts print goes through a log filter that scrubs secret values
-(:func:`filter_output`).
+(:func:`filter_output`) and moves known third-party noise to ``logs/<stage>.noise.log``
+(:func:`quiet_stage`, :mod:`cruijff_kit._base.noise`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import signal
 import subprocess
 import sys
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,16 @@ from cruijff_kit._api.records import PlannedRun, StageDef
 from cruijff_kit._base.errors import CkError, StageError, clip
 from cruijff_kit._base.fileio import load_yaml
 from cruijff_kit._base.layout import RunLayout
+from cruijff_kit._base.noise import (
+    NOISE_FILE_ENV,
+    NOISE_START_ENV,
+    count_line,
+    file_of_descriptor,
+    file_size,
+    quiet,
+    show_noise,
+    side_file_of,
+)
 from cruijff_kit._base.secrets import secret_values
 from cruijff_kit._engine.damage import record_results
 from cruijff_kit.training._distributed import CHILD_ENV, leave_worker_error
@@ -175,7 +188,7 @@ def claim_stage(run: PlannedRun, stage_name: str) -> int:
 LOG_FILTER_ENV = "CK_LOG_FILTERED"
 #: How long a ``ck stage`` that ends waits for its log filter to write the last lines.
 FILTER_DRAIN_SECONDS = 5.0
-_FILTER_CODE = "from cruijff_kit._base.secrets import log_filter_main; log_filter_main()"
+_FILTER_CODE = "from cruijff_kit._base.noise import quiet_log_filter_main; quiet_log_filter_main()"
 
 
 def _is_log(fd: int) -> bool:
@@ -193,6 +206,33 @@ def _std_descriptors() -> bool:
         return sys.stdout.fileno() == 1 and sys.stderr.fileno() == 2
     except (AttributeError, OSError, ValueError):
         return False
+
+
+def _noise_file(fd: int) -> Path | None:
+    """The side file of the log on ``fd`` (``logs/<stage>.err`` -> ``logs/<stage>.noise.log``), where
+    the log filter keeps the known third-party noise it hides; None when every message is shown or
+    the log is not a file."""
+    log = None if show_noise() else file_of_descriptor(fd)
+    return side_file_of(log) if log is not None else None
+
+
+@contextmanager
+def quiet_stage(run_dir: str | Path, stage_name: str) -> Iterator[None]:
+    """Hide this process's known third-party warnings and log records (:mod:`cruijff_kit._base.noise`)
+    while a stage runs, keeping them in ``logs/<stage>.noise.log``. Behind the log filter, its side file
+    is used and the filter writes the count line at its end (with the lines it hid); otherwise the
+    line ``ck: hid N known third-party messages (full text: FILE)`` is printed here at the stage's end."""
+    if show_noise():
+        yield
+        return
+    shared = os.environ.get(NOISE_FILE_ENV) if os.environ.get(LOG_FILTER_ENV) == "1" else None
+    path = Path(shared) if shared else RunLayout(Path(run_dir).resolve()).logs_dir / f"{stage_name}.noise.log"
+    with quiet(path) as sink:
+        try:
+            yield
+        finally:
+            if not shared and sink.count:
+                print(count_line(sink.count, path), file=sys.stderr, flush=True)
 
 
 def filter_output() -> None:
@@ -213,12 +253,14 @@ def filter_output() -> None:
         return
     sys.stdout.flush()
     sys.stderr.flush()
+    noise = _noise_file(2 if 2 in streams else streams[-1])
+    env = None if noise is None else {**os.environ, NOISE_FILE_ENV: str(noise), NOISE_START_ENV: str(file_size(noise))}
     pipes = {fd: os.pipe() for fd in streams}  # not inheritable until placed on 1 and 2
     ctl_r, ctl_w = os.pipe()
     args = [str(os.getpid()), str(ctl_r), "1" if os.getpgrp() == os.getpid() else "0",
             *(f"{r}:{fd}" for fd, (r, _w) in pipes.items())]
     try:
-        proc = subprocess.Popen([sys.executable, "-c", _FILTER_CODE, *args], stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen([sys.executable, "-c", _FILTER_CODE, *args], stdin=subprocess.DEVNULL, env=env,
                                 pass_fds=[ctl_r, *(r for r, _w in pipes.values())], start_new_session=True)
     except OSError as exc:
         for fd in (ctl_r, ctl_w, *(f for pair in pipes.values() for f in pair)):
@@ -236,6 +278,8 @@ def filter_output() -> None:
         os.dup2(w, fd)
         os.close(w)
     os.environ[LOG_FILTER_ENV] = "1"
+    if noise is not None:  # this process, and those it starts, keep their hidden warnings there too
+        os.environ[NOISE_FILE_ENV] = str(noise)
     global _ACTIVE_FILTER
     if _ACTIVE_FILTER is None and not _FILTER_AT_EXIT:
         atexit.register(end_filter)
@@ -257,6 +301,7 @@ def end_filter() -> None:
     if active is not None:
         _end_filter(*active)
         os.environ.pop(LOG_FILTER_ENV, None)
+        os.environ.pop(NOISE_FILE_ENV, None)
 
 
 def _end_filter(proc: subprocess.Popen[bytes], control: int, saved: dict[int, int], owner: int) -> None:
@@ -299,7 +344,8 @@ def run_stage(run_dir: str | Path, stage_name: str, *, extra_plugins: list[objec
         run.stage(stage_name)  # an unknown stage is refused before any claim file is made
         claim = claim_stage(run, stage_name)
     try:
-        return _run_stage(run_dir, stage_name, extra_plugins=extra_plugins)
+        with quiet_stage(run_dir, stage_name):
+            return _run_stage(run_dir, stage_name, extra_plugins=extra_plugins)
     finally:
         if claim is not None:
             status.release_lock(claim)
@@ -431,13 +477,10 @@ def _run_stage(run_dir: str | Path, stage_name: str, *, extra_plugins: list[obje
             hook.stage_started(run=info, stage=stage_name)
             print(f"[ck] {status.now()} stage {stage_name} of run {run.name} started", flush=True)
         if primary and plugin.uses_gpus():
-            from cruijff_kit._api.kinds import Resources
+            from cruijff_kit._api.kinds import SchedulerConfig
             from cruijff_kit._engine.devices import require_gpus
 
-            section = run.spec["scheduler"]
-            own = section.get("eval_resources") if stage.kind == "eval" else None  # a scheduler's own rule
-            wanted = Resources.model_validate(own) if isinstance(own, dict) else \
-                Resources.model_validate(section.get("resources") or {}).for_stage(stage.kind)
+            wanted = SchedulerConfig.stage_resources_of(run.spec["scheduler"], stage.kind)
             require_gpus(wanted.gpus, f"stage {stage_name} of run {run.name}")
         if stage.kind == "train":
             plugin.train(ctx)  # type: ignore[attr-defined]

@@ -107,9 +107,12 @@ class ModelShape:
         head = 0 if self.tied_embeddings else embed
         return embed + self.linear_parameters() + norms * self.num_layers + self.hidden_size + head
 
-    def lora_parameters(self, targets: list[str], rank: int) -> int:
-        """Trainable parameters of LoRA adapters of ``rank`` on ``targets`` (per layer, plus ``lm_head``)."""
+    def lora_parameters(self, targets: list[str] | str, rank: int) -> int:
+        """Trainable parameters of LoRA adapters of ``rank`` on ``targets`` (per layer, plus ``lm_head``);
+        ``all-linear`` is every linear layer of the blocks."""
         shapes = self.linear_shapes()
+        if targets == "all-linear":
+            targets = list(shapes)
         total = sum(rank * (shapes[t][0] + shapes[t][1]) for t in targets if t in shapes) * self.num_layers
         if "lm_head" in targets:
             total += rank * (self.hidden_size + self.vocab_size)
@@ -192,7 +195,7 @@ def check_targets(run: PlannedRun, config: TrainConfig) -> None:
     Only checked when the model's config is readable and of a known architecture.
     """
     names = target_modules(model_ref(run))
-    if names is None:
+    if names is None or config.lora.all_linear:  # all-linear: every linear layer the model has
         return
     bad = [t for t in config.lora.targets if t not in names]
     if bad:

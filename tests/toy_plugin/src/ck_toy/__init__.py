@@ -28,6 +28,11 @@ class ToyTrainConfig(TrainConfig):
     worker_seconds: float = 0.0
     #: say that this trainer's work runs on the GPUs its resources ask for (a stage then checks for them)
     uses_gpus: bool = False
+    #: print what third-party libraries print: a known noise warning, a known noise line written
+    #: straight to descriptor 2 (as C code does) and a real warning (see `_emit_noise`)
+    emit_noise: bool = False
+    #: raise RuntimeError with this message when training starts (after `emit_noise`)
+    fail_with: str | None = None
 
 
 #: What the child of ``print_env`` runs: the value on both streams, and a last line without its end.
@@ -49,6 +54,24 @@ def _print_env(name: str) -> None:
     print(flush=True)
 
 
+#: A known noise warning (transformers' deprecation, as peft triggers it), a known noise line of a C
+#: extension, and a real warning: only the last stays in the log.
+NOISE_WARNING = ("`is_gradient_checkpointing` is deprecated and will be removed in v6. Use "
+                 "`is_activation_checkpointing` instead.")
+NOISE_LINE = b"Failed to load /opt/site-packages/torchao/_C_mxfp8.so: Could not load this library\n"
+REAL_WARNING = "toy: 3 rows have an empty answer"
+
+
+def _emit_noise() -> None:
+    import warnings
+
+    warnings.warn(NOISE_WARNING, FutureWarning, stacklevel=1)
+    sys.stderr.flush()
+    os.write(2, NOISE_LINE)
+    warnings.warn(REAL_WARNING, UserWarning, stacklevel=1)
+    sys.stderr.flush()
+
+
 class ToyTrainer(Trainer):
     name = "toy"
     Config = ToyTrainConfig
@@ -66,6 +89,10 @@ class ToyTrainer(Trainer):
             print(f"resuming from step {step}", flush=True)
         if cfg.print_env:
             _print_env(cfg.print_env)
+        if cfg.emit_noise:
+            _emit_noise()
+        if cfg.fail_with is not None:
+            raise RuntimeError(cfg.fail_with)
         if cfg.worker_seconds:  # like a launcher's worker; subprocess.run ends it when this stage is stopped
             subprocess.run([sys.executable, "-c", _WORKER, str(ctx.run_dir / "toy-pids.json"),
                             str(cfg.worker_seconds)], check=True)

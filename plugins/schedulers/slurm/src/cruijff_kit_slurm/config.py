@@ -6,19 +6,21 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from cruijff_kit import PluginConfig, Resources, SchedulerConfig
+from cruijff_kit import PluginConfig, SchedulerConfig
 from cruijff_kit.files import literal_secret
 
 
 class SlurmConfig(SchedulerConfig):
     """The spec's ``scheduler:`` section for ``plugin: slurm`` (what the experiment needs)."""
 
-    eval_resources: Resources | None = Field(
-        None, description="Resources of eval stages; default: those of `resources` on one node.")
     constraint: str | None = Field(None, description="sbatch --constraint, e.g. a100|h100.")
     gres: str | None = Field(None, description="sbatch --gres, e.g. gpu:a100:2; replaces the GPU request "
                              "made from resources.gpus.")
     array_parallelism: int = Field(8, gt=0, description="Array tasks of one stage running at once (%N).")
+    group_evals: bool = Field(
+        True, description="Run the evaluations of one run that wait for the same stage in one job, one after "
+        "another in one process (the libraries and the base model load once; each target keeps its own state, "
+        "results and logs; resources.time is the whole job's limit); a sweep's such jobs form one array.")
     launcher: Literal["auto", "torchrun", "none"] = Field(
         "auto", description="auto: train stages with nodes > 1 start `srun torchrun` across the allocation; "
         "torchrun: always (also on one node); none: never.")

@@ -5,6 +5,9 @@ looks for an out-of-memory error in what this attempt wrote to the stage's logs;
 retries are left, it halves ``train.batch_size``, doubles ``train.gradient_accumulation`` in the run's
 resolved ``spec.yaml``, records the change in ``status.json`` and exits 0 (the job runs the stage
 again). Otherwise it exits non-zero and the job ends with the stage's own exit code.
+
+A job that runs several stages of a run (grouped evaluations) also asks it which of them are still to
+do (``--unfinished``: it prints their names) and records a requeue on each of them (``--requeued``).
 """
 
 from __future__ import annotations
@@ -81,31 +84,54 @@ def halve_batch(run_dir: Path, stage: str, max_retries: int, reason: str) -> dic
     return change
 
 
+#: Stage states a requeued job of several stages does not run again (``failed``: only on request,
+#: ``ck run --retry-failed``).
+FINISHED_ON_RESTART = (status.DONE, status.FAILED, status.CANCELLED)
+
+
+def unfinished(run_dir: Path, stages: list[str], restart_count: int = 0) -> list[str]:
+    """The stages of ``stages`` a job that runs them all still has to run: those not done, and when the
+    job was requeued (``restart_count`` > 0) also not failed or cancelled (a requeue resumes what the
+    time limit stopped; it retries nothing)."""
+    entries = status.read(run_dir)["stages"]
+    finished = FINISHED_ON_RESTART if restart_count > 0 else (status.DONE,)
+    return [s for s in stages if entries.get(s, {}).get("state") not in finished]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry used by the job scripts; see the module docstring."""
     ap = argparse.ArgumentParser(prog="python -m cruijff_kit_slurm.recover")
     ap.add_argument("run_dir", type=Path)
-    ap.add_argument("stage")
+    ap.add_argument("stages", nargs="+", metavar="stage")
     ap.add_argument("--exit-code", type=int, default=1)
     ap.add_argument("--out-offset", type=int, default=0)
     ap.add_argument("--err-offset", type=int, default=0)
     ap.add_argument("--max-retries", type=int, default=2)
     ap.add_argument("--requeued", action="store_true", help="record that the job is being requeued")
+    ap.add_argument("--unfinished", action="store_true", help="print the stages still to do")
+    ap.add_argument("--restart-count", type=int, default=0, help="SLURM_RESTART_COUNT of the job")
     args = ap.parse_args(argv)
-    if args.requeued:
-        entry = status.read(args.run_dir)["stages"].get(args.stage, {})
-        status.update_stage(args.run_dir, args.stage, state=status.SUBMITTED, error=None,
-                            requeues=int(entry.get("requeues", 0)) + 1,
-                            note="requeued before the time limit; resumes from its saved state")
+    if args.unfinished:
+        print(" ".join(unfinished(args.run_dir, args.stages, args.restart_count)))
         return 0
-    if args.stage != "train":
+    if args.requeued:
+        entries = status.read(args.run_dir)["stages"]
+        # one stage: as it always was; several: those the requeued job runs again
+        todo = args.stages if len(args.stages) == 1 else unfinished(args.run_dir, args.stages, 1)
+        for stage in todo:
+            status.update_stage(args.run_dir, stage, state=status.SUBMITTED, error=None,
+                                requeues=int(entries.get(stage, {}).get("requeues", 0)) + 1,
+                                note="requeued before the time limit; resumes from its saved state")
+        return 0
+    if args.stages != ["train"]:
         return EXIT_NOT_OOM
+    stage = "train"
     layout = RunLayout(args.run_dir.resolve())
-    text = read_from(layout.log(args.stage, "err"), args.err_offset) + \
-        read_from(layout.log(args.stage, "out"), args.out_offset)
+    text = read_from(layout.log(stage, "err"), args.err_offset) + \
+        read_from(layout.log(stage, "out"), args.out_offset)
     if not is_oom(text):
         return EXIT_NOT_OOM
-    change = halve_batch(layout.root, args.stage, args.max_retries, f"out of memory (exit code {args.exit_code})")
+    change = halve_batch(layout.root, stage, args.max_retries, f"out of memory (exit code {args.exit_code})")
     if change is None:
         print("[ck-slurm] out of memory; no retry left", file=sys.stderr)
         return EXIT_NO_RETRY

@@ -30,11 +30,15 @@ def _say(message: str) -> None:
     print(f"[slurm] {message}", file=sys.stderr, flush=True)
 
 
+#: The label of a job that runs several evaluations of one run (its job name, its arrays' names).
+GROUP_LABEL = "evals"
+
+
 @dataclass
 class _Task:
-    """One stage of one run, as one SLURM job or one array task."""
+    """One stage of one run (or, grouped, several evaluations of it), as one SLURM job or one array task."""
 
-    job: StageJob
+    job: StageJob  # its (first) stage
     index: int  # the run's array index (the same in every array of this submission)
     resources: Resources
     script: Path
@@ -42,6 +46,22 @@ class _Task:
     after: _Part | None = None  # the train part this eval waits for (submitted in this call)
     after_id: str | None = None  # ... or the id of a train job submitted earlier
     job_id: str | None = None
+    more: list[StageJob] = field(default_factory=list)  # further evaluations the same job runs, in order
+
+    @property
+    def jobs(self) -> list[StageJob]:
+        """Every stage this task runs, in order."""
+        return [self.job, *self.more]
+
+    @property
+    def label(self) -> str:
+        """The stage's name, or :data:`GROUP_LABEL` for several."""
+        return GROUP_LABEL if self.more else self.job.stage
+
+    def stage_job_id(self, job: StageJob) -> str:
+        """The ``job_id`` recorded for one of its stages (see :func:`slurmcli.stage_job_id`)."""
+        assert self.job_id is not None
+        return slurmcli.stage_job_id(self.job_id, job.stage, bool(self.more))
 
 
 @dataclass
@@ -163,35 +183,28 @@ class SlurmScheduler(Scheduler):
             run.dataset().load(Prompt.model_validate(run.spec["prompt"]))
 
     # ------------------------------------------------------------------ planning
-    @staticmethod
-    def _resources(job: StageJob, cfg: SlurmConfig) -> Resources:
-        # an evaluation's job already asks what an evaluation needs (Resources.for_stage: one GPU, one node)
-        if job.kind != "train" and cfg.eval_resources is not None:
-            return cfg.eval_resources
-        return job.resources
 
     def _plan(self, jobs: list[StageJob], prof: SlurmProfile, python: str,
               own: dict[Path, SlurmConfig]) -> list[_Part]:
-        """Write each stage's script; group tasks into parts (arrays) honouring dependencies and the cap."""
+        """Write each job's script; group tasks into parts (arrays) honouring dependencies and the cap.
+
+        With ``group_evals`` (each run's own section), the evaluations of one run folder that ask the
+        same resources and wait for the same job become one task (one job runs them in turn)."""
         index = {d: i for i, d in enumerate(dict.fromkeys(j.run_dir for j in jobs))}
         keys = {(j.run_dir, j.stage) for j in jobs}
         tasks: list[_Task] = []
         for job in jobs:
             cfg = own[Path(job.run_dir)]
-            res = self._resources(job, cfg)
-            spec = StageScript(job.run_dir, job.run_name, job.experiment, job.stage, job.kind, res)
-            path = job.run_dir / "slurm" / f"{job.stage}.sbatch"
-            RunLayout(job.run_dir).logs_dir.mkdir(parents=True, exist_ok=True)  # sbatch opens the logs there
-            write_script(path, stage_script(spec, cfg, prof, python, cfg.array_parallelism))
-            task = _Task(job, index[job.run_dir], res, path, cfg)
-            status.update_stage(job.run_dir, job.stage, script=str(path))
+            res = job.resources  # the planner applied eval_resources (SchedulerConfig.stage_resources)
+            task = _Task(job, index[job.run_dir], res, job.run_dir / "slurm" / f"{job.stage}.sbatch", cfg)
             target = _stage_target(job.stage)
             if target and target.startswith("epoch_") and (job.run_dir, "train") not in keys:
                 train = status.read(job.run_dir)["stages"].get("train", {})
                 if train.get("state") in status.ACTIVE_STATES and train.get("job_id") and \
                         train.get("scheduler") == NAME:
-                    task.after_id = str(train["job_id"])
+                    task.after_id = slurmcli.job_of(str(train["job_id"]))
                 elif train.get("state") != status.DONE:
+                    self._write_task(task, prof, python)
                     status.update_stage(job.run_dir, job.stage, state=status.PENDING,
                                         error=f"not run: its train stage is {train.get('state', 'pending')}; "
                                         "`ck run --retry-failed` runs both")
@@ -201,19 +214,23 @@ class SlurmScheduler(Scheduler):
         size = min(cap, 10**9) if cap else 10**9
         parts: list[_Part] = []
         train_part: dict[Path, _Part] = {}
-        # trains first; then evals grouped by stage, resources and the train part they wait for
+        # trains first; then evals grouped by stage (or group), resources and the train part they wait for
         for is_train in (True, False):
+            chosen = [t for t in tasks if (t.job.kind == "train") == is_train]
+            if not is_train:
+                for t in chosen:
+                    if (t.job.run_dir, "train") in keys and "train" in t.job.depends_on:
+                        t.after = train_part.get(t.job.run_dir)
+                chosen = self._group(chosen)
             groups: dict[tuple[str, str, int], list[_Task]] = {}
-            for t in tasks:
-                if (t.job.kind == "train") != is_train:
-                    continue
-                if not is_train and (t.job.run_dir, "train") in keys and "train" in t.job.depends_on:
-                    t.after = train_part.get(t.job.run_dir)
+            for t in chosen:
+                self._write_task(t, prof, python)
                 dep = id(t.after) if t.after is not None else 0
                 if t.after_id:
                     dep = hash(t.after_id)
-                # one array per stage, header (resources and the run's header options) and dependency
-                groups.setdefault((t.job.stage, _header_key(t.resources, t.cfg), dep), []).append(t)
+                # one array per stage (or per group label), header (resources and the run's header
+                # options) and dependency
+                groups.setdefault((t.label, _header_key(t.resources, t.cfg), dep), []).append(t)
             for (stage, _, _), group in groups.items():
                 for start in range(0, len(group), size):
                     part = _Part(stage, group[start].resources, group[start].cfg, group[start:start + size])
@@ -222,6 +239,39 @@ class SlurmScheduler(Scheduler):
                         for t in part.tasks:
                             train_part[t.job.run_dir] = part
         return parts
+
+    @staticmethod
+    def _group(tasks: list[_Task]) -> list[_Task]:
+        """Evaluation tasks, those of one run folder whose section has ``group_evals`` merged into one
+        task when they ask the same resources and header options and wait for the same job (plan order
+        kept). A shared stage's folder is its own: it joins only stages of that folder."""
+        out: list[_Task] = []
+        lead: dict[tuple[Path, str, int, str | None], _Task] = {}
+        for t in tasks:
+            if t.job.kind != "eval" or not t.cfg.group_evals:
+                out.append(t)
+                continue
+            key = (Path(t.job.run_dir), _header_key(t.resources, t.cfg), id(t.after) if t.after else 0, t.after_id)
+            first = lead.get(key)
+            if first is None:
+                lead[key] = t
+                out.append(t)
+            else:
+                first.more.append(t.job)
+        return out
+
+    @staticmethod
+    def _write_task(task: _Task, prof: SlurmProfile, python: str) -> None:
+        """Write the task's own batch script (one stage's, or a group's) and record it on its stages."""
+        job = task.job
+        more = tuple(j.stage for j in task.more)
+        spec = StageScript(job.run_dir, job.run_name, job.experiment, job.stage, job.kind, task.resources, more)
+        name = f"{job.stage}+{len(more)}.sbatch" if more else f"{job.stage}.sbatch"
+        task.script = job.run_dir / "slurm" / name
+        RunLayout(job.run_dir).logs_dir.mkdir(parents=True, exist_ok=True)  # sbatch opens the logs there
+        write_script(task.script, stage_script(spec, task.cfg, prof, python, task.cfg.array_parallelism))
+        for j in task.jobs:
+            status.update_stage(j.run_dir, j.stage, script=str(task.script))
 
     def _write_arrays(self, parts: list[_Part], exp_dir: Path, prof: SlurmProfile, *, dry: bool) -> None:
         for n, part in enumerate(parts):
@@ -234,7 +284,8 @@ class SlurmScheduler(Scheduler):
                         dep = "afterok: its train job"
                     elif t.after_id:
                         dep = f"afterok:{t.after_id}"
-                    status.update_stage(t.job.run_dir, t.job.stage, dependency=dep)
+                    for j in t.jobs:
+                        status.update_stage(j.run_dir, j.stage, dependency=dep)
 
     def _array_file(self, part: _Part, exp_dir: Path, prof: SlurmProfile, n: int) -> Path:
         folder = exp_dir / "slurm"
@@ -257,14 +308,19 @@ class SlurmScheduler(Scheduler):
                 for t in sub.tasks:
                     t.job_id = sub.task_id(t)
                     mine.append(t.job_id)
-                    submitted.add(t.job.key)
-                    status.update_stage(t.job.run_dir, t.job.stage, state=status.SUBMITTED, scheduler=NAME,
-                                        job_id=t.job_id, slurm_array=sub.array_id if len(sub.tasks) > 1 else None,
-                                        dependency=self._dependency(sub, t), slurm_state="PENDING",
-                                        slurm_reason=None, error=None, usage=None, submitted=status.now())
+                    together = [j.stage for j in t.jobs] if t.more else None
+                    for j in t.jobs:
+                        submitted.add(j.key)
+                        status.update_stage(j.run_dir, j.stage, state=status.SUBMITTED, scheduler=NAME,
+                                            job_id=t.stage_job_id(j), job_stages=together,
+                                            slurm_array=sub.array_id if len(sub.tasks) > 1 else None,
+                                            dependency=self._dependency(sub, t), slurm_state="PENDING",
+                                            slurm_reason=None, error=None, usage=None, submitted=status.now())
                 n_tasks = len(sub.tasks)
-                _say(f"submitted {sub.stage}: " + (f"job {sub.array_id}" if n_tasks == 1 else
-                                                   f"array {sub.array_id} ({n_tasks} runs)"))
+                what = sub.stage if sub.stage != GROUP_LABEL else \
+                    f"{GROUP_LABEL} ({max(len(t.jobs) for t in sub.tasks)} evaluations per job at most)"
+                _say(f"submitted {what}: " + (f"job {sub.array_id}" if n_tasks == 1 else
+                                              f"array {sub.array_id} ({n_tasks} runs)"))
         return submitted
 
     def _dependency(self, part: _Part, task: _Task | None = None) -> str | None:
@@ -297,8 +353,9 @@ class SlurmScheduler(Scheduler):
                 t.after, t.after_id = None, None
                 ready.append(t)
             else:
-                status.update_stage(t.job.run_dir, t.job.stage, state=status.PENDING,
-                                    error=f"not run: its train stage is {train}")
+                for j in t.jobs:
+                    status.update_stage(j.run_dir, j.stage, state=status.PENDING,
+                                        error=f"not run: its train stage is {train}")
         return [_Part(part.stage, part.resources, part.cfg, ready)] if ready else []
 
     def _sbatch(self, part: _Part, exp_dir: Path, prof: SlurmProfile, n: int) -> None:
@@ -309,7 +366,8 @@ class SlurmScheduler(Scheduler):
         else:
             script = self._array_file(part, exp_dir, prof, n)
             for t in part.tasks:
-                status.update_stage(t.job.run_dir, t.job.stage, array_script=str(script))
+                for j in t.jobs:
+                    status.update_stage(j.run_dir, j.stage, array_script=str(script))
         part.array_id = slurmcli.sbatch(str(script), extra)
 
     def _wait_for_room(self, exp_dir: Path, mine: list[str], n: int, cap: int | None, poll_seconds: float) -> bool:
@@ -335,13 +393,13 @@ class SlurmScheduler(Scheduler):
         """Ids of this experiment's SLURM jobs still active: every run's, and every shared stage's."""
         exp = ExperimentLayout(exp_dir)
         shared = sorted(p for p in exp.shared_dir.glob("*/status.json")) if exp.shared_dir.is_dir() else []
-        ids = []
+        ids: dict[str, None] = {}
         for layout in [*exp.run_layouts(), *(RunLayout(p.parent) for p in shared)]:
             for entry in status.read(layout.root)["stages"].values():
                 if entry.get("scheduler") == NAME and entry.get("job_id") and \
                         entry.get("state") in status.ACTIVE_STATES:
-                    ids.append(str(entry["job_id"]))
-        return ids
+                    ids[slurmcli.job_of(str(entry["job_id"]))] = None  # a job of several stages once
+        return list(ids)
 
     # ------------------------------------------------------------------ reading back
     def wants_refresh(self, entry: dict[str, Any]) -> bool:
@@ -369,7 +427,8 @@ class SlurmScheduler(Scheduler):
             entry = read[run_dir].get(job.stage, {})
             if entry.get("scheduler") == NAME and entry.get("job_id"):
                 asked.setdefault(run_dir, {})[job.stage] = (job, str(entry["job_id"]))
-        ids = list(dict.fromkeys(jid for stages in asked.values() for _, jid in stages.values()))
+        # a job that runs several stages is asked about once; each stage is reconciled on its own
+        ids = list(dict.fromkeys(slurmcli.job_of(jid) for stages in asked.values() for _, jid in stages.values()))
         if not ids:
             return {}
         infos = slurmcli.query(ids)
@@ -379,14 +438,15 @@ class SlurmScheduler(Scheduler):
             changes: dict[str, Any] = {}
             for stage, (job, jid) in asked[run_dir].items():
                 entry = stages.get(stage, {})
-                if jid in infos and str(entry.get("job_id")) == jid:  # still the job SLURM was asked about
-                    out[jid], fields = self._reconcile(job, entry, infos[jid], files)
+                info = infos.get(slurmcli.job_of(jid))
+                if info is not None and str(entry.get("job_id")) == jid:  # still the job SLURM was asked about
+                    out[jid], fields = self._reconcile(job, entry, info, files)
                     if fields:
                         changes[stage] = fields
             return changes
 
-        status.update_runs([d for d, stages in asked.items() if any(jid in infos for _, jid in stages.values())],
-                           change)
+        status.update_runs([d for d, stages in asked.items()
+                            if any(slurmcli.job_of(jid) in infos for _, jid in stages.values())], change)
         return out
 
     def _reconcile(self, job: StageJob, entry: dict[str, Any], info: slurmcli.JobInfo,
@@ -408,15 +468,16 @@ class SlurmScheduler(Scheduler):
             if cur == status.INTERRUPTED and info.state in slurmcli.QUEUED:  # requeued after the warning
                 state = status.SUBMITTED
                 fields.update(state=state, error=None)
-            elif cur in status.ACTIVE_STATES:
-                state = mapped
+            elif cur in status.ACTIVE_STATES and not (entry.get("job_stages") and cur == status.SUBMITTED
+                                                      and mapped == status.RUNNING):
+                state = mapped  # (a stage of a running job of several waits its turn: it says when it starts)
         else:
             finished = info.usage.get("End") not in (None, "", "Unknown")
             if mapped == status.DONE:
                 if cur in status.ACTIVE_STATES:
                     state = status.FAILED
                     fields.update(state=state, error=f"SLURM job {info.job_id} ended without the stage "
-                                  "recording its end", error_tail=self._log_tail(job))
+                                  "recording its end", error_tail=self._log_tail(job, entry))
             elif mapped == status.FAILED:
                 if cur != status.DONE:
                     state = status.FAILED
@@ -424,7 +485,7 @@ class SlurmScheduler(Scheduler):
                         fields["error"] = self._failure_message(info, reason)
                     fields.update(state=state, exit_code=self._exit_code(info, entry))
                     if not entry.get("error_tail"):
-                        fields["error_tail"] = self._log_tail(job)
+                        fields["error_tail"] = self._log_tail(job, entry)
                     if cur in status.ACTIVE_STATES or cur == status.INTERRUPTED:
                         fields["ended"] = info.usage.get("End") if finished else status.now()
                     if info.state == "OUT_OF_MEMORY" and job.stage == "train":
@@ -471,9 +532,16 @@ class SlurmScheduler(Scheduler):
         return text + "."
 
     @staticmethod
-    def _log_tail(job: StageJob, lines: int = 20) -> str:
+    def _log_tail(job: StageJob, entry: dict[str, Any] | None = None, lines: int = 20) -> str:
+        """The end of the stage's logs; for a stage of a job of several that never started, of the
+        job's first stage (where the job wrote)."""
         layout = RunLayout(job.run_dir)
-        return status.tail(layout.log(job.stage, "err"), lines) or status.tail(layout.log(job.stage, "out"), lines)
+        stages = [job.stage, *((entry or {}).get("job_stages") or [])[:1]]
+        for stage in dict.fromkeys(stages):
+            text = status.tail(layout.log(stage, "err"), lines) or status.tail(layout.log(stage, "out"), lines)
+            if text:
+                return text
+        return ""
 
     @staticmethod
     def _record_usage(job: StageJob, info: slurmcli.JobInfo, files: dict[Path, Any]) -> dict[str, Any]:
@@ -494,15 +562,17 @@ class SlurmScheduler(Scheduler):
             return self.cfg.cancel_wait_seconds
 
     def cancel(self, jobs: list[StageJob]) -> None:
-        """``scancel`` the jobs of the given stages, then wait (briefly) until they left the queue."""
-        ids = []
+        """``scancel`` the jobs of the given stages (a job of several stages once), then wait (briefly)
+        until they left the queue."""
+        found: dict[str, None] = {}
         waits: dict[Path, float] = {}
         for job in jobs:
             entry = status.read(job.run_dir)["stages"].get(job.stage, {})
             if entry.get("scheduler") == NAME and entry.get("job_id"):
-                ids.append(str(entry["job_id"]))
+                found[slurmcli.job_of(str(entry["job_id"]))] = None
                 if Path(job.run_dir) not in waits:
                     waits[Path(job.run_dir)] = self._cancel_wait(job)
+        ids = list(found)
         if not ids:
             return
         slurmcli.scancel(ids)

@@ -1,9 +1,10 @@
 """The batch scripts: one per stage of a run (complete; ``sbatch`` it by hand), and one per job array.
 
 A stage script runs ``python -m cruijff_kit stage RUN_DIR STAGE`` (under ``srun torchrun`` for
-multi-node training), forwards SLURM's signals to it, requeues the job after the time-limit warning,
-retries a train stage that ran out of memory with a smaller batch, samples GPUs with nvidia-smi when
-present, and exits with the stage's exit code. Scripts hold no secret values: jobs get secrets from
+multi-node training; ``STAGE1 STAGE2 ...`` for a run's evaluations grouped into one job, of which a
+requeued job runs only those not finished), forwards SLURM's signals to it, requeues the job after
+the time-limit warning, retries a train stage that ran out of memory with a smaller batch, samples
+GPUs with nvidia-smi when present, and exits with the stage's exit code. Scripts hold no secret values: jobs get secrets from
 the environment ``sbatch`` exports, never from the file; a script that would hold one is refused
 (:func:`write_script`), and scripts are written readable by their owner only (``0o700``).
 """
@@ -38,6 +39,13 @@ class StageScript:
     stage: str
     kind: str  # train | eval
     resources: Resources
+    #: further stages of the run this job runs after ``stage``, in the same process (grouped evaluations)
+    more: tuple[str, ...] = ()
+
+    @property
+    def stages(self) -> list[str]:
+        """Every stage the job runs, in order."""
+        return [self.stage, *self.more]
 
 
 def q(value: object) -> str:
@@ -114,7 +122,7 @@ def processes_per_node(resources: Resources) -> int:
 
 def stage_command(job: StageScript, config: SlurmConfig, python: str) -> list[str]:
     """The shell lines that run the stage once."""
-    ck = '-m cruijff_kit stage "$RUN_DIR" "$STAGE"'
+    ck = '-m cruijff_kit stage "$RUN_DIR" ' + ('"${STAGES[@]}"' if job.more else '"$STAGE"')
     if not uses_torchrun(job, config):
         return [f'ck_run "$PY" {ck}']
     nproc = processes_per_node(job.resources)
@@ -132,19 +140,28 @@ def stage_script(job: StageScript, config: SlurmConfig, profile: SlurmProfile, p
                  array_parallelism: int) -> str:
     """The complete batch script of one stage (also what each array task runs)."""
     logs = job.run_dir / "logs"
-    opts = header_options(f"ck.{job.experiment}.{job.run_name}.{job.stage}", job.resources, config, profile)
+    label = "evals" if job.more else job.stage
+    opts = header_options(f"ck.{job.experiment}.{job.run_name}.{label}", job.resources, config, profile)
     opts[1:1] = [f"--output={logs / (job.stage + '.out')}", f"--error={logs / (job.stage + '.err')}"]
     stagger_ms = int(round(config.stagger_seconds * 1000))
     oom = config.oom_retries if job.kind == "train" else 0
+    if job.more:
+        what = (f"stages {', '.join(f'`{s}`' for s in job.stages)} of run {job.run_name} (experiment "
+                f"{job.experiment}),\n# one after another in one process (the base model loads once); those "
+                "done when the job starts (requeued) are skipped.")
+    else:
+        what = f"stage `{job.stage}` of run {job.run_name} (experiment {job.experiment})."
+    signal_stages = '"${STAGES[@]}"' if job.more else '"$STAGE"'
     lines = [
         "#!/bin/bash",
-        f"# cruijff-kit: stage `{job.stage}` of run {job.run_name} (experiment {job.experiment}).",
+        f"# cruijff-kit: {what}",
         "# Written by the slurm scheduler of `ck run`; submit it again by hand with `sbatch <this file>`.",
         *_sbatch_lines(opts),
         "",
         "set -uo pipefail",
         f"RUN_DIR={q(job.run_dir)}",
         f"STAGE={q(job.stage)}",
+        *([f"STAGES=({' '.join(q(s) for s in job.stages)})"] if job.more else []),
         'LOGS="$RUN_DIR/logs"',
         'mkdir -p "$LOGS"',
         'exec >>"$LOGS/$STAGE.out" 2>>"$LOGS/$STAGE.err"',
@@ -160,6 +177,7 @@ def stage_script(job: StageScript, config: SlurmConfig, profile: SlurmProfile, p
         f"CK_OOM_RETRIES={oom}",
         f"CK_MAX_REQUEUES={config.max_requeues}",
         "",
+        *(_unfinished_lines() if job.more else []),
         "# parallel array tasks start a little apart (shared caches)",
         'if [ "${SLURM_RESTART_COUNT:-0}" = 0 ] && [ -n "${CK_ARRAY_POS:-}" ]; then',
         f"  ck_ms=$(( (CK_ARRAY_POS % {max(1, array_parallelism)}) * {stagger_ms} ))",
@@ -203,16 +221,39 @@ def stage_script(job: StageScript, config: SlurmConfig, profile: SlurmProfile, p
         'if [ "$ck_signal" = USR2 ] && [ "$code" != 0 ]; then',
         '  if [ "${SLURM_RESTART_COUNT:-0}" -lt "$CK_MAX_REQUEUES" ]; then',
         '    echo "[ck-slurm] time limit near: state saved, requeueing job $SLURM_JOB_ID" >&2',
-        '    "$PY" -m cruijff_kit_slurm.recover "$RUN_DIR" "$STAGE" --requeued',
+        f'    "$PY" -m cruijff_kit_slurm.recover "$RUN_DIR" {signal_stages} --requeued',
         '    scontrol requeue "$SLURM_JOB_ID" && exit 0',
         "  fi",
         '  echo "[ck-slurm] time limit near and $CK_MAX_REQUEUES requeues used: not requeued" >&2',
         "fi",
-        'echo "[ck-slurm] stage $STAGE exited with code $code" >&2',
+        ('echo "[ck-slurm] stages ${STAGES[*]} exited with code $code" >&2' if job.more else
+         'echo "[ck-slurm] stage $STAGE exited with code $code" >&2'),
         'exit "$code"',
         "",
     ]
     return "\n".join(lines)
+
+
+def _unfinished_lines() -> list[str]:
+    """Shell lines of a grouped job: keep in ``STAGES`` only the stages not finished (a requeued job,
+    or the script submitted again, skips those done; a requeued one also those that failed), and
+    write to the first one's logs."""
+    return [
+        "# the stages still to do (all of them, unless this job was requeued or submitted again)",
+        'if ck_left=$("$PY" -m cruijff_kit_slurm.recover "$RUN_DIR" "${STAGES[@]}" --unfinished \\',
+        '    --restart-count "${SLURM_RESTART_COUNT:-0}"); then',
+        '  read -r -a STAGES <<<"$ck_left"',
+        "fi",
+        'if [ "${#STAGES[@]}" = 0 ]; then',
+        '  echo "[ck-slurm] every stage of this job is finished; nothing to run" >&2',
+        "  exit 0",
+        "fi",
+        'if [ "${STAGES[0]}" != "$STAGE" ]; then',
+        '  STAGE=${STAGES[0]}',
+        '  exec >>"$LOGS/$STAGE.out" 2>>"$LOGS/$STAGE.err"',
+        "fi",
+        "",
+    ]
 
 
 def array_script(stage: str, experiment: str, tasks: list[tuple[int, Path]], resources: Resources,

@@ -1,6 +1,7 @@
 """The SLURM commands the scheduler uses (sbatch, squeue, sacct, scancel), one call each per refresh.
 
-Job ids are kept as SLURM prints them: ``1234`` for a job, ``1234_5`` for task 5 of array 1234.
+Job ids are kept as SLURM prints them: ``1234`` for a job, ``1234_5`` for task 5 of array 1234. A
+stage that shares its job with other stages (``group_evals``) records ``<job>/<stage>``.
 """
 
 from __future__ import annotations
@@ -59,6 +60,18 @@ def run(args: list[str], *, check: bool = True, timeout: float = 120) -> subproc
     if check and res.returncode != 0:
         raise SlurmError(f"`{' '.join(args)}` failed (exit {res.returncode}): {res.stderr.strip()}")
     return res
+
+
+def job_of(job_id: str) -> str:
+    """The SLURM job (or array task) of a stage's ``job_id``: ``1234_5`` as is; a stage that runs with
+    others in one job has ``1234_5/<stage>`` (an id of its own, so its state is told apart) -> ``1234_5``."""
+    return str(job_id).split("/", 1)[0]
+
+
+def stage_job_id(job_id: str, stage: str, grouped: bool) -> str:
+    """The ``job_id`` recorded for ``stage`` run by SLURM job ``job_id``: the job's id, or
+    ``<job>/<stage>`` when the job runs several stages (see :func:`job_of`)."""
+    return f"{job_id}/{stage}" if grouped else job_id
 
 
 def base_id(job_id: str) -> str:

@@ -25,6 +25,19 @@ MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
 OUTPUT_TARGET = "lm_head"
 KNOWN_TARGETS = (*ATTN_TARGETS, *MLP_TARGETS, OUTPUT_TARGET)
 
+def check_lora_options(lora: Any) -> None:
+    """SpecError for ``train.lora`` options torchtune 0.6.1's LoRA recipes cannot train: ``use_rslora`` and
+    ``modules_to_save`` (``use_dora`` is supported)."""
+    if lora.use_rslora:
+        raise SpecError("torchtune 0.6.1's LoRA layers scale by alpha / rank and have no rank-stabilized "
+                        "(alpha / sqrt(rank)) variant.", path="train.lora.use_rslora",
+                        hint="Remove use_rslora, or use train.plugin: trl (PEFT supports it).")
+    if lora.modules_to_save:
+        raise SpecError("torchtune's LoRA recipes train the adapter's parameters only, so no module can be "
+                        "trained in full and saved with it.", path="train.lora.modules_to_save",
+                        hint="Remove modules_to_save, or use train.plugin: trl (PEFT supports it).")
+
+
 #: NF4 quantization in torchtune needs every quantized weight's element count divisible by this.
 NF4_BLOCK = 64 * 256
 
@@ -169,13 +182,21 @@ def detect_family(model_dir: Path, cfg: dict[str, Any] | None = None) -> ModelFa
                        {**common, "rope_base": int(theta)})
 
 
-def map_targets(targets: list[str], apply_lora_to_mlp: bool | None = None,
+def map_targets(targets: list[str] | str, apply_lora_to_mlp: bool | None = None,
                 apply_lora_to_output: bool | None = None) -> LoraTargets:
     """Translate ``train.lora.targets`` (HF names) to torchtune's ``lora_attn_modules`` and flags.
 
     torchtune adds LoRA to all three MLP projections or none, so ``gate_proj``/``up_proj``/``down_proj``
-    must be listed together (or replaced by ``apply_lora_to_mlp: true``).
+    must be listed together (or replaced by ``apply_lora_to_mlp: true``). ``all-linear`` (PEFT's meaning:
+    every linear layer of the blocks, not the output layer) is the four attention projections and the MLP;
+    the output projection only with ``apply_lora_to_output: true``.
     """
+    if targets == "all-linear":
+        if apply_lora_to_mlp is False:
+            raise SpecError("targets: all-linear puts LoRA on the MLP projections, and apply_lora_to_mlp: false "
+                            "takes it off them.", path="train.apply_lora_to_mlp",
+                            hint="Remove apply_lora_to_mlp, or list the attention targets instead of all-linear.")
+        return LoraTargets(list(ATTN_TARGETS.values()), True, bool(apply_lora_to_output))
     unknown = [t for t in targets if t not in KNOWN_TARGETS]
     if unknown:
         raise SpecError(

@@ -29,6 +29,8 @@ _MODULES = {
     "output": "lm_head",
 }
 _KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[ab])\.weight$")
+#: A DoRA magnitude (one per output row): torchtune's ``magnitude``, PEFT's ``lora_magnitude_vector``.
+_MAGNITUDE = re.compile(r"^(?P<module>.+)\.magnitude$")
 
 
 def _hf_module(tt_module: str) -> str:
@@ -52,9 +54,19 @@ def to_peft_weights(state_dict: dict[str, Any], family: ModelFamily) -> dict[str
     """torchtune LoRA state dict -> PEFT's saved keys (``base_model.model.<hf>.lora_A.weight``), CPU tensors."""
     out: dict[str, Any] = {}
     for key, value in state_dict.items():
+        mag = _MAGNITUDE.match(key)
+        if mag:  # rows in torchtune's rotary layout for Llama q/k, like the rows of B
+            hf = _hf_module(mag.group("module"))
+            tensor = value.detach().cpu().contiguous()
+            if family.permute_qk and hf.endswith(("q_proj", "k_proj")):
+                heads = family.num_heads if hf.endswith("q_proj") else family.num_kv_heads
+                tensor = _permute_lora_b(tensor.unsqueeze(-1), heads, family.head_dim).squeeze(-1).contiguous()
+            out[f"base_model.model.{hf}.lora_magnitude_vector"] = tensor
+            continue
         m = _KEY.match(key)
         if not m:
-            raise KeyError(f"unexpected adapter weight `{key}` (only LoRA A/B matrices are exported)")
+            raise KeyError(f"unexpected adapter weight `{key}` (only LoRA A/B matrices and DoRA magnitudes "
+                           "are exported)")
         hf = _hf_module(m.group("module"))
         tensor = value.detach().cpu().contiguous()
         if m.group("ab") == "b" and family.permute_qk:
@@ -67,8 +79,8 @@ def to_peft_weights(state_dict: dict[str, Any], family: ModelFamily) -> dict[str
 
 
 def peft_config(*, rank: int, alpha: float, dropout: float, target_modules: list[str],
-                base_model: str) -> dict[str, Any]:
-    """An ``adapter_config.json`` for a plain LoRA adapter on a causal LM, as PEFT writes it."""
+                base_model: str, use_dora: bool = False) -> dict[str, Any]:
+    """An ``adapter_config.json`` for a LoRA (or DoRA) adapter on a causal LM, as PEFT writes it."""
     return {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -82,7 +94,7 @@ def peft_config(*, rank: int, alpha: float, dropout: float, target_modules: list
         "inference_mode": True,
         "init_lora_weights": True,
         "use_rslora": False,
-        "use_dora": False,
+        "use_dora": bool(use_dora),
         "modules_to_save": None,
         "layers_to_transform": None,
         "layers_pattern": None,

@@ -308,6 +308,9 @@ class CkRecipeMixin:
         loss = self._ck_validation_loss()
         self._ck_last_val_step = step
         self._ck_log(MetricsRow(step=step, epoch=epoch, val_loss=loss))
+        log_eval = getattr(getattr(self, "_metric_logger", None), "log_eval", None)  # trackers (rank 0)
+        if self._ck_rank0 and log_eval is not None and loss is not None:
+            log_eval(loss, step)
         if self.ck_hooks.watch is not None:  # the same value on every rank (all-reduced): all stop together
             self.ck_hooks.watch.check_value(loss, step=step, epoch=epoch)
 

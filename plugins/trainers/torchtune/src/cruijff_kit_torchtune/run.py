@@ -81,11 +81,26 @@ def run_training(trainer: Any, ctx: Any) -> None:
         cfg = cfg.model_copy(update={"chat_template": template})
     tune_cfg = build_config(cfg, model_dir=model_dir, family=family, targets=targets, run_dir=ctx.run_dir,
                             device=device, dtype=precision, seed=ctx.seed, validation_split=val_split,
-                            save_epochs=cfg.saved_epochs(), base_model=ctx.model_id)
+                            save_epochs=cfg.saved_epochs(), base_model=ctx.model_id,
+                            metric_logger=tracker_logger(ctx, cfg))
     world, rank = _init_distributed(device)
     if rank == 0:
         atomic_write_yaml(ctx.layout.train_dir / CONFIG_FILE, tune_cfg)
     run_recipe(tune_cfg, ctx=ctx, family=family, world=world, rank=rank)
+
+
+def tracker_logger(ctx: Any, cfg: Any) -> dict[str, Any] | None:
+    """The recipe's ``metric_logger`` section when the run reports to trackers (None: the console only)."""
+    if not cfg.report_to:
+        return None
+    from cruijff_kit.training import tracker_settings
+    from cruijff_kit_torchtune.trackers import metric_logger_config
+
+    settings = tracker_settings(ctx.spec, cfg.report_to, cfg.trackers, train_dir=ctx.layout.train_dir)
+    if int(os.environ.get("RANK", "0")) == 0:
+        for line in settings.describe():
+            print(f"[ck torchtune] {line}", file=sys.stderr, flush=True)
+    return metric_logger_config(settings, ctx.layout.spec)
 
 
 def run_recipe(tune_cfg: dict[str, Any], *, ctx: Any, family: ModelFamily, world: int, rank: int) -> None:
@@ -107,6 +122,10 @@ def run_recipe(tune_cfg: dict[str, Any], *, ctx: Any, family: ModelFamily, world
         recipe.setup(cfg=conf)
         try:
             recipe.train()
+        except BaseException:
+            with contextlib.suppress(Exception):  # tracker runs end marked failed
+                getattr(recipe, "_metric_logger", None).close(failed=True)  # type: ignore[union-attr]
+            raise
         finally:
             recipe.cleanup()
     except BaseException:
@@ -158,7 +177,7 @@ def make_hooks(ctx: Any, conf: Any, family: ModelFamily) -> Any:
         weights = to_peft_weights(state, family)
         config = peft_config(rank=conf.model.lora_rank, alpha=conf.model.lora_alpha,
                              dropout=conf.model.lora_dropout, target_modules=list(ck.lora_targets),
-                             base_model=ck.base_model_path)
+                             base_model=ck.base_model_path, use_dora=bool(conf.model.get("use_dora", False)))
         save_adapter_weights(weights, config, tokenizer(), ctx.adapter_dir(epoch), base_model=ck.base_model,
                              base_model_path=ck.base_model_path,
                              extra={"epoch": epoch, "step": step, "trainer": "torchtune",

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from cruijff_kit import Estimate, SpecError, TrainConfig, Trainer
+from cruijff_kit.training import Tracker, TrackerOptions, check_tracker_options
 
 if TYPE_CHECKING:  # pragma: no cover
     from cruijff_kit import PlannedRun, StageContext
@@ -21,6 +22,9 @@ if TYPE_CHECKING:  # pragma: no cover
 class TorchtuneConfig(TrainConfig):
     """Options of the torchtune trainer: the shared train options plus torchtune's own."""
 
+    #: ``trainer_args``: dotted keys of the recipe config (:mod:`cruijff_kit_torchtune.trainer_args`).
+    accepts_trainer_args: ClassVar[bool] = True
+
     compile: bool = Field(False, description="torch.compile the model and loss (slow first step; for GPUs).")
     apply_lora_to_mlp: bool | None = Field(
         None, description="LoRA on gate_proj/up_proj/down_proj; default: whether lora.targets lists them.")
@@ -28,10 +32,20 @@ class TorchtuneConfig(TrainConfig):
         None, description="LoRA on the output projection; default: whether lora.targets lists lm_head.")
     clip_grad_norm: float | None = Field(None, gt=0, description="Clip the gradient norm to this value.")
     logging_steps: int = Field(1, gt=0, description="Log train loss every N optimizer steps (that step's loss).")
+    report_to: list[Tracker] = Field(default_factory=list, description="Trackers: wandb, mlflow, tensorboard "
+                                     "(torchtune's metric loggers; keys from the environment).")
+    trackers: TrackerOptions = Field(default_factory=TrackerOptions,
+                                     description="W&B project/group/entity, MLflow experiment/tracking_uri (default: "
+                                     "the environment, then the experiment name).")
     overrides: dict[str, Any] = Field(
         default_factory=dict,
-        description="torchtune recipe config keys (dotted) set after everything else, e.g. "
-                    "{'optimizer._component_': 'torch.optim.SGD'}. See train/torchtune.yaml of a run.")
+        description="The same as trainer_args (checked the same way; a key may not be in both): torchtune "
+                    "recipe config keys (dotted), e.g. {'optimizer._component_': 'torch.optim.SGD'}.")
+
+    @model_validator(mode="after")
+    def _tracker_options_used(self) -> TorchtuneConfig:
+        check_tracker_options(self.report_to, self.trackers)
+        return self
 
 
 class TorchtuneTrainer(Trainer):
@@ -43,7 +57,12 @@ class TorchtuneTrainer(Trainer):
 
     def check(self, run: PlannedRun) -> None:
         """Plan-time errors: unsupported model family, LoRA targets, precision, QLoRA block sizes."""
-        from cruijff_kit.training import check_validation_split, find_config, model_ref
+        from cruijff_kit.training import (
+            check_trackers_installed,
+            check_validation_split,
+            find_config,
+            model_ref,
+        )
         from cruijff_kit_torchtune.families import check_qlora, detect_family, map_targets
 
         cfg: TorchtuneConfig = self.config  # type: ignore[assignment]
@@ -53,7 +72,14 @@ class TorchtuneTrainer(Trainer):
                 raise SpecError("torchtune's recipes train in fp32 or bf16 only, not fp16.", path="train.precision",
                                 hint="Use precision: auto (bf16 on GPUs that support it, else fp32) or bf16.")
             map_targets(cfg.lora.targets, cfg.apply_lora_to_mlp, cfg.apply_lora_to_output)
+            from cruijff_kit_torchtune.families import check_lora_options
+            from cruijff_kit_torchtune.trainer_args import check_args
+
+            check_lora_options(cfg.lora)
+            check_args(cfg.trainer_args, cfg.overrides, file)
             check_validation_split(run, cfg)
+            if (run.spec.get("scheduler") or {}).get("plugin") == "local":  # else the machine that trains may have them
+                check_trackers_installed(cfg.report_to, package="cruijff-kit-torchtune", file=file)
             config_path = find_config(model_ref(run))
             if config_path is None:
                 return  # not on this machine (yet): checked again when the stage starts

@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cruijff_kit import SpecError, StageError
+from cruijff_kit import StageError
 from cruijff_kit.files import parse_json_text
-from cruijff_kit_torchtune.families import LoraTargets, ModelFamily
+from cruijff_kit_torchtune.families import LoraTargets, ModelFamily, check_lora_options
+from cruijff_kit_torchtune.trainer_args import COMPONENTS, check_args, flatten, optimizer_without_fused
 
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -57,8 +58,10 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 def build_config(cfg: Any, *, model_dir: Path, family: ModelFamily, targets: LoraTargets, run_dir: Path,
                  device: str, dtype: str, seed: int, validation_split: str | None,
-                 save_epochs: list[int], base_model: str) -> dict[str, Any]:
-    """The full recipe config for a :class:`~cruijff_kit_torchtune.trainer.TorchtuneConfig` ``cfg``."""
+                 save_epochs: list[int], base_model: str, metric_logger: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The full recipe config for a :class:`~cruijff_kit_torchtune.trainer.TorchtuneConfig` ``cfg``
+    (``metric_logger``: the trackers' logger section, :func:`cruijff_kit_torchtune.trackers.metric_logger_config`;
+    default the console)."""
     run_dir = Path(run_dir)
     train_dir = run_dir / "train"
     model = {
@@ -71,6 +74,7 @@ def build_config(cfg: Any, *, model_dir: Path, family: ModelFamily, targets: Lor
         "lora_alpha": float(cfg.lora.alpha),
         "lora_dropout": float(cfg.lora.dropout),
         "quantize_base": cfg.method == "qlora",
+        "use_dora": bool(cfg.lora.use_dora),
     }
     dataset = {"_component_": "cruijff_kit_torchtune.data.chat_dataset", "run_dir": str(run_dir), "split": "train"}
     out: dict[str, Any] = {
@@ -97,7 +101,7 @@ def build_config(cfg: Any, *, model_dir: Path, family: ModelFamily, targets: Lor
         "shuffle": True,
         "batch_size": int(cfg.batch_size),
         "optimizer": {
-            "_component_": "torch.optim.AdamW",
+            "_component_": COMPONENTS["optimizer"],
             "lr": float(cfg.learning_rate),
             "weight_decay": float(cfg.weight_decay),
             "fused": device == "cuda",
@@ -107,20 +111,20 @@ def build_config(cfg: Any, *, model_dir: Path, family: ModelFamily, targets: Lor
             "kind": cfg.lr_scheduler,
             "warmup_ratio": float(cfg.warmup_ratio),
         },
-        "loss": {"_component_": "torchtune.modules.loss.CEWithChunkedOutputLoss"},
+        "loss": {"_component_": COMPONENTS["loss"]},
         "epochs": int(cfg.epochs),
         "max_steps_per_epoch": None,
         "gradient_accumulation_steps": int(cfg.gradient_accumulation),
         "clip_grad_norm": cfg.clip_grad_norm,
         "compile": bool(cfg.compile),
-        "metric_logger": {"_component_": "cruijff_kit_torchtune.recipe.ConsoleLogger"},
+        "metric_logger": metric_logger or {"_component_": "cruijff_kit_torchtune.recipe.ConsoleLogger"},
         "log_every_n_steps": int(cfg.logging_steps),
         "log_peak_memory_stats": False,
         "device": device,
         "dtype": dtype,
         "enable_activation_checkpointing": bool(cfg.gradient_checkpointing),
         "enable_activation_offloading": False,
-        "profiler": {"_component_": "torchtune.training.setup_torch_profiler", "enabled": False},
+        "profiler": {"_component_": COMPONENTS["profiler"], "enabled": False},
         "cruijff_kit": {
             "save_epochs": list(save_epochs),
             "validation_dataset": ({**dataset, "split": validation_split} if validation_split else None),
@@ -133,9 +137,11 @@ def build_config(cfg: Any, *, model_dir: Path, family: ModelFamily, targets: Lor
             "lora_targets": targets.hf_names(),
         },
     }
-    for key, value in (cfg.overrides or {}).items():
-        if key.split(".", 1)[0] == "cruijff_kit":
-            raise SpecError("cannot override the `cruijff_kit` section; set the train options instead.",
-                            path=f"train.overrides.{key}")
+    check_lora_options(cfg.lora)
+    check_args(cfg.trainer_args, cfg.overrides or {}, None)  # checked at plan time; again for a hand-edited spec
+    extra = {**flatten(cfg.trainer_args), **flatten(cfg.overrides or {})}
+    for key, value in extra.items():
         set_dotted(out, key, value)
+    if "optimizer.fused" not in extra and optimizer_without_fused(out["optimizer"]):
+        del out["optimizer"]["fused"]  # the default's fused kernel switch, which the chosen optimizer lacks
     return out

@@ -53,7 +53,7 @@ def check_run(run: PlannedRun, config: TrlConfig) -> None:
 
     check_targets(run, config)
     file = _spec_file(run)
-    if "lm_head" in config.lora.targets:
+    if not config.lora.all_linear and "lm_head" in config.lora.targets:
         raise SpecError("TRL computes log-probabilities from `lm_head.weight` directly, so a LoRA adapter on "
                         "lm_head would never train.", file=file, path="train.lora.targets",
                         hint="Remove lm_head from the targets (or train with plugin: torchtune).")
@@ -73,6 +73,10 @@ def check_run(run: PlannedRun, config: TrlConfig) -> None:
                         path="train.report_to",
                         hint=f"Install it with `pip install 'cruijff-kit-trl[{missing[0]}]'`, or remove it.")
     check_validation_split(run, config)
+    if config.trainer_args:
+        from cruijff_kit_trl.trainer_args import check_args
+
+        check_args(config, file, resources.gpus)
     check_assistant_mask(run, config)
 
 

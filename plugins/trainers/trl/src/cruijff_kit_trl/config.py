@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from cruijff_kit import PluginConfig, TrainConfig
-
-#: Experiment trackers the Hugging Face Trainer can report to (installed as extras of this plugin).
-Tracker = Literal["wandb", "mlflow", "tensorboard"]
-#: Python module each tracker needs, and the extra of ``cruijff-kit-trl`` that installs it.
-TRACKER_MODULES = {"wandb": "wandb", "mlflow": "mlflow", "tensorboard": "tensorboard"}
-
+from cruijff_kit.training import TRACKER_MODULES, Tracker, TrackerOptions, check_tracker_options  # noqa: F401
 
 #: DPO losses of TRL's DPOTrainer (``DPOConfig.loss_type``).
 DpoLoss = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
@@ -29,6 +24,9 @@ class DpoOptions(PluginConfig):
 class TrlConfig(TrainConfig):
     """``train:`` options of ``plugin: trl``."""
 
+    #: ``trainer_args``: fields of TRL's SFTConfig / DPOConfig (:mod:`cruijff_kit_trl.trainer_args`).
+    accepts_trainer_args: ClassVar[bool] = True
+
     objective: Literal["sft", "dpo"] = Field(
         "sft", description="Training objective: sft (supervised fine-tuning), or dpo (preference pairs: "
         "prompt/chosen/rejected rows, e.g. the multiturn dataset with pairs: true).")
@@ -44,6 +42,9 @@ class TrlConfig(TrainConfig):
         None, gt=0, description="Also save resumable state every N steps (default: at each epoch end).")
     report_to: list[Tracker] = Field(default_factory=list,
                                      description="Trackers: wandb, mlflow, tensorboard (keys from the environment).")
+    trackers: TrackerOptions = Field(default_factory=TrackerOptions,
+                                     description="W&B project/group/entity, MLflow experiment/tracking_uri (default: "
+                                     "the environment, then the experiment name).")
     push_to_hub: str | None = Field(None, description="Hub repo id to upload the last adapter to (token from "
                                                       "HF_TOKEN). Off by default.")
     hub_private: bool = Field(True, description="Create the hub repo as private.")
@@ -53,6 +54,11 @@ class TrlConfig(TrainConfig):
         if self.padding_free and not self.packing:
             raise ValueError("padding_free without packing cannot enforce max_seq_length in TRL; set packing: true "
                              "(packed batches are padding-free already)")
+        return self
+
+    @model_validator(mode="after")
+    def _tracker_options_used(self) -> TrlConfig:
+        check_tracker_options(self.report_to, self.trackers)
         return self
 
     @model_validator(mode="after")

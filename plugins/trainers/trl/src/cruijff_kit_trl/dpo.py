@@ -22,6 +22,7 @@ from cruijff_kit_trl.sft import (
     lora_config,
     resume_point,
     run_trainer,
+    tracker_callbacks,
     trackers,
     training_splits,
 )
@@ -53,7 +54,9 @@ def dpo_args(ctx: Any, config: TrlConfig, precision: str, device: str, has_eval:
     else:
         eval_strategy, eval_steps = "no", None
     save_strategy, save_steps = ("steps", config.save_state_steps) if config.save_state_steps else ("epoch", None)
-    return DPOConfig(
+    from cruijff_kit_trl import trainer_args
+
+    return trainer_args.make_args(DPOConfig, dict(
         output_dir=str(ctx.state_dir), run_name=ctx.run.name, seed=ctx.seed, data_seed=ctx.seed,
         num_train_epochs=config.epochs, max_steps=config.max_steps or -1,
         per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
@@ -67,7 +70,7 @@ def dpo_args(ctx: Any, config: TrlConfig, precision: str, device: str, has_eval:
         save_total_limit=1, logging_strategy="steps", logging_steps=config.logging_steps, logging_first_step=True,
         logging_nan_inf_filter=False, report_to=trackers(ctx, config), disable_tqdm=True, dataloader_num_workers=0,
         ddp_find_unused_parameters=False,
-    )
+    ), config)
 
 
 def run_dpo(ctx: Any, config: TrlConfig, chat_template: str | None) -> None:
@@ -100,7 +103,8 @@ def run_dpo(ctx: Any, config: TrlConfig, chat_template: str | None) -> None:
     metrics = MetricsRows(ctx, device, force_epoch_eval=bool(config.eval_steps) and eval_ds is not None,
                           force_epoch_save=bool(config.save_state_steps))
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                         processing_class=tokenizer, peft_config=lora_config(config), callbacks=[adapters, metrics])
+                         processing_class=tokenizer, peft_config=lora_config(config),
+                         callbacks=[adapters, metrics, *tracker_callbacks(ctx, config)])
     run_trainer(trainer, adapters, metrics, ctx, config, resume,
                 f"{config.method} dpo on {device} ({precision}), beta {config.dpo.beta}, "
                 f"loss {config.dpo.loss_type}, {len(train_ds)} preference pairs, world size {world}",

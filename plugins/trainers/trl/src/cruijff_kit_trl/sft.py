@@ -157,8 +157,10 @@ def lora_config(config: TrlConfig) -> Any:
     from peft import LoraConfig
 
     lo = config.lora
-    return LoraConfig(r=lo.rank, lora_alpha=lo.alpha, lora_dropout=lo.dropout, target_modules=list(lo.targets),
-                      bias="none", task_type="CAUSAL_LM")
+    return LoraConfig(r=lo.rank, lora_alpha=lo.alpha, lora_dropout=lo.dropout,
+                      target_modules=lo.targets if lo.all_linear else list(lo.targets), bias="none",
+                      task_type="CAUSAL_LM", modules_to_save=lo.modules_to_save, use_rslora=lo.use_rslora,
+                      use_dora=lo.use_dora)
 
 
 # --------------------------------------------------------------------------- trainer arguments
@@ -166,16 +168,11 @@ SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with
 
 
 def trackers(ctx: Any, config: TrlConfig) -> list[str] | str:
-    """The Trainer's ``report_to`` for this run ("none" when empty).
+    """The Trainer's ``report_to`` for this run ("none" when empty); W&B and MLflow are callbacks
+    (:func:`cruijff_kit_trl.trackers.callbacks`) that put the run in its experiment's project and group."""
+    from cruijff_kit_trl import trackers as tracking
 
-    TensorBoard event files always go to ``train/tensorboard/`` inside the run folder: the Trainer's
-    default (``output_dir/runs``) is the resumable state, deleted after success, and a
-    ``TENSORBOARD_LOGGING_DIR`` left in the environment (by an earlier run in the same process, say)
-    could point anywhere, so it is overridden.
-    """
-    if "tensorboard" in config.report_to:
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(ctx.layout.train_dir / "tensorboard")
-    return list(config.report_to) or "none"
+    return tracking.report_to(ctx, config)
 
 
 def sft_args(ctx: Any, config: TrlConfig, precision: str, device: str, loss_mode: str, has_eval: bool) -> Any:
@@ -188,7 +185,9 @@ def sft_args(ctx: Any, config: TrlConfig, precision: str, device: str, loss_mode
         eval_strategy, eval_steps = "no", None
     save_strategy, save_steps = ("steps", config.save_state_steps) if config.save_state_steps else ("epoch", None)
     report_to = trackers(ctx, config)
-    return SFTConfig(
+    from cruijff_kit_trl import trainer_args
+
+    return trainer_args.make_args(SFTConfig, dict(
         output_dir=str(ctx.state_dir),
         run_name=ctx.run.name,
         seed=ctx.seed,
@@ -225,7 +224,14 @@ def sft_args(ctx: Any, config: TrlConfig, precision: str, device: str, loss_mode
         dataloader_num_workers=0,
         prediction_loss_only=True,
         ddp_find_unused_parameters=False,
-    )
+    ), config)
+
+
+def tracker_callbacks(ctx: Any, config: TrlConfig) -> list[Any]:
+    """The W&B / MLflow callbacks of this run (:func:`cruijff_kit_trl.trackers.callbacks`)."""
+    from cruijff_kit_trl import trackers as tracking
+
+    return tracking.callbacks(ctx, config)
 
 
 # --------------------------------------------------------------------------- resume
@@ -289,7 +295,7 @@ def run_sft(ctx: Any, config: TrlConfig, chat_template: str | None) -> None:
                           force_epoch_save=bool(config.save_state_steps))
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=tokenizer, peft_config=lora_config(config),
-                         callbacks=[adapters, metrics])
+                         callbacks=[adapters, metrics, *tracker_callbacks(ctx, config)])
     run_trainer(trainer, adapters, metrics, ctx, config, resume,
                 f"{config.method} sft on {device} ({precision}), loss on {loss_mode} tokens, "
                 f"{len(train_ds)} train rows, world size {world}", precision=precision)
@@ -322,11 +328,20 @@ def run_trainer(trainer: Any, adapters: Any, metrics: Any, ctx: Any, config: Trl
     adapters.trainer = trainer
     NonFiniteLossStop(ctx, precision or config.precision).attach(trainer)
     _say(message)
+    if trainer.is_world_process_zero():
+        from cruijff_kit_trl import trackers as tracking
+
+        for line in tracking.describe(ctx, config):
+            _say(line)
     try:
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     except BaseException:
         with contextlib.suppress(Exception):  # the rows logged so far, without hiding the error
             metrics.writer.close()
+        with contextlib.suppress(Exception):  # tracker runs end marked failed
+            from cruijff_kit_trl import trackers as tracking
+
+            tracking.close(trainer, failed=True)
         raise
     metrics.writer.close()
     if trainer.is_world_process_zero():
