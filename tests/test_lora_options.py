@@ -215,3 +215,22 @@ def test_torchtune_dora_all_linear_adapter_reloads_with_the_trained_logits(tmp_p
                     out = out.reshape(3, n, head_dim // 2, 2).transpose(2, 3).reshape(3, n * head_dim)
                 assert float((out - hf_mod(x)).abs().max()) < 1e-5, (i, hf_name)
     assert float((_inference_logits(run_dir, 0, tokens) - theirs).abs().max()) < 1e-5
+
+
+def test_plan_counts_dora_magnitudes_and_saved_modules_as_peft_does(tmp_path: Path, tiny_llama: Path) -> None:
+    """`ck plan`'s trainable parameters equal PEFT's own count on the same model and options."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    for i, lora in enumerate([{"targets": ["q_proj", "v_proj"], "use_dora": True},
+                              {"targets": "all-linear", "use_dora": True, "modules_to_save": ["lm_head"]},
+                              {"targets": ["k_proj"], "modules_to_save": ["down_proj"]}]):
+        spec = write_trl_spec(tmp_path / str(i), tiny_llama, train={"lora": {"rank": 4, **lora}})
+        planned = plan_spec(spec, estimate=True).runs[0].estimate.trainable_parameters
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+        peft = get_peft_model(model, LoraConfig(r=4, target_modules=lora["targets"], use_dora=lora.get("use_dora", False),
+                                                modules_to_save=lora.get("modules_to_save"), task_type="CAUSAL_LM"))
+        expected = sum(p.numel() for p in peft.parameters() if p.requires_grad)
+        assert planned == expected, (lora, planned, expected)

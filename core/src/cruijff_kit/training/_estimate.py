@@ -107,15 +107,26 @@ class ModelShape:
         head = 0 if self.tied_embeddings else embed
         return embed + self.linear_parameters() + norms * self.num_layers + self.hidden_size + head
 
-    def lora_parameters(self, targets: list[str] | str, rank: int) -> int:
+    def lora_parameters(self, targets: list[str] | str, rank: int, *, dora: bool = False,
+                        modules_to_save: list[str] | None = None) -> int:
         """Trainable parameters of LoRA adapters of ``rank`` on ``targets`` (per layer, plus ``lm_head``);
-        ``all-linear`` is every linear layer of the blocks."""
+        ``all-linear`` is every linear layer of the blocks. ``dora`` adds DoRA's magnitude vector (one value
+        per output feature of each adapted layer); ``modules_to_save`` adds a full trainable copy of each
+        named module (per-layer linear modules, ``lm_head``, ``embed_tokens``; other names are not counted)."""
         shapes = self.linear_shapes()
         if targets == "all-linear":
             targets = list(shapes)
-        total = sum(rank * (shapes[t][0] + shapes[t][1]) for t in targets if t in shapes) * self.num_layers
+        per_rank = sum(shapes[t][0] + shapes[t][1] for t in targets if t in shapes) * self.num_layers
+        outputs = sum(shapes[t][1] for t in targets if t in shapes) * self.num_layers
         if "lm_head" in targets:
-            total += rank * (self.hidden_size + self.vocab_size)
+            per_rank += self.hidden_size + self.vocab_size
+            outputs += self.vocab_size
+        total = rank * per_rank + (outputs if dora else 0)
+        for name in modules_to_save or ():
+            if name in shapes:
+                total += shapes[name][0] * shapes[name][1] * self.num_layers
+            elif name in ("lm_head", "embed_tokens"):
+                total += self.vocab_size * self.hidden_size
         return total
 
 
@@ -321,7 +332,9 @@ def estimate_run(run: PlannedRun, config: TrainConfig) -> Estimate:
     if not shape.known:
         est.notes.append(f"model_type {shape.model_type!r}: sizes computed as for a Llama-style decoder")
     est.parameters = shape.parameters()
-    est.trainable_parameters = shape.lora_parameters(config.lora.targets, config.lora.rank)
+    lora = config.lora
+    est.trainable_parameters = shape.lora_parameters(lora.targets, lora.rank, dora=lora.use_dora,
+                                                     modules_to_save=lora.modules_to_save)
     precision = planned_precision(config.precision, resources.gpus)
     parts = memory_breakdown(shape, method=config.method, precision=precision,
                              trainable=est.trainable_parameters, batch_size=config.batch_size,
