@@ -7,7 +7,9 @@ Deterministic replies (the same request body always gets the same reply), chosen
   ``[[TERMINATE CHAT]]`` once there are ``N`` of them, where the task text says ``stop after N``
   (default 2). A task containing ``malformed`` gets a non-JSON reply the first time each prompt comes.
 * ``grader``: ``{"score": 1}`` when the reference answer occurs in the final answer, else 0.
-* ``judge``: ``{"score": 1}`` when some assistant turn asks a question, else 0.
+* ``judge``: ``{"score": 1}`` when some assistant turn asks a question, else 0; CollabLLM's official
+  accuracy and interactivity prompts get ``{"thought", "accuracy"}`` (1 when the ground truth occurs in
+  the response) and ``{"thought", "interactivity"}`` (1 when some assistant turn asks a question).
 * whatever the model name, inspect's ``model_graded_fact`` grading prompt (``[Expert]:`` and ``GRADE:``)
   gets a short reasoning ending with ``GRADE: C`` or ``GRADE: I``: the grade a question asks for with
   ``[expect C]`` / ``[expect I]`` / ``[expect P]``, else C when the expert answer occurs in the
@@ -120,7 +122,24 @@ def grader_reply(prompt: str) -> str:
     return json.dumps({"thought": "compared with the reference", "score": 1.0 if ok else 0.0})
 
 
+def collabllm_judge_reply(prompt: str) -> str | None:
+    """CollabLLM's official judges: ``accuracy`` 1 when the ground truth occurs in the model's response
+    (the session as JSON), ``interactivity`` 1 when some assistant turn asks a question, else 0."""
+    if "*accuracy*" in prompt and "Ground Truth Answer:" in prompt:
+        truth = re.search(r"^Ground Truth Answer: (.*)$", prompt, re.M)
+        response = prompt.split("<|The Start of The Model's Response|>")[-1].split("<|The End of The Model's")[0]
+        ok = bool(truth and truth.group(1).strip() and truth.group(1).strip() in response)
+        return json.dumps({"thought": "compared with the ground truth", "accuracy": 1 if ok else 0})
+    if "*interactivity*" in prompt:
+        asks = bool(re.search(r"^Assistant: [^\n]*\?", prompt, re.M))
+        return json.dumps({"thought": "looked for clarifying questions", "interactivity": 1.0 if asks else 0.0})
+    return None
+
+
 def judge_reply(prompt: str) -> str:
+    official = collabllm_judge_reply(prompt)
+    if official is not None:
+        return official
     asks = bool(re.search(r"^\*\*assistant\*\*: [^\n]*\?", prompt, re.M))
     return json.dumps({"thought": "looked for clarifying questions", "score": 1.0 if asks else 0.0})
 

@@ -60,8 +60,9 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: ck's own reward, named explicitly: the tests using it check ck's computation (collabllm is the default).
 SCORING = {
-    "candidates": 3, "continuations": 2, "horizon": 1,
+    "preset": "ck", "candidates": 3, "continuations": 2, "horizon": 1,
     "metrics": {
         "accuracy": {"type": "exact_match", "weight": 1.0},
         "interactivity": {"type": "interactivity", "weight": 0.5},

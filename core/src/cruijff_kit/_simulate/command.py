@@ -24,6 +24,8 @@ def report(summary: Summary) -> tuple[str, int]:
     """The closing message and the exit code (1 when some conversations failed)."""
     lines = [f"{summary.already_done + summary.finished}/{summary.total} conversations in {summary.output} "
              f"({summary.finished} new, {summary.already_done} from earlier runs, {summary.failed} failed)."]
+    if summary.scoring:
+        lines.append(summary.scoring)
     if summary.finished:
         lines.append(f"{summary.per_minute:.1f} conversations per minute.")
     if summary.failed:

@@ -44,20 +44,26 @@ class TaskSource(_Model):
     limit: int | None = Field(None, gt=0, description="Use only the first N tasks.")
 
 
-MetricType = Literal["exact_match", "contains", "pass_rate", "python", "grader", "interactivity", "tokens"]
-LLM_METRICS = ("grader", "interactivity")
+MetricType = Literal["exact_match", "contains", "pass_rate", "python", "grader", "interactivity", "tokens", "bleu"]
+LLM_METRICS = ("grader", "interactivity", "bleu")
+Preset = Literal["ck", "collabllm"]
+TaskType = Literal["question-answering", "document-editing", "code-generation"]
+DEFAULT_PRESET: Preset = "collabllm"
+"""The scoring preset of a ``scoring`` section that does not name one."""
 
 
 class MetricSpec(_Model):
     """One term of the reward: ``weight`` x the metric's value, averaged over continuations."""
 
     type: MetricType = Field(..., description="exact_match, contains, pass_rate, python, grader, "
-                             "interactivity or tokens.")
+                             "interactivity, tokens or bleu.")
     weight: float = Field(1.0, description="Weight in the reward (negative for penalties).")
     function: str | None = Field(None, description="type python: `file.py:function` or `module:function`.")
-    model: ParticipantSection | None = Field(None, description="grader/interactivity: the judge model "
-                                             "(default: scoring.judge).")
-    prompt: str | None = Field(None, description="grader/interactivity: prompt text or a file path.")
+    model: ParticipantSection | None = Field(None, description="grader/interactivity/bleu (and pass_rate under "
+                                             "preset collabllm): the judge or extraction model (default: "
+                                             "scoring.judge).")
+    prompt: str | None = Field(None, description="grader/interactivity under preset ck: prompt text or a file "
+                               "path.")
     per: float = Field(1000.0, gt=0, description="type tokens: the value is assistant tokens / per.")
     timeout: float = Field(30.0, gt=0, description="type pass_rate: seconds per test.")
 
@@ -65,29 +71,54 @@ class MetricSpec(_Model):
     def _fields_for_type(self) -> MetricSpec:
         if self.type == "python" and not self.function:
             raise ValueError("a metric of type python needs `function: file.py:name` or `module:name`")
+        if self.prompt is not None and self.type not in ("grader", "interactivity"):
+            raise ValueError(f"`prompt` only applies to grader and interactivity metrics (this is {self.type})")
         if self.function and self.type != "python":
             raise ValueError(f"`function` only applies to type python (this metric is {self.type})")
-        if self.model is not None and self.type not in LLM_METRICS:
-            raise ValueError(f"`model` only applies to grader and interactivity metrics (this is {self.type})")
+        if self.model is not None and self.type not in (*LLM_METRICS, "pass_rate"):
+            raise ValueError(f"`model` only applies to grader, interactivity and bleu metrics, and to pass_rate "
+                             f"under preset collabllm (this is {self.type})")
         return self
+
+
+def needs_model(metric: MetricSpec, preset: str) -> bool:
+    """Whether a metric calls a model: a judge (grader, interactivity), or the extraction model that reads
+    the final document (bleu) or, under preset collabllm, the final code (pass_rate) out of a conversation."""
+    return metric.type in LLM_METRICS or (metric.type == "pass_rate" and preset == "collabllm")
+
+
+def collabllm_metrics(task_type: str) -> dict[str, MetricSpec]:
+    """CollabLLM's metrics and weights for one of its task types, named by their official signatures."""
+    from cruijff_kit._simulate.collabllm import WEIGHTS
+
+    types = {"accuracy": "grader", "interactivity": "interactivity", "token_amount": "tokens",
+             "document->bleu": "bleu", "runnable code->pass_rate": "pass_rate"}
+    return {name: MetricSpec(type=types[name], weight=weight)  # type: ignore[arg-type]
+            for name, weight in WEIGHTS[task_type].items()}
 
 
 class ScoringConfig(_Model):
     """The multiturn-aware reward: per assistant turn, candidates scored by simulated futures."""
 
-    preset: Literal["ck", "collabllm"] = Field("ck", description="ck: the reward described in docs/simulation.md; "
-                                              "collabllm: CollabLLM's official computation (whole-conversation "
-                                              "futures, cl100k tokens, official judge prompts, no max_turns cut, "
-                                              "3 futures unless continuations is set).")
+    preset: Preset = Field(DEFAULT_PRESET, description="collabllm (the default): CollabLLM's official "
+                           "computation (whole-conversation futures, cl100k tokens, official judge and extraction "
+                           "prompts, no max_turns cut, 3 futures unless continuations is set, the user's next "
+                           "message from the longest future); ck: the reward described in docs/simulation.md.")
+    task_type: TaskType | None = Field(None, description="preset collabllm: CollabLLM's task type, whose official "
+                                       "metrics and weights are used when `metrics` is not given "
+                                       "(question-answering, document-editing or code-generation; "
+                                       "question-answering when neither is given).")
     candidates: int = Field(3, gt=0, description="Candidate responses sampled per assistant turn.")
     continuations: int = Field(2, gt=0, description="Futures simulated per candidate (N; 3 by default with "
                                "preset collabllm).")
     horizon: int = Field(2, ge=0, description="User turns simulated into each future.")
     candidate_temperature: float | None = Field(None, ge=0.0, description="Temperature for candidates "
                                                 "(default: the assistant's).")
-    judge: ParticipantSection | None = Field(None, description="Default model of grader/interactivity metrics.")
-    metrics: dict[str, MetricSpec] = Field(..., min_length=1, description="name: metric; the reward is "
-                                           "sum(weight x value).")
+    judge: ParticipantSection | None = Field(None, description="Default model of grader, interactivity and bleu "
+                                             "metrics (and of pass_rate under preset collabllm).")
+    metrics: dict[str, MetricSpec] = Field(default_factory=dict, description="name: metric; the reward is "
+                                           "sum(weight x value). Required with preset ck; with preset collabllm "
+                                           "the default is the metrics of task_type.")
 
     @model_validator(mode="after")
     def _collabllm_futures(self) -> ScoringConfig:
@@ -96,10 +127,40 @@ class ScoringConfig(_Model):
         return self
 
     @model_validator(mode="after")
+    def _task_type_metrics(self) -> ScoringConfig:
+        if self.task_type is not None and self.preset != "collabllm":
+            raise ValueError(f"task_type ({self.task_type}) picks CollabLLM's official metrics and weights, so it "
+                             "needs preset collabllm; remove task_type, or remove `preset: ck`")
+        if self.task_type is not None and self.metrics:
+            raise ValueError(f"give either task_type ({self.task_type}: CollabLLM's metrics and weights) or "
+                             "metrics, not both; to change a weight, write the metrics out and drop task_type")
+        if self.preset == "collabllm" and not self.metrics:
+            self.task_type = self.task_type or "question-answering"
+            self.metrics = collabllm_metrics(self.task_type)
+        if not self.metrics:
+            raise ValueError("preset ck needs `metrics` (name: {type, weight}); preset collabllm uses CollabLLM's "
+                             "metrics of its `task_type` (question-answering by default) when none are given")
+        return self
+
+    @model_validator(mode="after")
+    def _official_prompts(self) -> ScoringConfig:
+        if self.preset != "collabllm":
+            return self
+        for name, m in self.metrics.items():
+            if m.prompt is not None and m.type in LLM_METRICS:
+                raise ValueError(f"metric `{name}` sets a prompt, but preset collabllm uses CollabLLM's own "
+                                 f"{m.type} prompt; remove `prompt`, or set `preset: ck` to use yours")
+        return self
+
+    @model_validator(mode="after")
     def _judge_for_llm_metrics(self) -> ScoringConfig:
         for name, m in self.metrics.items():
-            if m.type in LLM_METRICS and m.model is None and self.judge is None:
-                raise ValueError(f"metric `{name}` ({m.type}) needs a model: set scoring.judge or "
+            if m.model is not None and not needs_model(m, self.preset):
+                raise ValueError(f"metric `{name}` ({m.type}) sets a model, which only preset collabllm uses (to "
+                                 "extract the code from the conversation); remove `model`, or use preset collabllm")
+            if needs_model(m, self.preset) and m.model is None and self.judge is None:
+                role = "judge" if m.type in ("grader", "interactivity") else "extraction model"
+                raise ValueError(f"metric `{name}` ({m.type}) needs a model (the {role}): set scoring.judge or "
                                  f"scoring.metrics.{name}.model")
         return self
 
@@ -283,11 +344,12 @@ def load_simulation(loaded: Any) -> Simulation:
                                       base_dir=base_dir)
         for name, m in cfg.scoring.metrics.items():
             where = f"simulate.scoring.metrics.{name}"
-            if m.type in LLM_METRICS:
+            if needs_model(m, cfg.scoring.preset):
                 model = (build_participant(m.model, file=file, path=f"{where}.model", base_dir=base_dir)
                          if m.model is not None else judge)
                 assert model is not None
                 metric_models[name] = model
+            if m.type in ("grader", "interactivity"):
                 default = prompts.GRADER_PROMPT if m.type == "grader" else prompts.INTERACTIVITY_PROMPT
                 metric_prompts[name] = (_text_or_file(m.prompt, base_dir, file=file, path=f"{where}.prompt")
                                         if m.prompt else default)
@@ -295,7 +357,7 @@ def load_simulation(loaded: Any) -> Simulation:
                 from cruijff_kit._simulate.functions import load_function
 
                 load_function(str(m.function), base_dir, file=file, path=f"{where}.function")
-            if m.type in ("exact_match", "contains", "grader") and cfg.tasks.answer_field is None:
+            if m.type in ("exact_match", "contains", "grader", "bleu") and cfg.tasks.answer_field is None:
                 raise SpecError(f"metric `{name}` ({m.type}) compares with a reference answer, but "
                                 "simulate.tasks.answer_field is null.", file=file, path=where,
                                 hint="Name the row field with the reference answer in tasks.answer_field.")
@@ -321,12 +383,28 @@ def load_simulation(loaded: Any) -> Simulation:
     )
 
 
-def check_simulate(loaded: Any) -> None:
-    """Plan-time check used by ``ck validate``/``plan``/``run``: validate the section when present."""
+def preset_line(scoring: ScoringConfig | None) -> str | None:
+    """One sentence naming the scoring preset a simulation uses (None without scoring)."""
+    if scoring is None:
+        return None
+    given = "" if "preset" in scoring.model_fields_set else ", the default"
+    metrics = ", ".join(f"{n} x {m.weight:g}" for n, m in scoring.metrics.items())
+    futures = f"{scoring.continuations} futures per candidate"
+    if scoring.preset == "collabllm":
+        task = f", task type {scoring.task_type}" if scoring.task_type else ""
+        return (f"simulate.scoring uses preset `collabllm`{given}: CollabLLM's official reward{task} ({metrics}), "
+                f"{futures}; `preset: ck` gives ck's own (docs/simulation.md).")
+    return (f"simulate.scoring uses preset `ck`{given}: ck's own reward, not CollabLLM's official one ({metrics}), "
+            f"{futures} (docs/simulation.md lists the differences).")
+
+
+def check_simulate(loaded: Any) -> list[str]:
+    """Plan-time check used by ``ck validate``/``plan``/``run``: validate the section when present; the
+    notes to show (which scoring preset is used)."""
     from cruijff_kit._base.errors import CkError
 
     if loaded.model.simulate is None:
-        return
+        return []
     sim = load_simulation(loaded)
     roles = [("simulate.user", sim.user), ("simulate.assistant", sim.assistant)]
     roles += [(f"simulate.scoring.metrics.{name}", m) for name, m in sim.metric_models.items()]
@@ -337,6 +415,8 @@ def check_simulate(loaded: Any) -> None:
             raise
         except CkError as exc:
             raise SpecError(str(exc), file=str(loaded.file), path=where) from None
+    line = preset_line(sim.config.scoring)
+    return [line] if line else []
 
 
 def resolved_section(raw: dict[str, Any], loaded: Any) -> dict[str, Any]:

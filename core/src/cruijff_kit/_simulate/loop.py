@@ -29,10 +29,11 @@ from cruijff_kit._base.errors import CkError
 from cruijff_kit._base.fileio import atomic_write_json, read_jsonl
 from cruijff_kit._base.ownership import check_writable, remove_path
 from cruijff_kit._base.secrets import scrub
-from cruijff_kit._simulate.config import Simulation
+from cruijff_kit._simulate.config import Simulation, preset_line
 from cruijff_kit._simulate.conversation import Engine
 from cruijff_kit._simulate.metrics import Metric
 from cruijff_kit._simulate.progress import Progress
+from cruijff_kit._simulate.scoring import build_metric
 from cruijff_kit._simulate.tasks import Task, conversation_ids
 from cruijff_kit._simulate.user import UserSimulator
 
@@ -49,6 +50,8 @@ class Summary:
     seconds: float = 0.0
     cpu_seconds: float = 0.0
     calls: dict[str, Any] = field(default_factory=dict)
+    scoring: str | None = None
+    """Which scoring preset the simulation used, in one sentence (None without scoring)."""
 
     @property
     def complete(self) -> bool:
@@ -133,9 +136,9 @@ def build_engine(sim: Simulation, limit: asyncio.Semaphore, rng: random.Random) 
     if cfg.scoring is not None:
         for name, spec in cfg.scoring.metrics.items():
             model = sim.metric_models.get(name)
-            metrics.append(Metric(name, spec, sim.base_dir, caller=caller(model) if model else None,
-                                  prompt=sim.metric_prompts.get(name), json_retries=cfg.json_retries,
-                                  preset=cfg.scoring.preset))
+            metrics.append(build_metric(name, spec, sim.base_dir, caller=caller(model) if model else None,
+                                        prompt=sim.metric_prompts.get(name), json_retries=cfg.json_retries,
+                                        preset=cfg.scoring.preset))
     engine = Engine(user=user, assistant=caller(sim.assistant), max_turns=cfg.max_turns, seed=sim.seed,
                     system=sim.system_prompt, scoring=cfg.scoring, metrics=metrics,
                     fingerprint=cfg.fingerprint(),
@@ -169,7 +172,7 @@ async def run_simulation(sim: Simulation, tasks: list[Task], *, progress: bool =
         todo = [(cid, t) for t in tasks for cid in conversation_ids(t, cfg.conversations_per_task)]
         total = len(todo)
         pending = [(cid, t) for cid, t in todo if cid not in done]
-        summary = Summary(output, total, total - len(pending))
+        summary = Summary(output, total, total - len(pending), scoring=preset_line(cfg.scoring))
         if not pending:
             return summary
         for p in sim.participants():

@@ -16,10 +16,10 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from cruijff_kit._engine.spec import LoadedSpec
 
 
-def _check(loaded: LoadedSpec) -> None:
+def _check(loaded: LoadedSpec) -> list[str]:
     from cruijff_kit._simulate.config import check_simulate
 
-    check_simulate(loaded)
+    return check_simulate(loaded)
 
 
 def _resolve(section: Any, loaded: LoadedSpec) -> Any:

@@ -401,7 +401,8 @@ def limit_for(limit: int | Mapping[str, int] | None, split: str) -> int | None:
 
 
 def check_run_splits(run: Any, splits: Iterable[str], *, source: str | Path) -> None:
-    """Plan-time check that the splits a run reads exist: ``train`` when it trains, each eval's split."""
+    """Plan-time check that the splits a run reads exist: ``train`` when it trains, each eval's split (an eval
+    that names its own ``tasks`` file reads none)."""
     splits = list(splits)
     listed = clip(", ".join(f"`{s}`" for s in splits)) or "none"
     spec = run.spec
@@ -410,6 +411,8 @@ def check_run_splits(run: Any, splits: Iterable[str], *, source: str | Path) -> 
                         "Add one, or map a split to it with dataset.splits (e.g. `splits: {train: NAME}`).")
     for i, ev in enumerate(spec.get("eval") or []):
         split = ev.get("split", "test")
+        if ev.get("tasks") is not None:  # an eval with its own task file (e.g. task: collab) reads no split
+            continue
         if split not in splits:
             raise DataError(f"eval[{i}] reads split `{split}`, which {shown(source)} does not have (its "
                             f"splits: {listed}).{suggest(split, splits)} Set eval[{i}].split, or map a "

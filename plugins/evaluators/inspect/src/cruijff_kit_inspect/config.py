@@ -8,6 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from cruijff_kit import EvalConfig, PluginConfig
 from cruijff_kit.files import is_secret_name
+from cruijff_kit_inspect.collab_config import COLLAB_TASK, CollabOptions
 
 BUILTIN_TASKS = ("exact-match", "includes", "choice", "model-graded")
 """Tasks that read the run's dataset split (the final assistant turn is the target)."""
@@ -131,8 +132,8 @@ class Generation(PluginConfig):
 
 
 # --------------------------------------------------------------------------- the evaluator's options
-class InspectConfig(EvalConfig):
-    """Options of the ``inspect`` evaluator."""
+class InspectConfig(EvalConfig, CollabOptions):
+    """Options of the ``inspect`` evaluator (``task: collab``: see :mod:`cruijff_kit_inspect.collab_config`)."""
 
     scorers: list[ScorerSpec] | None = Field(
         None, description="Scorers, all reported; a name or {name: ..., options}. Default: the task's own.")
@@ -184,7 +185,7 @@ class InspectConfig(EvalConfig):
     @field_validator("task")
     @classmethod
     def _task_shape(cls, v: str) -> str:
-        if v in BUILTIN_TASKS:
+        if v in BUILTIN_TASKS or v == COLLAB_TASK:
             return v
         if "@" in v:
             file, _, name = v.rpartition("@")
@@ -192,8 +193,8 @@ class InspectConfig(EvalConfig):
                 return v
         from cruijff_kit import did_you_mean
 
-        raise ValueError(f"unknown task {v!r}: use a built-in task ({', '.join(BUILTIN_TASKS)}) or "
-                         f"path/to/file.py@task_name. {did_you_mean(v, BUILTIN_TASKS)}")
+        raise ValueError(f"unknown task {v!r}: use a built-in task ({', '.join(BUILTIN_TASKS)}), {COLLAB_TASK} "
+                         f"(multi-turn) or path/to/file.py@task_name. {did_you_mean(v, (*BUILTIN_TASKS, COLLAB_TASK))}")
 
     @field_validator("model", "grader")
     @classmethod
@@ -241,6 +242,9 @@ class InspectConfig(EvalConfig):
         if self.model_args and not self.model:
             raise ValueError("model_args apply to `model` (an inspect model string); for the run's own "
                              "model use device, dtype and batch_size")
+        if self.task == COLLAB_TASK and (self.scorers or self.task_args):
+            raise ValueError("task: collab scores each conversation with `metrics` (and their reward); remove "
+                             "scorers and task_args")
         if self.task_args and self.is_builtin:
             raise ValueError(f"task_args apply to user task files only; the built-in task {self.task!r} "
                              "takes none (use scorers, generation and prompt instead)")

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from cruijff_kit import CkError, Evaluator, StageError
 from cruijff_kit.files import scrub
+from cruijff_kit_inspect.collab_config import COLLAB_TASK
 from cruijff_kit_inspect.config import InspectConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -333,7 +334,11 @@ class InspectEvaluator(Evaluator):
         from cruijff_kit_inspect.tasks import split_task_ref, task_functions
 
         cfg = self.config
-        if not cfg.is_builtin:
+        if cfg.task == COLLAB_TASK:
+            from cruijff_kit_inspect.multiturn import check_collab
+
+            check_collab(cfg, self.base_dir, run.dataset().splits() if cfg.tasks is None else None)
+        elif not cfg.is_builtin:
             file, fn = split_task_ref(cfg.task)
             path = self.path(file)
             if not path.is_file():
@@ -391,11 +396,12 @@ class InspectEvaluator(Evaluator):
         if any(t.startswith("epoch_") for t in targets):
             train = run.spec.get("train") or {}
             lora = train.get("lora") or {}
-            modules = list(lora.get("targets") or [])
+            targets = lora.get("targets") or []
+            modules = [] if targets == "all-linear" else list(targets)  # all-linear: the blocks' layers only
             if train.get("apply_lora_to_output"):  # torchtune's switch for LoRA on the output projection
                 modules.append("lm_head")
             checks.append(("the adapters this run trains (train.lora)", int(lora.get("rank", 8)),
-                           vllm_unservable(modules, None)))
+                           vllm_unservable(modules, lora.get("modules_to_save"))))
         adapter = run.spec["model"].get("adapter")
         if "adapter" in targets and adapter:
             config = read_adapter_config(Path(adapter)) or {}
@@ -484,6 +490,10 @@ class InspectEvaluator(Evaluator):
         }
         metadata = scrub(metadata)
         total = _sample_count(task, cfg)
+        collab = getattr(task, "ck_collab", None)
+        if collab is not None:
+            for p in collab.participants():
+                p.open()
         gen_args = generate_args(cfg, seed, local=model.startswith("ck/"))
         if model.startswith("ck/"):  # each target samples from its own seed, whatever ran before in this process
             from transformers import set_seed
@@ -502,6 +512,11 @@ class InspectEvaluator(Evaluator):
         except Exception as exc:
             raise StageError(f"inspect could not start the eval of {target.name} ({model}): "
                              f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            if collab is not None:
+                from cruijff_kit_inspect.multiturn import close_participants
+
+                close_participants(collab)
         log = logs[0]
         if log.status != "success":
             msg = log.error.message if log.error else f"status {log.status}"
@@ -521,6 +536,13 @@ class InspectEvaluator(Evaluator):
             return rows_to_samples(list(data[cfg.split]), cfg.split, choices=cfg.task == "choice")
 
         name = cfg.label
+        if cfg.task == COLLAB_TASK:
+            from cruijff_kit_inspect.multiturn import collab_task, make_collaboration
+
+            collab = make_collaboration(cfg, ctx, self.base_dir)
+            task = collab_task(collab, name)
+            task.ck_collab = collab  # the evaluator opens and closes its participants around the eval
+            return task
         if cfg.is_builtin:
             return builtin_task(cfg, samples(), name)
         from inspect_ai import task_with

@@ -1,0 +1,97 @@
+"""Collaboration with a simulated user: its prompt and reply protocol, the metrics of a conversation
+and CollabLLM's multiturn-aware reward, shared by ``ck simulate`` and the multi-turn eval task.
+
+Pure Python plus pydantic (tiktoken for the ``collabllm`` preset's token counts, on first use); no
+torch. A metric scores an :class:`Outcome` (a conversation, the task and its final answer);
+:func:`score_conversation` scores a finished conversation with every metric and adds the combined
+``reward = sum(weight x value)``; :data:`PRESETS` holds the default metrics (``collabllm``: the
+official question-answering weights).
+"""
+
+from __future__ import annotations
+
+from cruijff_kit.collab._collabllm import (
+    ACCURACY_PROMPT,
+    CONTINUATIONS,
+    WEIGHTS,
+    accuracy_prompt,
+    candidate_score,
+    cl100k_file,
+    count_cl100k,
+    extraction_prompt,
+    interactivity_prompt,
+    judged_value,
+    next_user_future,
+    sentence_bleu,
+    session_rewards,
+    strip_system,
+    token_amount,
+)
+from cruijff_kit.collab._collabllm import (
+    INTERACTIVITY_PROMPT as COLLABLLM_INTERACTIVITY_PROMPT,
+)
+from cruijff_kit.collab._collabllm_prompts import EXTRACT_PROMPT
+from cruijff_kit.collab._config import (
+    LLM_METRICS,
+    PRESETS,
+    MetricSpec,
+    ParticipantSection,
+    TaskSource,
+    preset_metrics,
+)
+from cruijff_kit.collab._conversation import (
+    REWARD,
+    Journal,
+    ReplyCache,
+    combined_reward,
+    derive_seed,
+    score_conversation,
+    user_message,
+)
+from cruijff_kit.collab._functions import load_function
+from cruijff_kit.collab._metrics import (
+    Metric,
+    Outcome,
+    contains,
+    count_tokens,
+    exact_match,
+    extract_answer,
+    final_answer,
+    last_number,
+    normalize,
+    numeric_match,
+    pass_rate,
+)
+from cruijff_kit.collab._prompts import (
+    EMPTY_HISTORY,
+    GRADER_PROMPT,
+    HISTORY_END,
+    HISTORY_START,
+    INTERACTIVITY_PROMPT,
+    TERMINATION_MARKER,
+    USER_PROMPT,
+    render,
+    render_history,
+)
+from cruijff_kit.collab._tasks import Task, conversation_ids, load_tasks
+from cruijff_kit.collab._user import (
+    MalformedReply,
+    UserReply,
+    UserSimulator,
+    parse_json_object,
+    parse_user_reply,
+)
+
+__all__ = [
+    "ACCURACY_PROMPT", "COLLABLLM_INTERACTIVITY_PROMPT", "CONTINUATIONS", "EMPTY_HISTORY", "EXTRACT_PROMPT",
+    "GRADER_PROMPT", "HISTORY_END", "HISTORY_START", "INTERACTIVITY_PROMPT", "LLM_METRICS", "PRESETS", "REWARD",
+    "TERMINATION_MARKER", "USER_PROMPT", "WEIGHTS",
+    "Journal", "MalformedReply", "Metric", "MetricSpec", "Outcome", "ParticipantSection",
+    "ReplyCache", "Task", "TaskSource", "UserReply", "UserSimulator",
+    "accuracy_prompt", "candidate_score", "cl100k_file", "combined_reward", "contains", "conversation_ids",
+    "count_cl100k", "count_tokens", "derive_seed", "exact_match", "extract_answer", "extraction_prompt",
+    "final_answer", "interactivity_prompt", "judged_value", "last_number", "load_function", "load_tasks",
+    "next_user_future", "normalize", "numeric_match", "parse_json_object", "parse_user_reply", "pass_rate",
+    "preset_metrics", "render", "render_history", "score_conversation", "sentence_bleu", "session_rewards",
+    "strip_system", "token_amount", "user_message",
+]
