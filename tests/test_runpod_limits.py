@@ -27,12 +27,18 @@ fake_store = pytest.fixture(running_fake_store, name="fake_store")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_example_spec_validates_and_needs_key_and_bucket(fake_store, tmp_path, capsys, monkeypatch):
-    (tmp_path / "examples").mkdir()
-    example = tmp_path / "examples" / "qlora-runpod.yaml"
+def copy_example(folder: Path) -> Path:
+    """examples/qlora-runpod.yaml in ``folder``, with the data it names."""
+    (folder / "examples").mkdir()
+    example = folder / "examples" / "qlora-runpod.yaml"
     shutil.copy(ROOT / "examples" / "qlora-runpod.yaml", example)
-    (tmp_path / ".cache" / "data").mkdir(parents=True)
-    shutil.copy(ROOT / "tests" / "data" / "capitalize_instruct.json", tmp_path / ".cache" / "data" / "capitalize.json")
+    (folder / ".cache" / "data").mkdir(parents=True)
+    shutil.copy(ROOT / "tests" / "data" / "capitalize_instruct.json", folder / ".cache" / "data" / "capitalize.json")
+    return example
+
+
+def test_example_spec_validates_and_needs_key_and_bucket(fake_store, tmp_path, capsys, monkeypatch):
+    example = copy_example(tmp_path)
     profile = tmp_path / "profile.yaml"
     profile.write_text(yaml.safe_dump(profile_data(fake_store)))
     monkeypatch.setenv("CK_PROFILE", str(profile))
@@ -52,11 +58,7 @@ def test_example_spec_validates_and_needs_key_and_bucket(fake_store, tmp_path, c
 
 def test_init_yes_writes_a_profile_that_validates_or_says_what_it_needs(fake_store, tmp_path, capsys, monkeypatch):
     """`ck init --scheduler runpod --yes` never writes a profile that `ck validate` then refuses."""
-    (tmp_path / "examples").mkdir()
-    example = tmp_path / "examples" / "qlora-runpod.yaml"
-    shutil.copy(ROOT / "examples" / "qlora-runpod.yaml", example)
-    (tmp_path / ".cache" / "data").mkdir(parents=True)
-    shutil.copy(ROOT / "tests" / "data" / "capitalize_instruct.json", tmp_path / ".cache" / "data" / "capitalize.json")
+    example = copy_example(tmp_path)
     profile = tmp_path / "profile.yaml"
     monkeypatch.setenv("CK_PROFILE", str(profile))
     monkeypatch.setenv("RUNPOD_API_KEY", "test-key")

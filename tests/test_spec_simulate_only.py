@@ -9,6 +9,7 @@ import pytest
 import yaml
 from fake_openai import FakeOpenAI
 from simulate_fixtures import key_in_environment, read_conversations, running_server, write_sim_spec
+from test_simulate_cli import ck_here as run_ck_here
 
 fake_server = pytest.fixture(running_server, name="fake_server")
 api_key = pytest.fixture(key_in_environment, name="api_key")
@@ -16,15 +17,7 @@ api_key = pytest.fixture(key_in_environment, name="api_key")
 
 def ck_here(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     """The `ck` entry point in this process: (exit code, stdout + stderr)."""
-    from cruijff_kit._cli import main
-
-    capsys.readouterr()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
+    code, out, err = run_ck_here(capsys, *args)
     return code, out + err
 
 
