@@ -86,7 +86,8 @@ def test_simulate_train_sft_then_collab_eval_of_base_and_every_epoch_resumes_aft
         train_res = ck("stage", str(run_dir), "train", cwd=tmp_path)
         assert train_res.returncode == 0, train_res.stderr[-3000:]
 
-        # the base eval is killed right after its second finished conversation is journaled
+        # the base eval is killed right after its second finished conversation is journaled (conversations
+        # are scored concurrently, so a third may be journaled in the instant before the kill lands)
         judged_before = server.stats.models["judge"]
         killed = subprocess.run(
             [sys.executable, "-c", KILL_AFTER, "cruijff_kit.collab._conversation", "Journal.add", "2",
@@ -94,7 +95,7 @@ def test_simulate_train_sft_then_collab_eval_of_base_and_every_epoch_resumes_aft
             timeout=600)
         assert killed.returncode == -9, killed.stderr[-3000:]
         first = journal(run_dir, "base")
-        assert len(first) == 2
+        assert 2 <= len(first) < len(HELD_OUT)
         judged_in_kill = server.stats.models["judge"] - judged_before
 
         # ck run does what is left: the base eval (resumed) and both epochs
@@ -106,11 +107,11 @@ def test_simulate_train_sft_then_collab_eval_of_base_and_every_epoch_resumes_aft
     base = journal(run_dir, "base")
     ids = [r["conv_id"] for r in base]
     assert sorted(ids) == [f"held-{i}" for i in range(len(HELD_OUT))]  # each conversation once
-    assert base[:2] == first  # the two finished before the kill were kept, not held again
+    assert base[:len(first)] == first  # those finished before the kill were kept, not held again
     per_conversation = 2  # the default collabllm preset asks the judge for accuracy and interactivity
-    assert judged_in_kill >= 2 * per_conversation
-    # three targets resumed or fresh: base (3 conversations left) and epoch_0, epoch_1 (all 5 each)
-    assert judged_after_kill == per_conversation * (len(HELD_OUT) - 2 + 2 * len(HELD_OUT))
+    assert judged_in_kill >= len(first) * per_conversation
+    # three targets resumed or fresh: base (the conversations left) and epoch_0, epoch_1 (all 5 each)
+    assert judged_after_kill == per_conversation * (len(HELD_OUT) - len(first) + 2 * len(HELD_OUT))
 
     # base and checkpoints faced the same opening user turn
     openings = {t: {r["conv_id"]: r["messages"][0]["content"] for r in journal(run_dir, t)}

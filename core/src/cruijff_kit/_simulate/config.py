@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -20,91 +20,31 @@ from cruijff_kit._api.kinds import Simulator
 from cruijff_kit._api.retry import RetryPolicy
 from cruijff_kit._base.errors import SpecError
 from cruijff_kit._simulate import prompts
+from cruijff_kit.collab import _config as shared
+from cruijff_kit.collab._config import MetricSpec, ParticipantSection, TaskSource
+
+DEFAULT_PRESET, LLM_METRICS = shared.DEFAULT_PRESET, shared.LLM_METRICS
+collabllm_metrics, needs_model = shared.collabllm_metrics, shared.needs_model
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class ParticipantSection(BaseModel):
-    """A simulator section: ``plugin`` picks the backend, every other key is that backend's option."""
-
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
-    plugin: str = Field(..., description="Simulator plugin (`openai`, or `local` for the assistant).")
-
-
-class TaskSource(_Model):
-    """Where the tasks come from: one conversation (or several) per row."""
-
-    path: str = Field(..., description="JSON list, JSON {split: list} (the instruct format) or JSONL file.")
-    split: str | None = Field(None, description="Which list when the JSON file holds splits (default: train).")
-    id_field: str | None = Field("id", description="Row field with a stable task id; rows without it get one.")
-    prompt_field: str = Field("input", description="Row field with the task the user wants solved.")
-    answer_field: str | None = Field("output", description="Row field with the reference answer, if any.")
-    limit: int | None = Field(None, gt=0, description="Use only the first N tasks.")
-
-
-MetricType = Literal["exact_match", "contains", "pass_rate", "python", "grader", "interactivity", "tokens", "bleu"]
-LLM_METRICS = ("grader", "interactivity", "bleu")
-Preset = Literal["ck", "collabllm"]
-TaskType = Literal["question-answering", "document-editing", "code-generation"]
-DEFAULT_PRESET: Preset = "collabllm"
-"""The scoring preset of a ``scoring`` section that does not name one."""
-
-
-class MetricSpec(_Model):
-    """One term of the reward: ``weight`` x the metric's value, averaged over continuations."""
-
-    type: MetricType = Field(..., description="exact_match, contains, pass_rate, python, grader, "
-                             "interactivity, tokens or bleu.")
-    weight: float = Field(1.0, description="Weight in the reward (negative for penalties).")
-    function: str | None = Field(None, description="type python: `file.py:function` or `module:function`.")
-    model: ParticipantSection | None = Field(None, description="grader/interactivity/bleu (and pass_rate under "
-                                             "preset collabllm): the judge or extraction model (default: "
-                                             "scoring.judge).")
-    prompt: str | None = Field(None, description="grader/interactivity under preset ck: prompt text or a file "
-                               "path.")
-    per: float = Field(1000.0, gt=0, description="type tokens: the value is assistant tokens / per.")
-    timeout: float = Field(30.0, gt=0, description="type pass_rate: seconds per test.")
-
-    @model_validator(mode="after")
-    def _fields_for_type(self) -> MetricSpec:
-        if self.type == "python" and not self.function:
-            raise ValueError("a metric of type python needs `function: file.py:name` or `module:name`")
-        if self.prompt is not None and self.type not in ("grader", "interactivity"):
-            raise ValueError(f"`prompt` only applies to grader and interactivity metrics (this is {self.type})")
-        if self.function and self.type != "python":
-            raise ValueError(f"`function` only applies to type python (this metric is {self.type})")
-        if self.model is not None and self.type not in (*LLM_METRICS, "pass_rate"):
-            raise ValueError(f"`model` only applies to grader, interactivity and bleu metrics, and to pass_rate "
-                             f"under preset collabllm (this is {self.type})")
-        return self
-
-
-def needs_model(metric: MetricSpec, preset: str) -> bool:
-    """Whether a metric calls a model: a judge (grader, interactivity), or the extraction model that reads
-    the final document (bleu) or, under preset collabllm, the final code (pass_rate) out of a conversation."""
-    return metric.type in LLM_METRICS or (metric.type == "pass_rate" and preset == "collabllm")
-
-
-def collabllm_metrics(task_type: str) -> dict[str, MetricSpec]:
-    """CollabLLM's metrics and weights for one of its task types, named by their official signatures."""
-    from cruijff_kit._simulate.collabllm import WEIGHTS
-
-    types = {"accuracy": "grader", "interactivity": "interactivity", "token_amount": "tokens",
-             "document->bleu": "bleu", "runnable code->pass_rate": "pass_rate"}
-    return {name: MetricSpec(type=types[name], weight=weight)  # type: ignore[arg-type]
-            for name, weight in WEIGHTS[task_type].items()}
+__all__ = ["DEFAULT_PRESET", "LLM_METRICS", "MetricSpec", "ParticipantSection", "ScoringConfig",
+           "SimulateConfig", "Simulation", "TaskSource", "check_simulate", "collabllm_metrics",
+           "load_simulation", "needs_model", "parse_config", "preset_line", "resolved_section",
+           "simulate_json_schema"]
 
 
 class ScoringConfig(_Model):
     """The multiturn-aware reward: per assistant turn, candidates scored by simulated futures."""
 
-    preset: Preset = Field(DEFAULT_PRESET, description="collabllm (the default): CollabLLM's official "
+    preset: shared.Preset = Field(DEFAULT_PRESET, description="collabllm (the default): CollabLLM's official "
                            "computation (whole-conversation futures, cl100k tokens, official judge and extraction "
                            "prompts, no max_turns cut, 3 futures unless continuations is set, the user's next "
                            "message from the longest future); ck: the reward described in docs/simulation.md.")
-    task_type: TaskType | None = Field(None, description="preset collabllm: CollabLLM's task type, whose official "
+    task_type: shared.TaskType | None = Field(None, description="preset collabllm: CollabLLM's task type, whose official "
                                        "metrics and weights are used when `metrics` is not given "
                                        "(question-answering, document-editing or code-generation; "
                                        "question-answering when neither is given).")
@@ -127,41 +67,11 @@ class ScoringConfig(_Model):
         return self
 
     @model_validator(mode="after")
-    def _task_type_metrics(self) -> ScoringConfig:
-        if self.task_type is not None and self.preset != "collabllm":
-            raise ValueError(f"task_type ({self.task_type}) picks CollabLLM's official metrics and weights, so it "
-                             "needs preset collabllm; remove task_type, or remove `preset: ck`")
-        if self.task_type is not None and self.metrics:
-            raise ValueError(f"give either task_type ({self.task_type}: CollabLLM's metrics and weights) or "
-                             "metrics, not both; to change a weight, write the metrics out and drop task_type")
-        if self.preset == "collabllm" and not self.metrics:
-            self.task_type = self.task_type or "question-answering"
-            self.metrics = collabllm_metrics(self.task_type)
-        if not self.metrics:
-            raise ValueError("preset ck needs `metrics` (name: {type, weight}); preset collabllm uses CollabLLM's "
-                             "metrics of its `task_type` (question-answering by default) when none are given")
-        return self
-
-    @model_validator(mode="after")
-    def _official_prompts(self) -> ScoringConfig:
-        if self.preset != "collabllm":
-            return self
-        for name, m in self.metrics.items():
-            if m.prompt is not None and m.type in LLM_METRICS:
-                raise ValueError(f"metric `{name}` sets a prompt, but preset collabllm uses CollabLLM's own "
-                                 f"{m.type} prompt; remove `prompt`, or set `preset: ck` to use yours")
-        return self
-
-    @model_validator(mode="after")
-    def _judge_for_llm_metrics(self) -> ScoringConfig:
-        for name, m in self.metrics.items():
-            if m.model is not None and not needs_model(m, self.preset):
-                raise ValueError(f"metric `{name}` ({m.type}) sets a model, which only preset collabllm uses (to "
-                                 "extract the code from the conversation); remove `model`, or use preset collabllm")
-            if needs_model(m, self.preset) and m.model is None and self.judge is None:
-                role = "judge" if m.type in ("grader", "interactivity") else "extraction model"
-                raise ValueError(f"metric `{name}` ({m.type}) needs a model (the {role}): set scoring.judge or "
-                                 f"scoring.metrics.{name}.model")
+    def _metric_set(self) -> ScoringConfig:
+        task_type, metrics = shared.scoring_metrics(self.preset, self.task_type, self.metrics)
+        self.task_type, self.metrics = task_type, metrics  # type: ignore[assignment]
+        shared.check_metric_models(self.metrics, self.preset, has_judge=self.judge is not None,
+                            judge_key="scoring.judge", metrics_key="scoring.metrics")
         return self
 
 
@@ -349,7 +259,7 @@ def load_simulation(loaded: Any) -> Simulation:
                          if m.model is not None else judge)
                 assert model is not None
                 metric_models[name] = model
-            if m.type in ("grader", "interactivity"):
+            if m.type in shared.JUDGE_METRICS:
                 default = prompts.GRADER_PROMPT if m.type == "grader" else prompts.INTERACTIVITY_PROMPT
                 metric_prompts[name] = (_text_or_file(m.prompt, base_dir, file=file, path=f"{where}.prompt")
                                         if m.prompt else default)
@@ -357,7 +267,7 @@ def load_simulation(loaded: Any) -> Simulation:
                 from cruijff_kit._simulate.functions import load_function
 
                 load_function(str(m.function), base_dir, file=file, path=f"{where}.function")
-            if m.type in ("exact_match", "contains", "grader", "bleu") and cfg.tasks.answer_field is None:
+            if m.type in shared.REFERENCE_METRICS and cfg.tasks.answer_field is None:
                 raise SpecError(f"metric `{name}` ({m.type}) compares with a reference answer, but "
                                 "simulate.tasks.answer_field is null.", file=file, path=where,
                                 hint="Name the row field with the reference answer in tasks.answer_field.")

@@ -11,81 +11,16 @@ values (``rewards``) and its futures with their own messages and values.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cruijff_kit._api.retry import Caller, CallFailed
-from cruijff_kit._base.errors import DataError
-from cruijff_kit._simulate.config import MetricSpec
-from cruijff_kit._simulate.metrics import Metric, Outcome, final_answer, pass_rate
-from cruijff_kit._simulate.tasks import Task
-from cruijff_kit._simulate.turns import derive_seed, user_message
-from cruijff_kit._simulate.user import MalformedReply, parse_json_object
+from cruijff_kit.collab import Outcome, Task, derive_seed, final_answer, user_message
+from cruijff_kit.collab._metrics import EXTRACT_TYPES, ExtractedMetric, build_metric
 
 if TYPE_CHECKING:  # pragma: no cover
     from cruijff_kit._simulate.conversation import Engine
 
-EXTRACT_TYPES = {"bleu": "document", "pass_rate": "runnable code"}
-"""What CollabLLM's extraction prompt asks for, per metric type (``document->bleu``,
-``runnable code->pass_rate``)."""
-
-
-class ExtractedMetric(Metric):
-    """A metric on what a model extracts from the whole conversation, as CollabLLM computes it.
-
-    ``bleu``: the extraction model (``model:`` or ``scoring.judge``) is asked, with CollabLLM's own
-    prompt, for the final document of the conversation; the value is NLTK's
-    ``sentence_bleu([reference], document)`` on the two strings. ``pass_rate`` under ``preset:
-    collabllm``: the same for the final runnable code, then the share of the task's ``tests`` that pass
-    against it. A task field ``extraction_requirement`` is added to the prompt, as CollabLLM does.
-    """
-
-    async def __call__(self, outcome: Outcome) -> float:
-        """The metric's value for one outcome."""
-        from cruijff_kit._simulate import collabllm
-
-        task = outcome.task
-        if self.spec.type == "pass_rate":
-            tests = task.metadata.get("tests")
-            tests = [tests] if isinstance(tests, str) else tests
-            if not isinstance(tests, list) or not tests:
-                raise DataError(f"task {task.id} has no `tests` (a list of Python statements), which the "
-                                f"pass_rate metric `{self.name}` needs.")
-        completion = await self.extract(outcome)
-        if self.spec.type == "bleu":
-            return collabllm.sentence_bleu(task.answer or "", completion)
-        return await asyncio.to_thread(pass_rate, completion, [str(t) for t in tests], self.spec.timeout)
-
-    async def extract(self, outcome: Outcome) -> str:
-        """The ``final_completion`` the extraction model reads out of the conversation."""
-        from cruijff_kit._simulate import collabllm
-
-        assert self.caller is not None
-        session = outcome.session if outcome.session is not None else outcome.conversation
-        requirement = outcome.task.metadata.get("extraction_requirement")
-        text = collabllm.extraction_prompt(EXTRACT_TYPES[self.spec.type], session,
-                                           str(requirement) if requirement else None)
-        messages = [{"role": "user", "content": text}]
-        last: Exception | None = None
-        for attempt in range(self.json_retries):
-            reply = await self.caller(messages, temperature=0.0 if attempt == 0 else 0.7)
-            try:
-                obj = parse_json_object(reply)
-                if "final_completion" not in obj:
-                    raise MalformedReply(f"the extraction reply lacks `final_completion`: {reply[:200]!r}")
-                return str(obj["final_completion"])
-            except MalformedReply as exc:
-                last = exc
-        raise CallFailed(f"metric `{self.name}`: no JSON `final_completion` in {self.json_retries} tries: {last}")
-
-
-def build_metric(name: str, spec: MetricSpec, base_dir: Path, *, preset: str, caller: Caller | None = None,
-                 prompt: str | None = None, json_retries: int = 3) -> Metric:
-    """One configured metric: an :class:`ExtractedMetric` for ``bleu`` (and ``pass_rate`` under preset
-    collabllm), else a :class:`Metric`."""
-    extracted = spec.type == "bleu" or (spec.type == "pass_rate" and preset == "collabllm")
-    cls = ExtractedMetric if extracted else Metric
-    return cls(name, spec, base_dir, caller=caller, prompt=prompt, json_retries=json_retries, preset=preset)
+__all__ = ["EXTRACT_TYPES", "ExtractedMetric", "build_metric", "choose_response", "score_candidate",
+           "simulate_future"]
 
 
 async def simulate_future(engine: Engine, conv_id: str, task: Task, history: list[dict[str, Any]],

@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-#: Metric names where lower is better (matched as substrings of the metric name).
-LOWER_IS_BETTER = ("loss", "mae", "rmse", "ece", "brier", "error", "rce", "perplexity")
+#: Metric names where lower is better (matched as substrings of the metric name): losses, errors and
+#: costs (``token_amount``, the collaboration reward's token count: fewer tokens is better). The one rule
+#: of ``ck summarize``'s bold best values, its plots' axis labels and ``ck report``'s starred best values.
+LOWER_IS_BETTER = ("loss", "mae", "rmse", "ece", "brier", "error", "rce", "perplexity", "token_amount")
 SKIP_KEYS = {"confusion_matrix", "calibration", "roc"}
 
 
@@ -32,5 +34,5 @@ def flatten_metrics(results: dict[str, Any], prefix: str = "") -> dict[str, floa
 
 
 def lower_is_better(metric: str) -> bool:
-    """True for losses and errors."""
+    """True for losses, errors and costs (:data:`LOWER_IS_BETTER`)."""
     return any(k in metric.lower() for k in LOWER_IS_BETTER)

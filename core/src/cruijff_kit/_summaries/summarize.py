@@ -341,7 +341,7 @@ def to_markdown(summary: Summary, width: int | None = None) -> str:
     if summary.damaged:
         lines += ["Missing from this summary (damaged state files):", "",
                   *(f"- {line}" for line in summary.damaged), ""]
-    lines.append("Bold: best value of each metric per task (lowest for losses and errors). "
+    lines.append("Bold: best value of each metric per task (lowest for losses, errors and token_amount). "
                  "val_loss, train_loss: the losses logged at the end of the epoch an epoch_N row evaluates "
                  "(none for base and adapter rows). The training table holds each run's values once: "
                  "best_val_loss and the best_epoch it was logged in, the final losses, steps, duration_s, "

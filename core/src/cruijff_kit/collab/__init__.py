@@ -4,8 +4,9 @@ and CollabLLM's multiturn-aware reward, shared by ``ck simulate`` and the multi-
 Pure Python plus pydantic (tiktoken for the ``collabllm`` preset's token counts, on first use); no
 torch. A metric scores an :class:`Outcome` (a conversation, the task and its final answer);
 :func:`score_conversation` scores a finished conversation with every metric and adds the combined
-``reward = sum(weight x value)``; :data:`PRESETS` holds the default metrics (``collabllm``: the
-official question-answering weights).
+``reward = sum(weight x value)``; :func:`scoring_metrics` turns the scoring settings (``preset``,
+``task_type``, ``metrics``) into the metric set, the same for ``ck simulate`` and the eval task
+(``collabllm``'s defaults: CollabLLM's official weights of the task type, :data:`WEIGHTS`).
 """
 
 from __future__ import annotations
@@ -32,12 +33,22 @@ from cruijff_kit.collab._collabllm import (
 )
 from cruijff_kit.collab._collabllm_prompts import EXTRACT_PROMPT
 from cruijff_kit.collab._config import (
+    DEFAULT_PRESET,
+    DEFAULT_TASK_TYPE,
+    JUDGE_METRICS,
     LLM_METRICS,
     PRESETS,
+    REFERENCE_METRICS,
     MetricSpec,
     ParticipantSection,
+    Preset,
     TaskSource,
+    TaskType,
+    check_metric_models,
+    collabllm_metrics,
+    needs_model,
     preset_metrics,
+    scoring_metrics,
 )
 from cruijff_kit.collab._conversation import (
     REWARD,
@@ -50,8 +61,11 @@ from cruijff_kit.collab._conversation import (
 )
 from cruijff_kit.collab._functions import load_function
 from cruijff_kit.collab._metrics import (
+    EXTRACT_TYPES,
+    ExtractedMetric,
     Metric,
     Outcome,
+    build_metric,
     contains,
     count_tokens,
     exact_match,
@@ -83,15 +97,17 @@ from cruijff_kit.collab._user import (
 )
 
 __all__ = [
-    "ACCURACY_PROMPT", "COLLABLLM_INTERACTIVITY_PROMPT", "CONTINUATIONS", "EMPTY_HISTORY", "EXTRACT_PROMPT",
-    "GRADER_PROMPT", "HISTORY_END", "HISTORY_START", "INTERACTIVITY_PROMPT", "LLM_METRICS", "PRESETS", "REWARD",
+    "ACCURACY_PROMPT", "COLLABLLM_INTERACTIVITY_PROMPT", "CONTINUATIONS", "DEFAULT_PRESET", "DEFAULT_TASK_TYPE",
+    "EMPTY_HISTORY", "EXTRACT_PROMPT", "EXTRACT_TYPES", "GRADER_PROMPT", "HISTORY_END", "HISTORY_START",
+    "INTERACTIVITY_PROMPT", "JUDGE_METRICS", "LLM_METRICS", "PRESETS", "REFERENCE_METRICS", "REWARD",
     "TERMINATION_MARKER", "USER_PROMPT", "WEIGHTS",
-    "Journal", "MalformedReply", "Metric", "MetricSpec", "Outcome", "ParticipantSection",
-    "ReplyCache", "Task", "TaskSource", "UserReply", "UserSimulator",
-    "accuracy_prompt", "candidate_score", "cl100k_file", "combined_reward", "contains", "conversation_ids",
+    "ExtractedMetric", "Journal", "MalformedReply", "Metric", "MetricSpec", "Outcome", "ParticipantSection",
+    "Preset", "ReplyCache", "Task", "TaskSource", "TaskType", "UserReply", "UserSimulator",
+    "accuracy_prompt", "build_metric", "candidate_score", "check_metric_models", "cl100k_file", "collabllm_metrics",
+    "combined_reward", "contains", "conversation_ids",
     "count_cl100k", "count_tokens", "derive_seed", "exact_match", "extract_answer", "extraction_prompt",
     "final_answer", "interactivity_prompt", "judged_value", "last_number", "load_function", "load_tasks",
     "next_user_future", "normalize", "numeric_match", "parse_json_object", "parse_user_reply", "pass_rate",
-    "preset_metrics", "render", "render_history", "score_conversation", "sentence_bleu", "session_rewards",
-    "strip_system", "token_amount", "user_message",
+    "needs_model", "preset_metrics", "render", "render_history", "score_conversation", "scoring_metrics",
+    "sentence_bleu", "session_rewards", "strip_system", "token_amount", "user_message",
 ]

@@ -189,8 +189,8 @@ if (D.damaged.length) {
   const tbody = el("tbody");
   table.append(el("thead", {}, head, filters), tbody);
   s.append(el("div", {cls: "scroll"}, table));
-  s.append(el("p", {cls: "note", text: "\u2605 best value of each metric per task (lowest for losses and " +
-    "errors). shared: a stage several runs share, computed once in that folder and shown on each run's row. " +
+  s.append(el("p", {cls: "note", text: "\u2605 best value of each metric per task (lowest for losses, " +
+    "errors and token_amount). shared: a stage several runs share, computed once in that folder and shown on each run's row. " +
     "Filters match text in a cell; a number filter may start with <, >, <= or >=."}));
   const trs = D.rows.map(r => {
     const tr = el("tr");

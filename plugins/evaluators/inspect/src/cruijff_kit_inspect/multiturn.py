@@ -28,7 +28,8 @@ from cruijff_kit import Caller, Simulator, StageError, plugin_class, spec_error_
 from cruijff_kit.collab import (
     GRADER_PROMPT,
     INTERACTIVITY_PROMPT,
-    LLM_METRICS,
+    JUDGE_METRICS,
+    REFERENCE_METRICS,
     REWARD,
     USER_PROMPT,
     Journal,
@@ -37,9 +38,11 @@ from cruijff_kit.collab import (
     ReplyCache,
     Task,
     UserSimulator,
+    build_metric,
     derive_seed,
     final_answer,
     load_tasks,
+    needs_model,
     score_conversation,
     user_message,
 )
@@ -166,11 +169,12 @@ class Collaboration:
         for name, spec in cfg.effective_metrics().items():
             judge = self.judges.get(name)
             prompt = None
-            if spec.type in LLM_METRICS:
+            if spec.type in JUDGE_METRICS:
                 default = GRADER_PROMPT if spec.type == "grader" else INTERACTIVITY_PROMPT
                 prompt = _text_or_file(spec.prompt, self.base_dir) if spec.prompt else default
-            metrics.append(Metric(name, spec, self.base_dir, caller=caller(judge) if judge else None, prompt=prompt,
-                                  json_retries=cfg.json_retries, preset=cfg.preset))
+            metrics.append(build_metric(name, spec, self.base_dir, preset=cfg.preset,
+                                        caller=caller(judge) if judge else None, prompt=prompt,
+                                        json_retries=cfg.json_retries))
         self._metrics = metrics
 
     async def conversation(self, task: Task, respond: Any) -> dict[str, Any]:
@@ -278,11 +282,12 @@ def collab_task(collab: Collaboration, name: str) -> Any:
 
 # --------------------------------------------------------------------------- plan time and stage set-up
 def _judges(cfg: InspectConfig, base_dir: Path) -> dict[str, Simulator]:
-    """The judge of each grader/interactivity metric (its own ``model``, else the section's ``judge``)."""
+    """The model of each metric that calls one (a judge, or the extraction model of bleu and of pass_rate
+    under preset collabllm): its own ``model``, else the section's ``judge``."""
     shared = build_simulator(cfg.judge, base_dir, "judge") if cfg.judge is not None else None
     out: dict[str, Simulator] = {}
     for name, spec in cfg.effective_metrics().items():
-        if spec.type in LLM_METRICS:
+        if needs_model(spec, cfg.preset):
             model = (build_simulator(spec.model, base_dir, f"metrics.{name}.model") if spec.model is not None
                      else shared)
             if model is not None:
@@ -308,6 +313,12 @@ def check_collab(cfg: InspectConfig, base_dir: Path, splits: list[str] | None) -
 
         raise CkError(f"split `{cfg.split}` does not exist in the dataset (its splits: {', '.join(splits)}); set "
                       f"`split:`, or `tasks:` to a held-out task file. {did_you_mean(cfg.split, splits)}")
+    if cfg.tasks is not None and cfg.tasks.answer_field is None:
+        for name, m in cfg.effective_metrics().items():
+            if m.type in REFERENCE_METRICS:
+                raise CkError(f"metric `{name}` ({m.type}) compares with a reference answer, but "
+                              "tasks.answer_field is null. Name the row field with the reference answer in "
+                              "tasks.answer_field.", option=f"metrics.{name}")
     if cfg.preset == "collabllm" and any(m.type == "tokens" for m in cfg.effective_metrics().values()):
         import importlib.util
 
@@ -315,8 +326,9 @@ def check_collab(cfg: InspectConfig, base_dir: Path, splits: list[str] | None) -
 
         if importlib.util.find_spec("tiktoken") is None:
             raise CkError("preset collabllm counts the model's tokens with tiktoken's cl100k_base, and tiktoken "
-                          "is not installed. Install cruijff-kit's simulate extra (tiktoken and litellm, which "
-                          "ships the table), or set `preset: ck` (words and punctuation marks).", option="preset")
+                          "is not installed. Install the inspect plugin's collab extra (pip install "
+                          "'cruijff-kit-inspect[collab]': tiktoken, and litellm, which ships the table), or set "
+                          "`preset: ck` with your own metrics (words and punctuation marks).", option="preset")
         cl100k_file()  # a CkError saying where the table was looked for, and how to provide it
     try:
         assert cfg.user is not None
