@@ -224,8 +224,9 @@ def test_finished_conversations_are_appended_in_batches(tmp_path: Path, fake_ser
     summary = simulate(load_spec(spec), progress=False)
     assert (summary.finished, summary.failed) == (12, 0)
     assert sorted(r["conv_id"] for r in read_conversations(out)) == [f"task-{i:03d}" for i in range(12)]
-    # the conversations that finished while the first row was being synced went out together
-    assert 2 <= len(syncs) <= 3, syncs
+    # the conversations that finished while the first row was being synced went out together (on a busy
+    # machine all twelve may finish before the first write: then one sync holds them all)
+    assert 1 <= len(syncs) <= 3, syncs
 
 
 def test_a_write_error_stops_the_run_with_a_message(tmp_path: Path, fake_server: FakeOpenAI, api_key: str,
@@ -244,3 +245,24 @@ def test_a_write_error_stops_the_run_with_a_message(tmp_path: Path, fake_server:
         simulate(load_spec(spec), progress=False)
     message = str(err.value)
     assert "No space left on device" in message and "conversations.jsonl" in message and "Free disk space" in message
+
+
+def test_resuming_under_other_settings_is_refused(tmp_path: Path, fake_server: FakeOpenAI, api_key: str) -> None:
+    """Conversations simulated under other settings (here another turn limit) are never mixed with new ones."""
+    from cruijff_kit._base.errors import CkError
+    from cruijff_kit._engine.spec import load_spec
+    from cruijff_kit._simulate.command import simulate
+
+    spec = write_sim_spec(tmp_path, fake_server.url, stops=[1, 2, 1, 2])
+    simulate(load_spec(spec), limit=2, progress=False)
+    out = tmp_path / "sim" / "conversations.jsonl"
+    before = out.read_bytes()
+    with pytest.raises(CkError) as err:
+        simulate(load_spec(spec, {"simulate.max_turns": 4}), progress=False)
+    assert f"{out} holds 2 conversation(s) simulated with other settings" in str(err.value)
+    assert "another simulate.output" in str(err.value) and out.read_bytes() == before  # nothing written
+    summary = simulate(load_spec(spec), progress=False)  # the same settings resume as before
+    assert (summary.already_done, summary.finished) == (2, 2)
+    other = {"simulate.max_turns": 4, "simulate.output": "sim/turns4.jsonl"}
+    summary = simulate(load_spec(spec, other), progress=False)
+    assert (summary.already_done, summary.finished) == (0, 4)

@@ -41,6 +41,27 @@ def test_shared_check_names_path_option_reason_and_suggestion() -> None:
     check_trainer_args({"optim": "sgd", "adam_beta1": 0.8}, **kw)  # known and free: passes
 
 
+@pytest.mark.parametrize("value", [{}, "torch.optim.SGD", None])
+def test_shared_check_refuses_a_key_that_would_replace_named_keys_below_it(value: Any) -> None:
+    """`optimizer` as a whole (empty, a scalar, null) would replace optimizer.lr and optimizer.weight_decay."""
+    from cruijff_kit.training import check_trainer_args
+
+    kw: dict[str, Any] = {"known": ["optimizer", "checkpointer"], "owner": "X", "file": "s.yaml",
+                          "named": {"optimizer.lr": "train.learning_rate", "optimizer.weight_decay": "train.weight_decay"},
+                          "refused": {"checkpointer.output_dir": "the run layout depends on it"}}
+    with pytest.raises(SpecError) as err:
+        check_trainer_args({"optimizer.betas": [0.9, 0.9], "optimizer": value}, **kw)
+    text = str(err.value)
+    assert err.value.path == "train.trainer_args.optimizer" and "s.yaml" in text
+    assert "optimizer.lr, which train.learning_rate sets" in text
+    assert "optimizer.weight_decay, which train.weight_decay sets" in text
+    assert "`optimizer.<param>`" in text and "`optimizer._component_`" in text
+    with pytest.raises(SpecError, match="checkpointer.output_dir, which cannot be changed .the run layout") as err:
+        check_trainer_args({"checkpointer": value}, **kw)  # a refused key below counts the same
+    assert err.value.path == "train.trainer_args.checkpointer"
+    check_trainer_args({"optimizer.betas": [0.9, 0.9], "checkpointer.keep": 1}, **kw)  # keys below: pass
+
+
 def test_a_trainer_that_does_not_read_trainer_args_refuses_them() -> None:
     from cruijff_kit import Trainer
 
@@ -168,6 +189,17 @@ def _tt_plan(tmp_path: Path, model: Path, train: dict[str, Any]) -> Any:
      "takes no `weight_decay`, which train.weight_decay sets"),
     ({"optimizer": {"_component_": "torch.optim.RMSprop", "fused": True}}, "train.trainer_args.optimizer.fused",
      "not a parameter of torch.optim.RMSprop"),
+    # a whole section a named option writes into would drop train.learning_rate and train.weight_decay
+    ({"optimizer": {}}, "train.trainer_args.optimizer", "optimizer.lr, which train.learning_rate sets"),
+    ({"optimizer": "torch.optim.SGD"}, "train.trainer_args.optimizer", "optimizer.weight_decay, which "
+                                                                       "train.weight_decay sets"),
+    ({"optimizer": None}, "train.trainer_args.optimizer", "would replace the whole `optimizer` section"),
+    # a mistyped component whose module imports: refused with a did-you-mean over the module's names
+    ({"optimizer._component_": "torch.optim.SDG"}, "train.trainer_args.optimizer._component_",
+     "Did you mean `SGD`?"),
+    ({"loss": {"_component_": "torchtune.modules.loss.CEWithChunkedOutputLos"}},
+     "train.trainer_args.loss._component_", "Did you mean `CEWithChunkedOutputLoss`?"),
+    ({"optimizer._component_": "AdamW"}, "train.trainer_args.optimizer._component_", "not a dotted path"),
 ])
 def test_torchtune_plan_refuses(tmp_path: Path, tiny_llama: Path, args: dict[str, Any], path: str,
                                 words: str) -> None:
@@ -184,6 +216,31 @@ def test_torchtune_overrides_are_held_to_the_same_table(tmp_path: Path, tiny_lla
     with pytest.raises(SpecError, match="in both"):
         _tt_plan(tmp_path / "b", tiny_llama, {"overrides": {"optimizer.betas": [0.9, 0.9]},
                                               "trainer_args": {"optimizer": {"betas": [0.8, 0.9]}}})
+    with pytest.raises(SpecError, match="train.learning_rate sets") as err:
+        _tt_plan(tmp_path / "c", tiny_llama, {"overrides": {"optimizer": None}})
+    assert err.value.path == "train.overrides.optimizer"
+    with pytest.raises(SpecError, match="Did you mean `SGD`") as err:
+        _tt_plan(tmp_path / "d", tiny_llama, {"overrides": {"optimizer._component_": "torch.optim.SDG"}})
+    assert err.value.path == "train.overrides.optimizer._component_"
+
+
+def test_torchtune_component_of_a_module_not_installed_here_is_left_to_the_stage(tmp_path: Path,
+                                                                                 tiny_llama: Path) -> None:
+    """A module that does not import where the run is planned (torchtune may be absent there) is not refused."""
+    assert _tt_plan(tmp_path, tiny_llama, {"trainer_args": {"optimizer._component_": "not_installed_pkg.Opt"}}).runs
+
+
+def test_torchtune_hand_edited_whole_optimizer_is_a_spec_error_at_the_stage(tmp_path: Path, tiny_llama: Path) -> None:
+    """build_config checks again (a spec edited after planning): a SpecError, not an AttributeError."""
+    from cruijff_kit_torchtune.families import detect_family, map_targets
+    from cruijff_kit_torchtune.trainer import TorchtuneConfig
+    from cruijff_kit_torchtune.tuneconfig import build_config
+
+    cfg = TorchtuneConfig.model_validate({"trainer_args": {"optimizer": None}})
+    with pytest.raises(SpecError, match="train.learning_rate sets"):
+        build_config(cfg, model_dir=tiny_llama, family=detect_family(tiny_llama),
+                     targets=map_targets(cfg.lora.targets), run_dir=tmp_path, device="cpu", dtype="fp32",
+                     seed=1, validation_split=None, save_epochs=[0], base_model="m")
 
 
 def test_torchtune_table_covers_the_config_and_the_pinned_recipes(tmp_path: Path, tiny_llama: Path) -> None:

@@ -117,10 +117,11 @@ def test_metrics_logged_hook_sees_every_metrics_row(tracked: dict[str, Any]) -> 
 @pytest.mark.parametrize("tracker", ["wandb", "mlflow"])
 def test_missing_tracker_names_the_extra_to_install(tracker: str, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from cruijff_kit_trl import checks
     from test_trl_plan import QWEN25_05B, fake_model
 
-    monkeypatch.setattr(checks, "find_spec", lambda name: None if name == tracker else find_spec(name))
+    from cruijff_kit.training import _trackers
+
+    monkeypatch.setattr(_trackers, "find_spec", lambda name: None if name == tracker else find_spec(name))
 
     model = fake_model(tmp_path / "model", QWEN25_05B)
     spec = write_trl_spec(tmp_path, model, train={"report_to": ["tensorboard", tracker]})

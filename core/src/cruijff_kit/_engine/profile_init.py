@@ -110,5 +110,5 @@ def _require_what_runs_need(model: type[BaseModel], section: dict[str, Any], pre
             f"`{prefix}.{name}` is needed before the {prefix} scheduler can run anything "
             f"({(field.description or '').rstrip('.')}), and --yes asks no questions.",
             file=str(target), path=f"{prefix}.{name}",
-            hint=f"Give it with --set ({' '.join('--set ' + n for n in needed)}), or run "
+            hint=f"Give it with {' '.join('--set ' + n for n in needed)}, or run "
                  f"`ck init --scheduler {prefix}` without --yes to be asked.")

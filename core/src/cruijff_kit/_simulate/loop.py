@@ -116,9 +116,19 @@ def repair_tail(path: Path) -> bool:
     return True
 
 
-def finished_ids(path: Path) -> set[str]:
-    """Ids of the conversations already in the output file."""
-    return {str(r["conv_id"]) for r in read_jsonl(path) if isinstance(r, dict) and "conv_id" in r}
+def finished_ids(path: Path, fingerprint: str) -> set[str]:
+    """Ids of the conversations already in the output file; a CkError when some were simulated under
+    other settings (another fingerprint: scoring preset, metrics, prompts, turns...), as resuming would
+    mix two kinds of conversations (and rewards) in one file."""
+    rows = [r for r in read_jsonl(path) if isinstance(r, dict) and "conv_id" in r]
+    other = sorted({str(r.get("fingerprint")) for r in rows if r.get("fingerprint") != fingerprint})
+    if other:
+        n = sum(r.get("fingerprint") != fingerprint for r in rows)
+        raise CkError(f"{path} holds {n} conversation(s) simulated with other settings (fingerprint "
+                      f"{', '.join(other)}; these settings give {fingerprint}): resuming would mix them with "
+                      "new ones in one file. Give this simulation another simulate.output, go back to the settings "
+                      "it was made with, or move the file (and its side files) away to start again.")
+    return {str(r["conv_id"]) for r in rows}
 
 
 def build_engine(sim: Simulation, limit: asyncio.Semaphore, rng: random.Random) -> tuple[Engine, dict[str, Caller]]:
@@ -168,7 +178,7 @@ async def run_simulation(sim: Simulation, tasks: list[Task], *, progress: bool =
     try:
         claim_output(output, overwrite=overwrite)
         repair_tail(output)
-        done = finished_ids(output)
+        done = finished_ids(output, cfg.fingerprint())
         todo = [(cid, t) for t in tasks for cid in conversation_ids(t, cfg.conversations_per_task)]
         total = len(todo)
         pending = [(cid, t) for cid, t in todo if cid not in done]

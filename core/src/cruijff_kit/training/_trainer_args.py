@@ -25,6 +25,11 @@ def _rule(key: str, table: Mapping[str, str]) -> tuple[str, str] | None:
     return None
 
 
+def _below(key: str, table: Mapping[str, str]) -> list[str]:
+    """The keys of ``table`` below dotted ``key`` (``optimizer.lr`` below ``optimizer``), sorted."""
+    return sorted(k for k in table if k.startswith(f"{key}."))
+
+
 def check_trainer_args(args: Mapping[str, Any], *, known: Iterable[str], named: Mapping[str, str],
                        refused: Mapping[str, str], owner: str, file: str | None = None,
                        path: str = "train.trainer_args") -> None:
@@ -33,8 +38,10 @@ def check_trainer_args(args: Mapping[str, Any], *, known: Iterable[str], named: 
     ``known``: the keys of the trainer's config class (for a dotted key, its first part must be one);
     ``named``: keys set from a named spec option (key -> the option's path, e.g. ``train.learning_rate``);
     ``refused``: keys never accepted (key -> the reason). ``named`` and ``refused`` also govern dotted
-    keys below theirs (``checkpointer.output_dir`` under ``checkpointer``). ``owner`` names the config
-    class in messages (``TRL's SFTConfig``). An unknown key gets a did-you-mean among ``known``.
+    keys below theirs (``checkpointer.output_dir`` under ``checkpointer``), and a key above one of theirs
+    is refused too: ``optimizer`` (an empty mapping, a scalar or null) would replace the whole section, and
+    with it ``optimizer.lr`` that a named option sets. ``owner`` names the config class in messages
+    (``TRL's SFTConfig``). An unknown key gets a did-you-mean among ``known``.
     """
     known_set = set(known)
     for key in args:
@@ -48,6 +55,14 @@ def check_trainer_args(args: Mapping[str, Any], *, known: Iterable[str], named: 
         if found is not None:
             raise SpecError(f"`{key}` cannot be set: {found[1]}.", file=file, path=where,
                             hint=f"Remove `{key}` from trainer_args.")
+        replaced = [f"{k}, which {named[k]} sets" for k in _below(key, named)]
+        replaced += [f"{k}, which cannot be changed ({refused[k]})" for k in _below(key, refused)]
+        if replaced:
+            raise SpecError(f"`{key}` would replace the whole `{key}` section, and with it {'; and '.join(replaced)}.",
+                            file=file, path=where,
+                            hint=f"Set single keys below it instead (`{key}._component_` to choose another class "
+                                 f"where the section names one, `{key}.<param>` for one setting): each replaces only "
+                                 "its own value.")
         head = key.split(".", 1)[0]
         if head not in known_set:
             best = closest(head, known_set)

@@ -396,8 +396,8 @@ class InspectEvaluator(Evaluator):
         if any(t.startswith("epoch_") for t in targets):
             train = run.spec.get("train") or {}
             lora = train.get("lora") or {}
-            targets = lora.get("targets") or []
-            modules = [] if targets == "all-linear" else list(targets)  # all-linear: the blocks' layers only
+            lora_targets = lora.get("targets") or []
+            modules = [] if lora_targets == "all-linear" else list(lora_targets)  # all-linear: the blocks' layers
             if train.get("apply_lora_to_output"):  # torchtune's switch for LoRA on the output projection
                 modules.append("lm_head")
             checks.append(("the adapters this run trains (train.lora)", int(lora.get("rank", 8)),

@@ -6,7 +6,9 @@ the rest of the section). One table says what the plugin sets itself: :data:`NAM
 option), :data:`REFUSED` (never accepted: the run layout depends on it, or the model's ``config.json``
 decides it) and :data:`DEFAULTS` (a fixed value ``trainer_args`` may change). :data:`RECIPE_KEYS` are the
 top-level keys torchtune 0.6.1's LoRA recipes read (a test holds it to the pinned recipes' source).
-A key below a component section (one with ``_component_``) must be a parameter of that component.
+A key below a component section (one with ``_component_``) must be a parameter of that component, and a
+``_component_`` must name something its module has. An empty mapping, a scalar or null stays one key that
+replaces its whole section: refused where a named key lies below it (``optimizer``, over ``optimizer.lr``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Mapping
+from types import ModuleType
 from typing import Any
 
 from cruijff_kit import SpecError, did_you_mean
@@ -96,14 +99,13 @@ def flatten(args: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _resolve(component: str) -> Any:
-    """The object a ``_component_`` path names (torchtune imported with the plugin's shim)."""
-    if component.split(".", 1)[0] == "torchtune":
+def _module(name: str) -> ModuleType:
+    """The module ``name`` (torchtune imported with the plugin's shim)."""
+    if name.split(".", 1)[0] == "torchtune":
         from cruijff_kit_torchtune.compat import import_torchtune
 
         import_torchtune()
-    module, _, name = component.rpartition(".")
-    return getattr(importlib.import_module(module), name)
+    return importlib.import_module(name)
 
 
 def optimizer_without_fused(section: Mapping[str, Any]) -> bool:
@@ -116,11 +118,27 @@ def optimizer_without_fused(section: Mapping[str, Any]) -> bool:
     return params is not None and "fused" not in params
 
 
-def _parameters(component: str) -> list[str] | None:
-    """Keyword parameters of a component, or None when it takes any (``**kwargs``) or cannot be read."""
+def _parameters(component: str, file: str | None = None, path: str | None = None) -> list[str] | None:
+    """Keyword parameters of a component, or None when it takes any (``**kwargs``), its signature cannot be
+    read, or its module cannot be imported here (torchtune may be absent where the run is planned).
+
+    A module that imports without the name the path ends in is a :class:`SpecError` at ``path`` with a
+    did-you-mean over the module's public names (``torch.optim.SDG``: did you mean ``SGD``?)."""
+    module_name, _, name = component.rpartition(".")
+    if not module_name:
+        raise SpecError(f"`{component}` is not a dotted path to a class or function (module.Name).", file=file,
+                        path=path, hint=f"Give the full path, e.g. {COMPONENTS['optimizer']}.")
     try:
-        sig = inspect.signature(_resolve(component))
-    except (ImportError, AttributeError, TypeError, ValueError):
+        module = _module(module_name)
+    except ImportError:
+        return None
+    if not hasattr(module, name):
+        public = [n for n in dir(module) if not n.startswith("_")]
+        raise SpecError(f"`{component}` names no `{name}` in the module {module_name}.", file=file, path=path,
+                        hint=did_you_mean(name, public))
+    try:
+        sig = inspect.signature(getattr(module, name))
+    except (TypeError, ValueError):
         return None
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
         return None
@@ -139,6 +157,12 @@ def check_args(trainer_args: Mapping[str, Any], overrides: Mapping[str, Any], fi
         raise SpecError(f"`{both[0]}` is set in both train.trainer_args and train.overrides.", file=file,
                         path=f"train.overrides.{both[0]}", hint="Set it in trainer_args only.")
     merged = {**flat["train.trainer_args"], **flat["train.overrides"]}
+    for path, args in flat.items():
+        check_trainer_args(args, known=RECIPE_KEYS, named=NAMED, refused=REFUSED,
+                           owner="torchtune 0.6.1's LoRA recipe config", file=file, path=path)
+        for section in COMPONENTS:  # each component chosen resolves (a mistyped name is not waved through)
+            if f"{section}._component_" in args:
+                _parameters(str(args[f"{section}._component_"]), file, f"{path}.{section}._component_")
     chosen = merged.get("optimizer._component_")
     if chosen is not None:  # the named options the plugin writes into the section must still apply
         params = _parameters(str(chosen))
@@ -149,9 +173,6 @@ def check_args(trainer_args: Mapping[str, Any], overrides: Mapping[str, Any], fi
                             file=file, path=f"{where}.optimizer._component_",
                             hint="Choose an optimizer that takes a learning rate and weight decay.")
     for path, args in flat.items():
-        allowed = {k: v for k, v in args.items() if k not in DEFAULTS}
-        check_trainer_args(allowed, known=RECIPE_KEYS, named=NAMED, refused=REFUSED,
-                           owner="torchtune 0.6.1's LoRA recipe config", file=file, path=path)
         for key, value in args.items():
             if key in BOOL_KEYS and not isinstance(value, bool):
                 raise SpecError(f"`{key}` must be true or false, not {value!r:.40}.", file=file, path=f"{path}.{key}")

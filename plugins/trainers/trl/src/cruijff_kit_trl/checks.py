@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cruijff_kit import CkError, Prompt, Resources, SpecError
-from cruijff_kit_trl.config import TRACKER_MODULES, TrlConfig
+from cruijff_kit_trl.config import TrlConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from cruijff_kit import PlannedRun
@@ -49,7 +49,7 @@ def quantization_problem(device: str) -> str | None:
 
 def check_run(run: PlannedRun, config: TrlConfig) -> None:
     """Everything ``ck plan`` can check about a ``trl`` run without importing torch."""
-    from cruijff_kit.training import check_targets, check_validation_split
+    from cruijff_kit.training import check_targets, check_trackers_installed, check_validation_split
 
     check_targets(run, config)
     file = _spec_file(run)
@@ -67,11 +67,8 @@ def check_run(run: PlannedRun, config: TrlConfig) -> None:
     if config.precision == "fp16" and resources.gpus == 0:
         raise SpecError("precision fp16 needs a GPU, and this run asks for none (scheduler.resources.gpus: 0).",
                         file=file, path="train.precision", hint="Use precision: auto (fp32 on CPU).")
-    missing = [t for t in config.report_to if find_spec(TRACKER_MODULES[t]) is None]
-    if missing and sched.get("plugin") == "local":
-        raise SpecError(f"report_to asks for {missing}, which is not installed here.", file=file,
-                        path="train.report_to",
-                        hint=f"Install it with `pip install 'cruijff-kit-trl[{missing[0]}]'`, or remove it.")
+    if sched.get("plugin") == "local":  # else the machine that trains may have them
+        check_trackers_installed(config.report_to, package="cruijff-kit-trl", file=file)
     check_validation_split(run, config)
     if config.trainer_args:
         from cruijff_kit_trl.trainer_args import check_args

@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from cruijff_kit import PluginConfig, TrainConfig
-from cruijff_kit.training import TRACKER_MODULES, Tracker, TrackerOptions, check_tracker_options  # noqa: F401
+from cruijff_kit.training import Tracker, TrackerOptions, check_tracker_options
 
 #: DPO losses of TRL's DPOTrainer (``DPOConfig.loss_type``).
 DpoLoss = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
