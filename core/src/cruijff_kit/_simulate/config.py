@@ -22,6 +22,7 @@ from cruijff_kit._base.errors import SpecError
 from cruijff_kit._simulate import prompts
 from cruijff_kit.collab import _config as shared
 from cruijff_kit.collab._config import MetricSpec, ParticipantSection, TaskSource
+from cruijff_kit.collab._prompts import prompt_text
 
 DEFAULT_PRESET, LLM_METRICS = shared.DEFAULT_PRESET, shared.LLM_METRICS
 collabllm_metrics, needs_model = shared.collabllm_metrics, shared.needs_model
@@ -106,8 +107,10 @@ class SimulateConfig(_Model):
         return v
 
     def fingerprint(self) -> str:
-        """Hash of what shapes a conversation (not concurrency, output or retry settings)."""
-        data = self.model_dump(mode="json", exclude={"concurrency", "max_in_flight", "output", "retry"})
+        """Hash of what shapes a conversation (not concurrency, output or retry settings, nor how many
+        tasks and conversations per task are simulated: ``--limit`` then a full run resume one file)."""
+        skip = dict.fromkeys(("concurrency", "max_in_flight", "output", "retry", "conversations_per_task"), True)
+        data = self.model_dump(mode="json", exclude={**skip, "tasks": {"limit"}})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -186,19 +189,6 @@ class Simulation:
         return list(seen.values())
 
 
-def _text_or_file(value: str, base_dir: Path, *, file: str, path: str) -> str:
-    """Inline text, or the content of a file when ``value`` is a short path to an existing file."""
-    if "\n" not in value and len(value) < 512:
-        p = Path(value).expanduser()
-        p = p if p.is_absolute() else base_dir / p
-        if p.suffix in (".txt", ".md", ".jinja", ".prompt") or p.is_file():
-            if not p.is_file():
-                raise SpecError(f"prompt file {p} does not exist.", file=file, path=path,
-                                hint="Give inline prompt text, or the path of a text file (relative to the spec).")
-            return p.read_text(encoding="utf-8")
-    return value
-
-
 def default_output(loaded: Any) -> Path:
     """``<output_dir>/<experiment>/simulate/conversations.jsonl``."""
     return loaded.experiment_dir / "simulate" / "conversations.jsonl"
@@ -261,7 +251,7 @@ def load_simulation(loaded: Any) -> Simulation:
                 metric_models[name] = model
             if m.type in shared.JUDGE_METRICS:
                 default = prompts.GRADER_PROMPT if m.type == "grader" else prompts.INTERACTIVITY_PROMPT
-                metric_prompts[name] = (_text_or_file(m.prompt, base_dir, file=file, path=f"{where}.prompt")
+                metric_prompts[name] = (prompt_text(m.prompt, base_dir, file=file, path=f"{where}.prompt")
                                         if m.prompt else default)
             if m.type == "python":
                 from cruijff_kit._simulate.functions import load_function
@@ -279,7 +269,7 @@ def load_simulation(loaded: Any) -> Simulation:
                 cl100k_file()
             except CkError as exc:
                 raise SpecError(str(exc), file=file, path="simulate.scoring.preset") from None
-    user_prompt = (_text_or_file(cfg.user_prompt, base_dir, file=file, path="simulate.user_prompt")
+    user_prompt = (prompt_text(cfg.user_prompt, base_dir, file=file, path="simulate.user_prompt")
                    if cfg.user_prompt else prompts.USER_PROMPT)
     if "{chat_history}" not in user_prompt or "{task}" not in user_prompt:
         raise SpecError("the user prompt must contain the placeholders {task} and {chat_history}.",

@@ -84,6 +84,7 @@ from cruijff_kit.collab._prompts import (
     INTERACTIVITY_PROMPT,
     TERMINATION_MARKER,
     USER_PROMPT,
+    prompt_text,
     render,
     render_history,
 )
@@ -108,6 +109,6 @@ __all__ = [
     "count_cl100k", "count_tokens", "derive_seed", "exact_match", "extract_answer", "extraction_prompt",
     "final_answer", "interactivity_prompt", "judged_value", "last_number", "load_function", "load_tasks",
     "next_user_future", "normalize", "numeric_match", "parse_json_object", "parse_user_reply", "pass_rate",
-    "needs_model", "preset_metrics", "render", "render_history", "score_conversation", "scoring_metrics",
+    "needs_model", "preset_metrics", "prompt_text", "render", "render_history", "score_conversation", "scoring_metrics",
     "sentence_bleu", "session_rewards", "strip_system", "token_amount", "user_message",
 ]

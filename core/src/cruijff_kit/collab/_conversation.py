@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -110,13 +111,15 @@ class ReplyCache:
         self.path = path
         self._mem: dict[str, str] = {}
         self._offset = 0
+        self._lock = threading.Lock()  # get/put run in worker threads (asyncio.to_thread): one reader at a time
         if path.is_file():
             with locked(path):  # not while another process appends
                 _repair_tail(path)
-        self._read()
+        with self._lock:
+            self._read()
 
     def _read(self) -> None:
-        """Read the lines appended since the last read (whole lines only)."""
+        """Read the lines appended since the last read (whole lines only); the caller holds ``self._lock``."""
         if not self.path.is_file() or self.path.stat().st_size <= self._offset:
             return
         with open(self.path, "rb") as fh:
@@ -141,13 +144,14 @@ class ReplyCache:
 
     def get(self, key: str) -> str | None:
         """The cached reply (read again from the file when this process has not seen it), or None."""
-        if key not in self._mem:
-            self._read()
-        return self._mem.get(key)
+        with self._lock:
+            if key not in self._mem:
+                self._read()
+            return self._mem.get(key)
 
     def put(self, key: str, reply: str) -> None:
         """Record a reply (the first one recorded for a key wins for every later reader)."""
-        with locked(self.path):
+        with self._lock, locked(self.path):
             self._read()
             if key not in self._mem:
                 append_jsonl(self.path, {"key": key, "reply": reply})

@@ -107,18 +107,27 @@ def contains(answer: str, reference: str) -> float:
     return float(bool(ref) and ref in normalize(answer))
 
 
-_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?:[eE][-+]?\d+)?")
+_NUMBER = re.compile(
+    r"(?:(?<![^\s(])[-+])?"  # a sign only at the start, after whitespace or "(": "10-20" is 10 and 20
+    r"(?<![\w.])"  # not the tail of a word or of another number ("e5", "x2")
+    r"(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)"  # digits (thousands commas allowed), decimals
+    r"(?:[eE][-+]?\d+)?"  # an exponent only after digits
+)
 
 
 def last_number(text: str) -> float | None:
-    """The last number in ``text`` (``1,234`` and ``-3.5e2`` read as numbers), or None."""
-    found = [m.group(0) for m in _NUMBER.finditer(text) if any(c.isdigit() for c in m.group(0))]
-    if not found:
-        return None
-    try:
-        return float(found[-1].replace(",", ""))
-    except ValueError:
-        return None
+    """The last number in ``text``, or None.
+
+    ``1,234``, ``-3.5``, ``1e3`` and ``-3.5e2`` read as numbers; a hyphen between numbers ("pages 10-20")
+    is not a minus sign (a sign counts at the start, after whitespace or after "("); letters followed by
+    digits ("e5", "x2") are not a number.
+    """
+    for match in reversed(list(_NUMBER.finditer(text))):
+        try:
+            return float(match.group(0).replace(",", ""))
+        except ValueError:
+            continue
+    return None
 
 
 def numeric_match(answer: str, reference: str, tolerance: float = 1e-9) -> float:

@@ -8,6 +8,9 @@ with inline text or a path to a text file.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
+
+from cruijff_kit._base.errors import SpecError
 
 TERMINATION_MARKER = "[[TERMINATE CHAT]]"
 
@@ -80,6 +83,28 @@ Reply with one JSON object and nothing else:
 """Default interactivity judge prompt. Placeholders: ``{task}``, ``{chat_history}``."""
 
 EMPTY_HISTORY = "(The chat has not started yet. Write your first message to the assistant.)"
+
+
+_PROMPT_SUFFIXES = (".txt", ".md", ".jinja", ".prompt")
+"""A short value ending in one of these names a prompt file (an error when it does not exist)."""
+
+
+def prompt_text(value: str, base_dir: Path, *, file: str | None, path: str) -> str:
+    """A prompt given in a spec: inline text, or the content of the file a short one-line value names.
+
+    A short one-line value is read as a path (relative to ``base_dir``, the spec's folder) when that file
+    exists or when it ends in ``.txt``, ``.md``, ``.jinja`` or ``.prompt``; such a file that does not exist
+    is a :class:`SpecError` naming ``file`` and the YAML ``path``. Anything else is the prompt text itself.
+    """
+    if "\n" not in value and len(value) < 512:
+        p = Path(value).expanduser()
+        p = p if p.is_absolute() else base_dir / p
+        if p.suffix in _PROMPT_SUFFIXES or p.is_file():
+            if not p.is_file():
+                raise SpecError(f"prompt file {p} does not exist.", file=file, path=path,
+                                hint="Give inline prompt text, or the path of a text file (relative to the spec).")
+            return p.read_text(encoding="utf-8")
+    return value
 
 
 def render(template: str, values: Mapping[str, str]) -> str:

@@ -43,6 +43,7 @@ from cruijff_kit.collab import (
     final_answer,
     load_tasks,
     needs_model,
+    prompt_text,
     score_conversation,
     user_message,
 )
@@ -73,19 +74,13 @@ def build_simulator(section: ParticipantSection, base_dir: Path, where: str) -> 
     return cls(config, base_dir=base_dir)  # type: ignore[return-value]
 
 
-def _text_or_file(value: str, base_dir: Path) -> str:
-    """Inline text, or the content of an existing file named by a short one-line value."""
-    if "\n" not in value and len(value) < 512:
-        p = Path(value).expanduser()
-        p = p if p.is_absolute() else base_dir / p
-        if p.is_file():
-            return p.read_text(encoding="utf-8")
-    return value
-
-
-def tasks_from_rows(rows: list[dict[str, Any]], split: str) -> list[Task]:
+def tasks_from_rows(rows: list[dict[str, Any]], split: str, reference_metric: str | None = None) -> list[Task]:
     """Held-out tasks from canonical ``messages`` rows: the last user turn is the task, the final
-    assistant turn the reference."""
+    assistant turn the reference.
+
+    ``reference_metric`` names a configured metric that compares with the reference (e.g. ``exact_match``):
+    then a row that does not end with an assistant turn is a :class:`DataError` naming the split and the row.
+    """
     from cruijff_kit import DataError
 
     tasks = []
@@ -97,6 +92,11 @@ def tasks_from_rows(rows: list[dict[str, Any]], split: str) -> list[Task]:
                             "conversation. Give rows with a user turn, or set `tasks:` to a task file.")
         answer = messages[-1].get("content") if messages[-1].get("role") == "assistant" else None
         tid = str(row.get("id")) if row.get("id") not in (None, "") else f"{split}-{i:05d}"
+        if answer is None and reference_metric is not None:
+            raise DataError(f"split `{split}`, row {i} (id `{tid}`) does not end with an assistant turn, so it "
+                            f"has no reference answer for metric `{reference_metric}` to compare with. End every "
+                            "row of the split with the reference answer as an assistant turn, set `tasks:` to a "
+                            "task file with an answer_field, or drop the metrics that need a reference.")
         tasks.append(Task(tid, str(users[-1].get("content", "")), None if answer is None else str(answer)))
     if len({t.id for t in tasks}) != len(tasks):
         raise DataError(f"split `{split}` repeats a row id; the collab task needs unique ids.")
@@ -163,7 +163,8 @@ class Collaboration:
                 text = await asyncio.to_thread(self.cache.get, key) or text  # the first recorded reply wins
             return text
 
-        template = _text_or_file(cfg.user_prompt, self.base_dir) if cfg.user_prompt else USER_PROMPT
+        template = (prompt_text(cfg.user_prompt, self.base_dir, file=None, path="user_prompt")
+                    if cfg.user_prompt else USER_PROMPT)
         self._user = UserSimulator(call_user, template, cfg.termination_marker, cfg.json_retries)  # type: ignore[arg-type]
         metrics = []
         for name, spec in cfg.effective_metrics().items():
@@ -171,7 +172,8 @@ class Collaboration:
             prompt = None
             if spec.type in JUDGE_METRICS:
                 default = GRADER_PROMPT if spec.type == "grader" else INTERACTIVITY_PROMPT
-                prompt = _text_or_file(spec.prompt, self.base_dir) if spec.prompt else default
+                prompt = (prompt_text(spec.prompt, self.base_dir, file=None, path=f"metrics.{name}.prompt")
+                          if spec.prompt else default)
             metrics.append(build_metric(name, spec, self.base_dir, preset=cfg.preset,
                                         caller=caller(judge) if judge else None, prompt=prompt,
                                         json_retries=cfg.json_retries))
@@ -319,6 +321,15 @@ def check_collab(cfg: InspectConfig, base_dir: Path, splits: list[str] | None) -
                 raise CkError(f"metric `{name}` ({m.type}) compares with a reference answer, but "
                               "tasks.answer_field is null. Name the row field with the reference answer in "
                               "tasks.answer_field.", option=f"metrics.{name}")
+    prompts = [("user_prompt", cfg.user_prompt)] + [
+        (f"metrics.{name}.prompt", m.prompt) for name, m in cfg.effective_metrics().items()
+        if m.type in JUDGE_METRICS and m.prompt]
+    for option, value in prompts:
+        if value:
+            try:
+                prompt_text(value, base_dir, file=None, path=option)
+            except SpecError as exc:
+                raise CkError(f"{exc.problem} {exc.hint or ''}".strip(), option=option) from None
     if cfg.preset == "collabllm" and any(m.type == "tokens" for m in cfg.effective_metrics().values()):
         import importlib.util
 
@@ -346,7 +357,9 @@ def make_collaboration(cfg: InspectConfig, ctx: Any, base_dir: Path) -> Collabor
         data = ctx.dataset()
         if cfg.split not in data:
             raise StageError(f"the dataset has no split `{cfg.split}` (it has {', '.join(data)}).")
-        tasks = tasks_from_rows(list(data[cfg.split]), cfg.split)
+        reference = next((name for name, m in cfg.effective_metrics().items() if m.type in REFERENCE_METRICS),
+                         None)
+        tasks = tasks_from_rows(list(data[cfg.split]), cfg.split, reference)
     if cfg.limit:
         tasks = tasks[: cfg.limit]
     seed = cfg.generation.seed if cfg.generation.seed is not None else int(ctx.seed)
