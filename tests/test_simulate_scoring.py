@@ -152,7 +152,7 @@ def test_retries_back_off_and_give_up() -> None:
 
 
 def test_repair_tail(tmp_path: Path) -> None:
-    from cruijff_kit._simulate.loop import repair_tail
+    from cruijff_kit._base.fileio import repair_tail
 
     p = tmp_path / "x.jsonl"
     p.write_bytes(b'{"conv_id": "a"}\n{"conv_id": "b"}\n{"conv_')

@@ -194,6 +194,33 @@ def append_jsonl(path: Path, row: dict[str, Any]) -> None:
         os.close(fd)
 
 
+def repair_tail(path: Path) -> bool:
+    """Cut a torn last line (no final newline: a kill in the middle of an append) off a JSONL file, reading
+    only the file's end; True when something was cut."""
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    with open(path, "rb+") as fh:
+        fh.seek(-1, os.SEEK_END)
+        if fh.read(1) == b"\n":
+            return False
+        size = fh.seek(0, os.SEEK_END)
+        step = 1 << 16
+        pos = size
+        keep = 0
+        while pos > 0:
+            pos = max(0, pos - step)
+            fh.seek(pos)
+            chunk = fh.read(min(step, size - pos))
+            idx = chunk.rfind(b"\n")
+            if idx != -1:
+                keep = pos + idx + 1
+                break
+        fh.truncate(keep)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return True
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Read a JSON-lines file, skipping a torn last line left by a crash.
 

@@ -21,7 +21,7 @@ from cruijff_kit._api.retry import RetryPolicy
 from cruijff_kit._base.errors import SpecError
 from cruijff_kit._simulate import prompts
 from cruijff_kit.collab import _config as shared
-from cruijff_kit.collab._config import MetricSpec, ParticipantSection, TaskSource
+from cruijff_kit.collab._config import MetricSpec, ParticipantSection, TaskSource, build_participant
 from cruijff_kit.collab._prompts import prompt_text
 
 DEFAULT_PRESET, LLM_METRICS = shared.DEFAULT_PRESET, shared.LLM_METRICS
@@ -128,38 +128,6 @@ def simulate_json_schema() -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- participants
-def simulator_class(name: str, *, file: str | None, path: str) -> type[Simulator]:
-    """The simulator class registered as ``plugin: name``."""
-    from cruijff_kit._api.registry import plugin_class
-
-    try:
-        return plugin_class("simulator", name)  # type: ignore[return-value]
-    except Exception as exc:
-        raise SpecError(str(exc), file=file, path=f"{path}.plugin") from None
-
-
-def build_participant(section: ParticipantSection, *, file: str | None, path: str, base_dir: Path,
-                      spec_model: str | None = None) -> Simulator:
-    """Validate a participant section with its plugin's Config and build the plugin object.
-
-    ``spec_model`` (the spec's ``model.path``, given for the assistant only) is the default of the
-    option the plugin names in :attr:`Simulator.spec_model_option`, when the section does not set it.
-    """
-    from cruijff_kit._base.yamlfile import spec_error_from
-
-    cls = simulator_class(section.plugin, file=file, path=path)
-    options = {k: v for k, v in (section.model_extra or {}).items()}
-    option = cls.spec_model_option
-    if spec_model is not None and option and option in cls.Config.model_fields:
-        options.setdefault(option, spec_model)
-    try:
-        config = cls.Config.model_validate(options)
-    except ValidationError as exc:
-        raise spec_error_from(exc, cls.Config, file=file, prefix=path,
-                              note=f"(options of the `{section.plugin}` simulator plugin)") from None
-    return cls(config, base_dir=base_dir)
-
-
 @dataclass
 class Simulation:
     """A validated ``simulate`` section with its participants built (nothing started yet)."""

@@ -26,7 +26,7 @@ from typing import Any
 
 from cruijff_kit._api.retry import Caller, CallFailed
 from cruijff_kit._base.errors import CkError
-from cruijff_kit._base.fileio import atomic_write_json, read_jsonl
+from cruijff_kit._base.fileio import atomic_write_json, read_jsonl, repair_tail
 from cruijff_kit._base.ownership import check_writable, remove_path
 from cruijff_kit._base.secrets import scrub
 from cruijff_kit._simulate.config import Simulation, preset_line
@@ -88,32 +88,6 @@ def claim_output(output: Path, *, overwrite: bool = False) -> None:
         remove_path(output)
     if not owner_file(output).is_file():
         atomic_write_json(owner_file(output), {"written_by": "ck simulate", "output": output.name})
-
-
-def repair_tail(path: Path) -> bool:
-    """Cut a torn last line (no final newline) off a JSONL file; True when something was cut."""
-    if not path.exists() or path.stat().st_size == 0:
-        return False
-    with open(path, "rb+") as fh:
-        fh.seek(-1, os.SEEK_END)
-        if fh.read(1) == b"\n":
-            return False
-        size = fh.seek(0, os.SEEK_END)
-        step = 1 << 16
-        pos = size
-        keep = 0
-        while pos > 0:
-            pos = max(0, pos - step)
-            fh.seek(pos)
-            chunk = fh.read(min(step, size - pos))
-            idx = chunk.rfind(b"\n")
-            if idx != -1:
-                keep = pos + idx + 1
-                break
-        fh.truncate(keep)
-        fh.flush()
-        os.fsync(fh.fileno())
-    return True
 
 
 def finished_ids(path: Path, fingerprint: str) -> set[str]:

@@ -8,10 +8,13 @@ and the same three settings, resolved and checked by :func:`scoring_metrics` and
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from cruijff_kit._api.kinds import Simulator
+from cruijff_kit._base.errors import SpecError
 from cruijff_kit.collab._collabllm import WEIGHTS
 
 
@@ -156,3 +159,35 @@ PRESETS: dict[str, dict[str, dict[str, object]]] = {
 """Default metrics of each preset, as metric mappings (derived from :data:`WEIGHTS`): ``collabllm`` is
 CollabLLM's question-answering reward (accuracy by a judge x 1.0, interactivity by a judge x 0.5,
 thousands of cl100k assistant tokens x -0.5)."""
+
+
+def simulator_class(name: str, *, file: str | None, path: str) -> type[Simulator]:
+    """The simulator class registered as ``plugin: name``."""
+    from cruijff_kit._api.registry import plugin_class
+
+    try:
+        return plugin_class("simulator", name)  # type: ignore[return-value]
+    except Exception as exc:
+        raise SpecError(str(exc), file=file, path=f"{path}.plugin") from None
+
+
+def build_participant(section: ParticipantSection, *, file: str | None, path: str, base_dir: Path,
+                      spec_model: str | None = None) -> Simulator:
+    """Validate a participant section with its plugin's Config and build the plugin object.
+
+    ``spec_model`` (the spec's ``model.path``, given for the assistant only) is the default of the
+    option the plugin names in :attr:`Simulator.spec_model_option`, when the section does not set it.
+    """
+    from cruijff_kit._base.yamlfile import spec_error_from
+
+    cls = simulator_class(section.plugin, file=file, path=path)
+    options = {k: v for k, v in (section.model_extra or {}).items()}
+    option = cls.spec_model_option
+    if spec_model is not None and option and option in cls.Config.model_fields:
+        options.setdefault(option, spec_model)
+    try:
+        config = cls.Config.model_validate(options)
+    except ValidationError as exc:
+        raise spec_error_from(exc, cls.Config, file=file, prefix=path,
+                              note=f"(options of the `{section.plugin}` simulator plugin)") from None
+    return cls(config, base_dir=base_dir)

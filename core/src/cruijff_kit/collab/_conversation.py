@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cruijff_kit._base.fileio import append_jsonl, locked, read_jsonl
+from cruijff_kit._base.fileio import append_jsonl, locked, read_jsonl, repair_tail
 from cruijff_kit.collab._metrics import Metric, Outcome, final_answer
 from cruijff_kit.collab._tasks import Task
 from cruijff_kit.collab._user import UserReply
@@ -59,19 +58,6 @@ async def score_conversation(task: Task, conversation: Sequence[dict[str, Any]],
     return {REWARD: combined_reward(scores, {m.name: m.spec.weight for m in metrics}), **scores}
 
 
-def _repair_tail(path: Path) -> None:
-    """Cut a torn last line (no final newline, left by a kill mid-write) off a JSON-lines file."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    data = path.read_bytes()
-    if data.endswith(b"\n"):
-        return
-    with open(path, "rb+") as fh:
-        fh.truncate(data.rfind(b"\n") + 1)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 class Journal:
     """Finished conversations of one evaluation, one JSON line each, appended as each finishes.
 
@@ -81,7 +67,7 @@ class Journal:
 
     def __init__(self, path: Path, fingerprint: str) -> None:
         self.path, self.fingerprint = path, fingerprint
-        _repair_tail(path)
+        repair_tail(path)
         self.rows: dict[str, dict[str, Any]] = {}
         for row in read_jsonl(path):
             if isinstance(row, dict) and row.get("fingerprint") == fingerprint and "conv_id" in row:
@@ -114,7 +100,7 @@ class ReplyCache:
         self._lock = threading.Lock()  # get/put run in worker threads (asyncio.to_thread): one reader at a time
         if path.is_file():
             with locked(path):  # not while another process appends
-                _repair_tail(path)
+                repair_tail(path)
         with self._lock:
             self._read()
 

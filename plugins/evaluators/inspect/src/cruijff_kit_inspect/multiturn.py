@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cruijff_kit import Caller, Simulator, StageError, plugin_class, spec_error_from
+from cruijff_kit import Caller, Simulator, StageError
 from cruijff_kit.collab import (
     GRADER_PROMPT,
     INTERACTIVITY_PROMPT,
@@ -34,11 +34,11 @@ from cruijff_kit.collab import (
     USER_PROMPT,
     Journal,
     Metric,
-    ParticipantSection,
     ReplyCache,
     Task,
     UserSimulator,
     build_metric,
+    build_participant,
     derive_seed,
     final_answer,
     load_tasks,
@@ -55,23 +55,6 @@ REPLY_CACHE = "user_replies.jsonl"
 """The user's replies, shared by the runs and targets of one eval task (see :func:`reply_cache_path`)."""
 MAX_IN_FLIGHT = 16
 """Calls to the user and judges in flight at once."""
-
-
-def build_simulator(section: ParticipantSection, base_dir: Path, where: str) -> Simulator:
-    """A simulator plugin object from its section (``plugin`` + that plugin's options)."""
-    from pydantic import ValidationError
-
-    try:
-        cls = plugin_class("simulator", section.plugin)
-    except Exception as exc:
-        raise StageError(f"{where}.plugin: {exc}") from None
-    options = dict(section.model_extra or {})
-    try:
-        config = cls.Config.model_validate(options)
-    except ValidationError as exc:
-        raise spec_error_from(exc, cls.Config, file=None, prefix=where,
-                              note=f"(options of the `{section.plugin}` simulator plugin)") from None
-    return cls(config, base_dir=base_dir)  # type: ignore[return-value]
 
 
 def tasks_from_rows(rows: list[dict[str, Any]], split: str, reference_metric: str | None = None) -> list[Task]:
@@ -286,11 +269,11 @@ def collab_task(collab: Collaboration, name: str) -> Any:
 def _judges(cfg: InspectConfig, base_dir: Path) -> dict[str, Simulator]:
     """The model of each metric that calls one (a judge, or the extraction model of bleu and of pass_rate
     under preset collabllm): its own ``model``, else the section's ``judge``."""
-    shared = build_simulator(cfg.judge, base_dir, "judge") if cfg.judge is not None else None
+    shared = build_participant(cfg.judge, file=None, path="judge", base_dir=base_dir) if cfg.judge is not None else None
     out: dict[str, Simulator] = {}
     for name, spec in cfg.effective_metrics().items():
         if needs_model(spec, cfg.preset):
-            model = (build_simulator(spec.model, base_dir, f"metrics.{name}.model") if spec.model is not None
+            model = (build_participant(spec.model, file=None, path=f"metrics.{name}.model", base_dir=base_dir) if spec.model is not None
                      else shared)
             if model is not None:
                 out[name] = model
@@ -343,7 +326,7 @@ def check_collab(cfg: InspectConfig, base_dir: Path, splits: list[str] | None) -
         cl100k_file()  # a CkError saying where the table was looked for, and how to provide it
     try:
         assert cfg.user is not None
-        build_simulator(cfg.user, base_dir, "user")
+        build_participant(cfg.user, file=None, path="user", base_dir=base_dir)
         _judges(cfg, base_dir)
     except (SpecError, StageError) as exc:
         raise CkError(str(exc), option="user") from None
@@ -371,7 +354,7 @@ def make_collaboration(cfg: InspectConfig, ctx: Any, base_dir: Path) -> Collabor
         journal=Journal(out / JOURNAL, fingerprint(cfg, seed, system, ctx.target.name,
                                                    adapter_identity(ctx.target.adapter))),
         cache=ReplyCache(reply_cache_path(ctx.run_dir, out, cfg.label)) if cfg.cache_user else None,
-        user_plugin=build_simulator(cfg.user, base_dir, "user"), judges=_judges(cfg, base_dir))
+        user_plugin=build_participant(cfg.user, file=None, path="user", base_dir=base_dir), judges=_judges(cfg, base_dir))
 
 
 def reply_cache_path(run_dir: Path, eval_dir: Path, label: str) -> Path:
