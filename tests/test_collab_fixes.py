@@ -203,10 +203,3 @@ def test_numeric_match_reads_hyphens_as_ranges_not_minus_signs() -> None:
     assert numeric_match("read pages 10-20", "-20") == 0.0
     assert numeric_match("The answer is 42, see e5", "42") == 1.0
     assert numeric_match("x = -3.5", "-3.5") == 1.0
-
-
-def test_ck_simulate_scores_numeric_with_the_same_function() -> None:
-    from cruijff_kit._simulate import metrics as simulate_metrics
-    from cruijff_kit.collab import _metrics
-
-    assert simulate_metrics.numeric_match is _metrics.numeric_match

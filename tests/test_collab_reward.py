@@ -102,13 +102,6 @@ def test_reply_cache_first_recorded_reply_wins_across_readers(tmp_path: Path) ->
     assert collab.ReplyCache(path).get("other") == "x" and len(path.read_text().splitlines()) == 2
 
 
-def test_simulate_modules_re_export_the_public_ones() -> None:
-    from cruijff_kit._simulate import collabllm, metrics, prompts, user
-
-    assert metrics.Metric is collab.Metric and user.UserSimulator is collab.UserSimulator
-    assert prompts.USER_PROMPT is collab.USER_PROMPT and collabllm.session_rewards is collab.session_rewards
-
-
 # --------------------------------------------------------------------------- the eval task's options
 def _config(**options):
     from cruijff_kit_inspect.config import InspectConfig

@@ -273,7 +273,7 @@ def test_a_json_number_python_cannot_convert_is_a_data_error():
 
 def test_simulation_task_files_are_checked(tmp_path):
     from cruijff_kit._simulate.config import TaskSource
-    from cruijff_kit._simulate.tasks import load_tasks
+    from cruijff_kit.collab import load_tasks
 
     path = write(tmp_path / "tasks.jsonl", '{"input": "a"}\n{"input": "b", "input": "c"}\n')
     with pytest.raises(DataError, match=r'tasks.jsonl: the key "input" appears twice in one object \(line 2\)'):

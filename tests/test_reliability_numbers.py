@@ -110,7 +110,7 @@ def test_every_model_that_reads_user_numbers_refuses_inf_and_nan():
     import cruijff_kit._api.retry  # noqa: F401
     import cruijff_kit._engine.spec  # noqa: F401
     import cruijff_kit._simulate.config  # noqa: F401
-    import cruijff_kit._simulate.user  # noqa: F401
+    import cruijff_kit.collab._user  # noqa: F401
     import cruijff_kit.data._synthetic  # noqa: F401
     from cruijff_kit._api.registry import registry
 
@@ -174,7 +174,7 @@ def test_retry_waits_stay_finite():
 
 
 def test_a_judges_nan_score_is_a_malformed_reply():
-    from cruijff_kit._simulate.metrics import MalformedReply, _score_of
+    from cruijff_kit.collab._metrics import MalformedReply, _score_of
 
     assert _score_of('{"score": 0.5}') == 0.5
     with pytest.raises(MalformedReply, match="not a finite number"):

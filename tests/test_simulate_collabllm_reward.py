@@ -3,7 +3,7 @@
 ``tests/data/collabllm_reward/expected.json`` was computed by the official package
 (``regenerate.py`` beside it, run in its own environment) on the scripted sessions of
 ``scripts.json`` with a scripted judge; here the same scripts go through
-:mod:`cruijff_kit._simulate.collabllm` and must give the same values and send the same judge prompts.
+:mod:`cruijff_kit.collab` and must give the same values and send the same judge prompts.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cruijff_kit._simulate import collabllm
+from cruijff_kit.collab import _collabllm as collabllm
 
 DATA = Path(__file__).parent / "data" / "collabllm_reward"
 
@@ -95,11 +95,10 @@ def test_missing_tokenizer_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp
 def _engine(preset: str, max_turns: int):
     import asyncio  # noqa: F401
 
-    from cruijff_kit._simulate import prompts
     from cruijff_kit._simulate.config import MetricSpec, ScoringConfig
     from cruijff_kit._simulate.conversation import Engine
-    from cruijff_kit._simulate.metrics import Metric
-    from cruijff_kit._simulate.user import UserSimulator
+    from cruijff_kit.collab import Metric, UserSimulator
+    from cruijff_kit.collab import _prompts as prompts
 
     replies = iter(range(1000))
 
@@ -131,7 +130,7 @@ def _engine(preset: str, max_turns: int):
 def test_ck_simulate_with_preset_collabllm() -> None:
     import asyncio
 
-    from cruijff_kit._simulate.tasks import Task
+    from cruijff_kit.collab import Task
 
     engine, judged = _engine("collabllm", max_turns=1)
     row = asyncio.run(engine.run("c0", Task(id="t", prompt="greet me", answer="hi")))
@@ -150,7 +149,7 @@ def test_ck_simulate_with_preset_collabllm() -> None:
 def test_preset_ck_keeps_todays_reward() -> None:
     import asyncio
 
-    from cruijff_kit._simulate.tasks import Task
+    from cruijff_kit.collab import Task
 
     engine, _ = _engine("ck", max_turns=1)
     row = asyncio.run(engine.run("c0", Task(id="t", prompt="greet me", answer="hi")))

@@ -90,7 +90,7 @@ def test_a_failing_conversation_is_recorded_and_retried_by_the_next_run(tmp_path
 
 
 def test_metrics() -> None:
-    from cruijff_kit._simulate.metrics import (
+    from cruijff_kit.collab import (
         contains,
         count_tokens,
         exact_match,
@@ -113,7 +113,7 @@ def test_metrics() -> None:
 
 
 def test_user_reply_protocol() -> None:
-    from cruijff_kit._simulate.user import MalformedReply, parse_user_reply
+    from cruijff_kit.collab import MalformedReply, parse_user_reply
 
     r = parse_user_reply('Sure!\n```json\n{"current_answer": 4, "thought": "ok", "response": "thanks"}\n```')
     assert (r.current_answer, r.response) == ("4", "thanks")
@@ -165,7 +165,7 @@ def test_repair_tail(tmp_path: Path) -> None:
 def test_task_files(tmp_path: Path) -> None:
     from cruijff_kit._base.errors import DataError
     from cruijff_kit._simulate.config import TaskSource
-    from cruijff_kit._simulate.tasks import conversation_ids, load_tasks
+    from cruijff_kit.collab import conversation_ids, load_tasks
 
     p = tmp_path / "t.jsonl"
     p.write_text('{"question": "2+2?", "ref": 4, "tests": ["assert True"]}\n{"question": "3+3?"}\n')

@@ -8,7 +8,7 @@ from typing import Any
 from cruijff_kit._base.errors import CkError
 from cruijff_kit._simulate.config import load_simulation
 from cruijff_kit._simulate.loop import Summary, run_simulation, side_file
-from cruijff_kit._simulate.tasks import load_tasks
+from cruijff_kit.collab import load_tasks
 
 
 def simulate(loaded: Any, *, limit: int | None = None, progress: bool = True, overwrite: bool = False) -> Summary:

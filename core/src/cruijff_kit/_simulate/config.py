@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cruijff_kit._api.kinds import Simulator
 from cruijff_kit._api.retry import RetryPolicy
 from cruijff_kit._base.errors import SpecError
-from cruijff_kit._simulate import prompts
 from cruijff_kit.collab import _config as shared
+from cruijff_kit.collab import _prompts as prompts
 from cruijff_kit.collab._config import MetricSpec, ParticipantSection, TaskSource, build_participant
 from cruijff_kit.collab._prompts import prompt_text
 
@@ -222,7 +222,7 @@ def load_simulation(loaded: Any) -> Simulation:
                 metric_prompts[name] = (prompt_text(m.prompt, base_dir, file=file, path=f"{where}.prompt")
                                         if m.prompt else default)
             if m.type == "python":
-                from cruijff_kit._simulate.functions import load_function
+                from cruijff_kit.collab import load_function
 
                 load_function(str(m.function), base_dir, file=file, path=f"{where}.function")
             if m.type in shared.REFERENCE_METRICS and cfg.tasks.answer_field is None:
@@ -231,7 +231,7 @@ def load_simulation(loaded: Any) -> Simulation:
                                 hint="Name the row field with the reference answer in tasks.answer_field.")
         if cfg.scoring.preset == "collabllm" and any(m.type == "tokens" for m in cfg.scoring.metrics.values()):
             from cruijff_kit._base.errors import CkError
-            from cruijff_kit._simulate.collabllm import cl100k_file
+            from cruijff_kit.collab import cl100k_file
 
             try:
                 cl100k_file()

@@ -18,11 +18,8 @@ from typing import Any
 
 from cruijff_kit._api.retry import Caller
 from cruijff_kit._simulate.config import ScoringConfig
-from cruijff_kit._simulate.metrics import Metric, final_answer
 from cruijff_kit._simulate.scoring import choose_response
-from cruijff_kit._simulate.tasks import Task
-from cruijff_kit._simulate.turns import derive_seed, user_message
-from cruijff_kit._simulate.user import UserSimulator
+from cruijff_kit.collab import Metric, Task, UserSimulator, derive_seed, final_answer, user_message
 
 
 def next_user_message(candidate: dict[str, Any], preset: str = "ck") -> dict[str, Any] | None:

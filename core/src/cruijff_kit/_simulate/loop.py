@@ -31,11 +31,9 @@ from cruijff_kit._base.ownership import check_writable, remove_path
 from cruijff_kit._base.secrets import scrub
 from cruijff_kit._simulate.config import Simulation, preset_line
 from cruijff_kit._simulate.conversation import Engine
-from cruijff_kit._simulate.metrics import Metric
 from cruijff_kit._simulate.progress import Progress
 from cruijff_kit._simulate.scoring import build_metric
-from cruijff_kit._simulate.tasks import Task, conversation_ids
-from cruijff_kit._simulate.user import UserSimulator
+from cruijff_kit.collab import Metric, Task, UserSimulator, conversation_ids
 
 
 @dataclass
