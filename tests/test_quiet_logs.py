@@ -94,6 +94,34 @@ def test_a_partial_line_or_a_block_that_does_not_end_is_written_as_it_is() -> No
     assert out == b"inspect_ai v0.3.285\n- hooks enabled: 1\nreal line\n" and hidden == []
 
 
+def test_many_lines_in_one_write_are_judged_as_when_written_one_by_one() -> None:
+    # Large outputs (``ck status --json`` of 2,000 stages) arrive in a few big writes: the filter judges
+    # them as it judges lines written one at a time, whatever they hold.
+    import random
+
+    plain = [b"  {\"run\": \"r%d\", \"state\": \"done\"},\n" % i for i in range(300)]
+    tb = (b"Traceback (most recent call last):\n  File \"a.py\", line 1\nValueError: x\n" + TORCHAO + b"\n")
+    pieces = [*plain, TORCHAO, PYTREE, GRAD_CKPT, BANNER, TOKENIZERS, tb,
+              b"\x1b[1;34minspect_ai v0.3.285\x1b[0m\n\n", b"a\r\n", "caf\u00e9\n".encode()]
+    rng = random.Random(7)
+    for _ in range(20):
+        rng.shuffle(pieces)
+        whole = b"".join(pieces)
+        one_by_one = run_filter(*(line for piece in pieces for line in piece.splitlines(keepends=True)))
+        cuts = sorted(rng.sample(range(1, len(whole)), 5))
+        chunks = [whole[a:b] for a, b in zip([0, *cuts], [*cuts, len(whole)], strict=True)]
+        assert run_filter(whole) == one_by_one
+        # cut anywhere: a line whose start was written early passes whole, as it does one by one
+        out, hidden = run_filter(*chunks)
+        assert len(out) + sum(len(h) for h in hidden) == len(whole)
+
+
+def test_a_traceback_written_whole_keeps_the_noise_line_written_after_it_in_its_exception() -> None:
+    tb = b"Traceback (most recent call last):\n  File \"a.py\", line 1\n    go()\nRuntimeError: boom\n"
+    out, hidden = run_filter(b"ok\n" * 50 + tb, TORCHAO, b"\n", TORCHAO)
+    assert out == b"ok\n" * 50 + tb + TORCHAO + b"\n" and hidden == [TORCHAO]
+
+
 def test_the_noise_list_matches_none_of_the_project_s_own_messages() -> None:
     for line in ("[ck] 2026-12-03T13:52:13Z stage train of run glad-puffin-ba1682 started",
                  "[trl] lora sft on cpu (fp32), loss on assistant tokens, 120 train rows, world size 1",

@@ -323,6 +323,24 @@ _TRACEBACK = (r"^(Traceback \(most recent call last\):|\u256d\u2500+ Traceback \
 _ANSI = r"\x1b\[[0-9;?]*[ -/]*[@-~]"
 
 
+@functools.lru_cache(maxsize=1)
+def _any_noise() -> re.Pattern[str]:
+    """One pattern that finds, in many lines at once, every place where a line of :data:`NOISE` or a
+    traceback could start (it may find more: those lines are then judged one by one)."""
+    parts = [_TRACEBACK, *(noise.pattern for noise in NOISE)]
+    return re.compile("|".join(f"(?:{part})" for part in parts), re.MULTILINE)
+
+
+def _may_hold_noise(buf: bytes, start: int, end: int) -> bool:
+    """Whether the whole lines ``buf[start:end]`` may hold a noise line or a traceback's start.
+
+    Lines with a terminal code or a carriage return are always judged one by one (the line filter
+    strips those before matching); otherwise one search over all of them says it."""
+    if buf.find(b"\x1b", start, end) >= 0 or buf.find(b"\r", start, end) >= 0:
+        return True
+    return _any_noise().search(buf[start:end].decode("utf-8", "replace")) is not None
+
+
 class LineFilter:
     """Hides known noise lines in a byte stream that arrives as whole lines (and partial ones).
 
@@ -347,22 +365,31 @@ class LineFilter:
     def feed(self, data: bytes) -> bytes:
         """Take ``data``; return the bytes to write now."""
         out: list[bytes] = []
-        self._buf += data
-        while True:
-            nl = self._buf.find(b"\n")
-            if nl < 0:
-                break
-            line, self._buf = self._buf[:nl + 1], self._buf[nl + 1:]
-            if self._midline:  # the rest of a line already partly written
+        buf = self._buf + data
+        start = 0
+        if self._midline:  # the rest of a line already partly written
+            nl = buf.find(b"\n")
+            if nl >= 0:
                 self._midline, self._more = False, None
-                out.append(self._release() + line)
-                continue
-            out.append(self._line(line))
-        if self._buf:  # a progress redraw or a partial line written out early: it passes as it is
-            rest, self._buf = self._buf, b""
-            out.append(self._release() + rest)
+                out.append(self._release() + buf[:nl + 1])
+                start = nl + 1
+        end = buf.rfind(b"\n") + 1  # whole lines end here
+        if end > start and self._idle() and not _may_hold_noise(buf, start, end):
+            out.append(buf[start:end])  # no line here can be noise or start a traceback: as it is
+            start = end
+        while start < end:
+            nl = buf.index(b"\n", start)
+            out.append(self._line(buf[start:nl + 1]))
+            start = nl + 1
+        self._buf = b""
+        if start < len(buf):  # a progress redraw or a partial line written out early: it passes as it is
+            out.append(self._release() + buf[start:])
             self._midline, self._more = True, None
         return b"".join(out)
+
+    def _idle(self) -> bool:
+        """Whether no message is being followed (no block held, no traceback, no continuation)."""
+        return not self._block and not self._traceback and self._more is None
 
     def flush(self) -> bytes:
         """What is still held (a block that did not end): written as it is, nothing hidden."""
