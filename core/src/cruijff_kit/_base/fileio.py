@@ -139,9 +139,82 @@ def dump_yaml(data: Any) -> str:
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
 
 
-def atomic_write_yaml(path: Path, data: Any) -> None:
-    """Atomically write YAML (keys in insertion order)."""
-    atomic_write_text(path, dump_yaml(data))
+def atomic_write_yaml(path: Path, data: Any, *, parsed_copy: bool = False) -> None:
+    """Atomically write YAML (keys in insertion order).
+
+    ``parsed_copy``: also keep the data as JSON beside it (:func:`parsed_copy_of`), for a file that is
+    read far more often than written (each run's resolved ``spec.yaml``: ``ck status`` reads them all);
+    :func:`load_written_yaml` then reads it in a tenth of the time. The copy names the YAML's hash, so
+    an edit of the YAML (or a copy that a crash cut short) is noticed and the YAML itself is read.
+    """
+    text = dump_yaml(data)
+    atomic_write_text(path, text)
+    if parsed_copy:
+        _write_parsed_copy(path, text.encode("utf-8"), data)
+
+
+def parsed_copy_of(path: Path) -> Path:
+    """Where :func:`atomic_write_yaml` keeps the parsed copy of ``path`` (a hidden file beside it)."""
+    return path.with_name(f".{path.name}.parsed.json")
+
+
+def _same_in_json(data: Any) -> bool:
+    """Whether JSON gives ``data`` back exactly as YAML does (plain values, text keys, finite numbers)."""
+    if isinstance(data, dict):
+        return all(isinstance(k, str) and _same_in_json(v) for k, v in data.items())
+    if isinstance(data, list):
+        return all(_same_in_json(v) for v in data)
+    if isinstance(data, float):
+        return data == data and data not in (float("inf"), float("-inf"))
+    return data is None or isinstance(data, (str, int))
+
+
+def _write_parsed_copy(path: Path, raw: bytes, data: Any) -> None:
+    """The parsed copy of the YAML file ``path`` (bytes ``raw``): written atomically but not synced (a copy
+    lost in a crash is only a slower read); none for data that JSON cannot give back exactly."""
+    import hashlib
+
+    copy = parsed_copy_of(path)
+    if not _same_in_json(data):
+        copy.unlink(missing_ok=True)
+        return
+    fd, tmp = _temp_beside(copy, None)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump({"sha256": hashlib.sha256(raw).hexdigest(), "data": data}, fh)
+        os.replace(tmp, copy)
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+def _matching_copy(path: Path, raw: bytes) -> tuple[bool, Any]:
+    """``(True, data)`` when ``path``'s parsed copy was made from exactly the bytes ``raw``."""
+    import hashlib
+
+    try:
+        copy = json.loads(parsed_copy_of(path).read_bytes())
+    except (OSError, ValueError):
+        return False, None  # no copy, or one cut short: the YAML is the record
+    if isinstance(copy, dict) and "data" in copy and copy.get("sha256") == hashlib.sha256(raw).hexdigest():
+        return True, copy["data"]
+    return False, None
+
+
+def keep_parsed_copy(path: Path, data: Any) -> None:
+    """Give the YAML file ``path``, whose content parses to ``data``, a parsed copy if it has none that
+    matches its bytes."""
+    raw = path.read_bytes()
+    if not _matching_copy(path, raw)[0]:
+        _write_parsed_copy(path, raw, data)
+
+
+def load_written_yaml(path: Path, raw: bytes | None = None) -> Any:
+    """A YAML file this project wrote with ``parsed_copy`` (``raw``: its bytes, when already read): its
+    parsed copy when that copy was made from exactly these bytes, else the YAML parsed (:func:`load_yaml`)."""
+    raw = path.read_bytes() if raw is None else raw
+    found, data = _matching_copy(path, raw)
+    return data if found else load_yaml(raw.decode("utf-8"))
 
 
 @contextmanager

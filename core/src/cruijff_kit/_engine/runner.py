@@ -18,7 +18,13 @@ from cruijff_kit import status
 from cruijff_kit._api.kinds import Scheduler
 from cruijff_kit._api.records import StageJob
 from cruijff_kit._base.errors import CkError
-from cruijff_kit._base.fileio import atomic_write_text, atomic_write_yaml, load_yaml
+from cruijff_kit._base.fileio import (
+    atomic_write_text,
+    atomic_write_yaml,
+    keep_parsed_copy,
+    load_written_yaml,
+    load_yaml,
+)
 from cruijff_kit._base.layout import ExperimentLayout, RunLayout, folders_in
 from cruijff_kit._base.secrets import refuse_secret_values
 from cruijff_kit._engine.damage import repair_run
@@ -66,7 +72,9 @@ def _write_experiment(plan: Plan) -> None:
                 notes.append(f"{on_disk.path} was damaged: {on_disk.reason}; written again from the plan.")
             elif on_disk is None and run.layout.status.exists():
                 notes.append(f"{run.layout.spec} was missing; written again from the plan.")
-            atomic_write_yaml(run.layout.spec, spec)
+            atomic_write_yaml(run.layout.spec, spec, parsed_copy=True)
+        else:  # a run written before parsed copies were kept gets one
+            keep_parsed_copy(run.layout.spec, spec)
         status.ensure_stages(run.layout.root, [s.name for s in run.stages])
         for note in notes:
             print(f"[ck] {note}", file=sys.stderr, flush=True)
@@ -84,7 +92,7 @@ def _written_spec(path: Path) -> Any:
         load_run(path.parent)
     except DamagedState as exc:
         return exc
-    return load_yaml(path.read_text(encoding="utf-8"))
+    return load_written_yaml(path)  # read once more: a parsed copy, when it matches
 
 
 def _proc_start(pid: int) -> str | None:

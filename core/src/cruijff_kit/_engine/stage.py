@@ -27,7 +27,7 @@ from cruijff_kit import status
 from cruijff_kit._api.context import RunInfo, StageContext
 from cruijff_kit._api.records import PlannedRun, StageDef
 from cruijff_kit._base.errors import CkError, StageError, clip
-from cruijff_kit._base.fileio import load_yaml
+from cruijff_kit._base.fileio import load_written_yaml
 from cruijff_kit._base.layout import RunLayout
 from cruijff_kit._base.noise import (
     NOISE_FILE_ENV,
@@ -69,7 +69,7 @@ def load_run(run_dir: str | Path) -> PlannedRun:
         raw = layout.spec.read_bytes()
         if not raw.strip():
             raise status.DamagedState(layout.spec, f"it is empty ({len(raw)} bytes)", RUN_SPEC_FIX)
-        return _planned_run(load_yaml(raw.decode("utf-8")), layout)
+        return _planned_run(load_written_yaml(layout.spec, raw), layout)
     except UnicodeDecodeError as exc:
         raise status.DamagedState(layout.spec, f"it is not UTF-8 text (byte {exc.start} is not text)",
                                   RUN_SPEC_FIX) from None

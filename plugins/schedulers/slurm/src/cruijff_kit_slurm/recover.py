@@ -73,7 +73,7 @@ def halve_batch(run_dir: Path, stage: str, max_retries: int, reason: str) -> dic
             return None
         new_batch, new_accum = batch // 2, accum * 2
         train["batch_size"], train["gradient_accumulation"] = new_batch, new_accum
-        atomic_write_yaml(layout.spec, spec)
+        atomic_write_yaml(layout.spec, spec, parsed_copy=True)
     change = {"reason": reason, "at": status.now(), "batch_size": [batch, new_batch],
               "gradient_accumulation": [accum, new_accum]}
     status.record_override(layout.root, "train.batch_size", new_batch)
