@@ -15,12 +15,12 @@ run ``ck models download``, which finishes and verifies it.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 from cruijff_kit._base.errors import CkError, clip
+from cruijff_kit._base.hubcachedir import hub_cache_dir
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -36,15 +36,10 @@ def looks_like_hub_id(path: str) -> bool:
 
 
 def default_hub_cache() -> Path:
-    """The hub library's default cache folder (``HF_HUB_CACHE``, ``HF_HOME/hub``, ``~/.cache/huggingface/hub``).
-
-    Read from the environment on each call rather than from ``huggingface_hub.constants``, which fixes
-    these values once, when it is first imported: a process that sets ``HF_HUB_CACHE`` later (a
-    profile, a test) would otherwise resolve the old folder, and this layer imports no hub library."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
-    return Path(home).expanduser() / "hub"
+    """The hub library's default cache folder (``HF_HUB_CACHE``, ``HUGGINGFACE_HUB_CACHE``, ``HF_HOME/hub``,
+    ``~/.cache/huggingface/hub``), read from the environment on each call by
+    :func:`cruijff_kit._base.hubcachedir.hub_cache_dir`."""
+    return hub_cache_dir()
 
 
 def models_cache(spec_dir: Path | None = None) -> Path:

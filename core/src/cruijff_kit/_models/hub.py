@@ -7,7 +7,8 @@ to the cached snapshot by reading that layout only (no network, no heavy import)
 compute nodes with ``HF_HUB_OFFLINE=1``.
 
 Downloads resume where they stopped, use the token in ``HF_TOKEN`` (never written anywhere), and are
-verified against the hub's file hashes (sha256 for large files, the git blob id for small ones).
+verified by the hub library's ``verify_repo_checksums`` against the hub's file hashes (sha256 for large
+files, the git blob id for small ones), also for files already in the cache.
 """
 
 from __future__ import annotations
@@ -57,38 +58,6 @@ class CachedModel:
         return asdict(self)
 
 
-# --------------------------------------------------------------------------- verification
-def git_blob_sha1(path: Path) -> str:
-    """The git blob id of a file (how the hub names small files), by the hub library's ``git_hash``."""
-    from huggingface_hub.utils.sha import git_hash
-
-    return git_hash(path.read_bytes())  # only small (non-LFS) files are named this way
-
-
-def sha256_file(path: Path) -> str:
-    """The sha256 of a file (how the hub names large files), by the hub library's ``sha_fileobj``."""
-    from huggingface_hub.utils.sha import sha_fileobj
-
-    with path.open("rb") as f:
-        return sha_fileobj(f).hex()
-
-
-def verify_snapshot(snapshot: Path, files: Iterable[dict[str, Any]]) -> list[str]:
-    """Problems of ``snapshot`` against the hub's file list: each entry has ``path`` and ``sha256``
-    (large files) or ``blob_id`` (small files). Empty when every file is there and matches."""
-    problems = []
-    for entry in files:
-        p = snapshot / entry["path"]
-        if not p.is_file():
-            problems.append(f"{entry['path']}: missing")
-        elif entry.get("sha256"):
-            if sha256_file(p) != entry["sha256"]:
-                problems.append(f"{entry['path']}: sha256 differs from the hub's")
-        elif entry.get("blob_id") and git_blob_sha1(p) != entry["blob_id"]:
-            problems.append(f"{entry['path']}: content differs from the hub's (git blob id)")
-    return problems
-
-
 # --------------------------------------------------------------------------- download
 def _endpoint() -> str:
     return os.environ.get("HF_ENDPOINT", "the model hub")
@@ -133,14 +102,41 @@ def _gave_up(hub_id: str, exc: DeadlineExceeded | DownloadStalled, cache: Path) 
                     "Nothing was downloaded. Try again later, or allow more time with --timeout SECONDS.")
 
 
-def _hub_files(api: Any, hub_id: str, revision: str | None, token: str | None) -> tuple[str, list[dict[str, Any]]]:
-    info = api.model_info(hub_id, revision=revision, files_metadata=True, token=token)
-    files = []
-    for s in info.siblings or []:
-        lfs = getattr(s, "lfs", None)
-        sha = (lfs.get("sha256") if isinstance(lfs, dict) else getattr(lfs, "sha256", None)) if lfs else None
-        files.append({"path": s.rfilename, "sha256": sha, "blob_id": getattr(s, "blob_id", None)})
-    return str(info.sha), files
+def _hub_commit(api: Any, hub_id: str, revision: str | None, token: str | None) -> str:
+    """The commit ``revision`` (default ``main``) of ``hub_id`` names on the hub."""
+    return str(api.model_info(hub_id, revision=revision, token=token).sha)
+
+
+def _verification_problems(result: Any, allow_patterns: list[str] | None) -> list[str]:
+    """What a ``verify_repo_checksums`` result found wrong, one line per file: the file, the expected and
+    the found hash. Files the hub has that ``allow_patterns`` left out are not missing."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    problems = [f"{m['path']}: {m['algorithm']} expected {m['expected']}, found {m['actual']}"
+                for m in result.mismatches]
+    missing = list(filter_repo_objects(result.missing_paths, allow_patterns=allow_patterns))
+    return problems + [f"{path}: missing" for path in missing]
+
+
+def _verify(hub_id: str, commit: str, cache: Path, token: str | None, timeout: float,
+            allow_patterns: list[str] | None) -> None:
+    """Check every file of the snapshot against the hub's hashes (files that were already in the cache
+    too); a file that differs or is missing is a :class:`HubError` naming it."""
+    api = hubnet.deadlined_api(timeout, f"the hub's file hashes of {hub_id}")
+    try:
+        result = api.verify_repo_checksums(hub_id, revision=commit, cache_dir=cache, token=token)
+    except (DeadlineExceeded, DownloadStalled) as exc:
+        raise HubError(f"Downloaded {hub_id} at {commit} but could not verify it: {exc} at {_endpoint()}; gave up "
+                       f"after {hubnet.ATTEMPTS} tries. The files are kept in {repo_folder(cache, hub_id)} but not "
+                       "recorded as downloaded, so runs do not use them. Run the same `ck models download` again "
+                       "later (the files are not fetched again), or allow more time with --timeout SECONDS.") from None
+    problems = _verification_problems(result, allow_patterns)
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise HubError(f"Downloaded {hub_id} at {commit} but {len(problems)} file(s) fail verification against "
+                       f"the hub's hashes: {shown}. A file in the cache was damaged or changed after download, or "
+                       f"the transfer was corrupted. Delete {repo_folder(cache, hub_id)} and run `ck models "
+                       "download` again; runs do not use the model until it verifies.")
 
 
 def download(hub_id: str, revision: str | None = None, cache: Path | None = None,
@@ -169,11 +165,12 @@ def download(hub_id: str, revision: str | None = None, cache: Path | None = None
     token = os.environ.get("HF_TOKEN") or None
     try:
         with hubnet.stall_guarded(stall_timeout):
-            commit, files = hubnet.metadata(lambda: _hub_files(HfApi(), hub_id, revision, token), timeout,
-                                            f"the hub's file list of {hub_id}")
+            commit = hubnet.metadata(lambda: _hub_commit(HfApi(), hub_id, revision, token), timeout,
+                                     f"the hub's model info of {hub_id}")
             snap = Path(hubnet.files(lambda: snapshot_download(hub_id, revision=commit, cache_dir=str(cache),
                                                                token=token, allow_patterns=allow_patterns),
                                      stall_timeout))
+            _verify(hub_id, commit, cache, token, timeout, allow_patterns)
     except CkError:
         raise
     except (DeadlineExceeded, DownloadStalled) as exc:
@@ -182,15 +179,6 @@ def download(hub_id: str, revision: str | None = None, cache: Path | None = None
         if not _is_hub_failure(exc):
             raise
         raise _hub_error(hub_id, exc) from None
-    if allow_patterns:
-        from fnmatch import fnmatch
-
-        files = [f for f in files if any(fnmatch(f["path"], pat) for pat in allow_patterns)]
-    problems = verify_snapshot(snap, files)
-    if problems:
-        raise HubError(f"Downloaded {hub_id} at {commit} but {len(problems)} file(s) fail verification: "
-                       + "; ".join(problems[:5]) + ". Delete " + str(repo_folder(cache, hub_id))
-                       + " and download again.")
     ref_name = revision or "main"
     if not _COMMIT.match(ref_name):  # named only once verified: keep the branch/tag usable offline
         ref = repo_folder(cache, hub_id) / "refs" / ref_name

@@ -11,6 +11,9 @@ deadline").
   that read with the client's own read timeout, so the hub client resumes the file where it stopped
   (an HTTP Range request), up to 5 times in a row without progress, then gives up; the partial file
   is removed, never moved into the cache.
+* Verification (the hub library's ``verify_repo_checksums``) lists the repository's files with their
+  hashes, then hashes the local files: the listing is fetched whole under the metadata deadline
+  (:func:`deadlined_api`), the hashing reads only the local disk and has none.
 """
 
 from __future__ import annotations
@@ -53,6 +56,19 @@ def metadata(fetch: Callable[[], T], timeout: float, what: str) -> T:
     """``fetch()`` (a small hub API call), each try within ``timeout`` seconds in total."""
     return with_retries(lambda: call_with_deadline(lambda _deadline: fetch(), timeout, what),
                         retry_on=(DeadlineExceeded,))
+
+
+def deadlined_api(timeout: float, what: str) -> Any:
+    """A ``huggingface_hub.HfApi`` whose repository file listing (``list_repo_tree``, the network call of
+    ``verify_repo_checksums``) is fetched whole, each try within ``timeout`` seconds in total."""
+    from huggingface_hub import HfApi
+
+    class DeadlinedApi(HfApi):
+        def list_repo_tree(self, *args: Any, **kwargs: Any) -> Any:
+            return iter(metadata(lambda: list(super(DeadlinedApi, self).list_repo_tree(*args, **kwargs)),
+                                 timeout, what))
+
+    return DeadlinedApi()
 
 
 def _guarded_stream(inner: Any, guard: StallGuard) -> Any:

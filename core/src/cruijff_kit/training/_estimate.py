@@ -12,7 +12,6 @@ figures are estimates for planning, not guarantees.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from cruijff_kit._api.kinds import Estimate, Resources, TrainConfig
 from cruijff_kit._base.errors import DataError, SpecError, did_you_mean
+from cruijff_kit._base.hubcachedir import hub_cache_dir
 from cruijff_kit._base.parsing import parse_json_text
 from cruijff_kit._base.sizes import human_bytes
 
@@ -131,26 +131,28 @@ class ModelShape:
 
 
 # --------------------------------------------------------------------------- finding config.json
-def hub_cache_dir() -> Path:
-    """The Hugging Face hub cache folder, as ``huggingface_hub`` would pick it (without importing it)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
-    return Path(home).expanduser() / "hub"
-
-
 def find_config(model: str | Path) -> Path | None:
-    """The ``config.json`` of a local model folder, or of a hub id already in the local hub cache."""
+    """The ``config.json`` of a local model folder, or of a hub id already in the local hub cache: the
+    snapshot its ``refs/main`` names (read by ``huggingface_hub.try_to_load_from_cache``), else, when no
+    ref names ``main``, the only snapshot there (as the hub library's own verification resolves it)."""
     p = Path(model).expanduser()
     if (p / "config.json").is_file():
         return p / "config.json"
     text = str(model)
     if text.count("/") == 1 and not p.exists():
-        snaps = hub_cache_dir() / ("models--" + text.replace("/", "--")) / "snapshots"
-        if snaps.is_dir():
-            found = sorted(snaps.glob("*/config.json"), key=lambda f: f.stat().st_mtime, reverse=True)
-            if found:
-                return found[0]
+        from huggingface_hub import try_to_load_from_cache
+
+        cache = hub_cache_dir()
+        try:
+            found = try_to_load_from_cache(text, "config.json", cache_dir=cache)
+        except (ValueError, OSError):  # not a valid hub id, or an unreadable ref
+            return None
+        if isinstance(found, str):  # else None, or the hub's "known missing" marker
+            return Path(found)
+        repo = cache / ("models--" + text.replace("/", "--"))
+        if not (repo / "refs" / "main").is_file():
+            only = list((repo / "snapshots").glob("*/config.json"))
+            return only[0] if len(only) == 1 else None
     return None
 
 

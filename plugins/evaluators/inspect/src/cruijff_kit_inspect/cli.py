@@ -18,8 +18,10 @@ def known_providers() -> frozenset[str]:
     string rather than a hub id."""
     import inspect_ai.model  # noqa: F401 - registers inspect's built-in providers
 
-    # Private: inspect-ai exports no public way to list model providers (checked for 0.3.285); pin tightly.
-    from inspect_ai._util.registry import registry_find, registry_info
+    # Private: inspect-ai exports no public way to list its model providers: registry_find is not exported
+    # (registry_info is, by inspect_ai.util; checked for 0.3.285). inspect-ai is pinned tightly.
+    from inspect_ai._util.registry import registry_find
+    from inspect_ai.util import registry_info
 
     names = {registry_info(api).name.split("/")[-1] for api in registry_find(lambda info: info.type == "modelapi")}
     return frozenset(names | {"ck"})

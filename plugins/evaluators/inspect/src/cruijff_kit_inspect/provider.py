@@ -74,7 +74,9 @@ class CkModelAPI(HuggingFaceAPI):
 
     def __init__(self, model_name: str, base_url: str | None = None, api_key: str | None = None,
                  config: GenerateConfig = GenerateConfig(), **model_args: Any) -> None:
-        from inspect_ai.model._model import ModelAPI
+        from inspect_ai.model import ModelAPI
+
+        # Private: the hf provider's token and seeding helpers have no public export (inspect-ai pinned to 0.3.285).
         from inspect_ai.model._providers.hf import HF_TOKEN, hub_token, set_random_seeds
 
         adapter = model_args.pop("adapter", None)
@@ -195,6 +197,9 @@ class CkModelAPI(HuggingFaceAPI):
         Everything that uses the tokenizer runs here, on the one worker thread, never concurrently.
         """
         import torch
+
+        # Private: the hf provider's output type, logprob and hidden-state helpers have no public export
+        # (inspect-ai pinned to 0.3.285).
         from inspect_ai.model._providers.hf import GenerateOutput, extract_logprobs
         from inspect_ai.model._providers.util.hidden_states import hidden_states_to_jsonable
 
@@ -243,6 +248,9 @@ class CkModelAPI(HuggingFaceAPI):
                        config: GenerateConfig) -> ModelOutput:
         """Generate in a batch with the other samples; log-probability tokens as text."""
         from inspect_ai.model import ChatCompletionChoice, Logprobs, ModelUsage
+
+        # Private: the hf provider's message builder and tool-call parser have no public export
+        # (inspect-ai pinned to 0.3.285).
         from inspect_ai.model._providers.hf import chat_completion_assistant_message
         from inspect_ai.model._providers.util import HFHandler
 

@@ -114,6 +114,9 @@ class RunPodApi:
     # ------------------------------------------------------------------ transport
     def _post_once(self, query: str) -> dict[str, Any]:
         import requests
+
+        # Private: the SDK's User-Agent string, from an SDK module outside runpod's top-level API (none exports it);
+        # runpod is pinned to 1.12.x (plugin pyproject, constraints.txt).
         from runpod.user_agent import USER_AGENT
 
         headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
@@ -191,6 +194,8 @@ class RunPodApi:
     # ------------------------------------------------------------------ GPUs and prices
     def gpu(self, gpu_type: str, gpu_count: int = 1) -> dict[str, Any]:
         """The GPU type's record (prices included), or a RunPodError listing the known ids."""
+        # Private: the SDK's GraphQL document, from an SDK module outside runpod's top-level API (none exports it);
+        # runpod is pinned to 1.12.x (plugin pyproject, constraints.txt).
         from runpod.api.queries.gpus import generate_gpu_query
 
         data = self._post(generate_gpu_query(gql_str(gpu_type), int(gpu_count)))
@@ -205,6 +210,8 @@ class RunPodApi:
 
     def gpu_ids(self) -> list[str]:
         """Every GPU type id RunPod knows."""
+        # Private: the SDK's GraphQL document, from an SDK module outside runpod's top-level API (none exports it);
+        # runpod is pinned to 1.12.x (plugin pyproject, constraints.txt).
         from runpod.api.queries.gpus import QUERY_GPU_TYPES
 
         return [g["id"] for g in self._post(QUERY_GPU_TYPES).get("gpuTypes") or []]
@@ -224,6 +231,8 @@ class RunPodApi:
     # ------------------------------------------------------------------ pods
     def create_pod(self, req: PodRequest) -> dict[str, Any]:
         """Start a pod; returns ``{id, ...}``. Never leaves a second pod behind after a retry."""
+        # Private: the SDK's GraphQL document, from an SDK module outside runpod's top-level API (none exports it);
+        # runpod is pinned to 1.12.x (plugin pyproject, constraints.txt).
         from runpod.api.mutations.pods import generate_pod_deployment_mutation
 
         query = generate_pod_deployment_mutation(
@@ -271,12 +280,16 @@ class RunPodApi:
 
     def list_pods(self) -> list[dict[str, Any]]:
         """The account's pods (id, name, desiredStatus, costPerHr, ...)."""
+        # Private: the SDK's GraphQL document, from an SDK module outside runpod's top-level API (none exports it);
+        # runpod is pinned to 1.12.x (plugin pyproject, constraints.txt).
         from runpod.api.queries.pods import QUERY_POD
 
         return (self._post(QUERY_POD).get("myself") or {}).get("pods") or []
 
     def get_pod(self, pod_id: str) -> dict[str, Any] | None:
         """The pod's record, or None when it no longer exists."""
+        # Private: the SDK's GraphQL document, from an SDK module outside runpod's top-level API (none exports it);
+        # runpod is pinned to 1.12.x (plugin pyproject, constraints.txt).
         from runpod.api.queries.pods import generate_pod_query
 
         try:
@@ -288,6 +301,8 @@ class RunPodApi:
 
     def terminate_pod(self, pod_id: str) -> None:
         """Terminate a pod (idempotent: a pod that is already gone is fine)."""
+        # Private: the SDK's GraphQL document, from an SDK module outside runpod's top-level API (none exports it);
+        # runpod is pinned to 1.12.x (plugin pyproject, constraints.txt).
         from runpod.api.mutations.pods import generate_pod_terminate_mutation
 
         try:

@@ -107,6 +107,8 @@ def squeue(job_ids: list[str]) -> dict[str, JobInfo]:
 
 def _expand(job_id: str) -> list[str]:
     """Ids in one sacct JobID field, pending array ranges expanded (``12_[1-3%2]``)."""
+    # Private: submitit's top-level API does not export its job-id parser (pending array ranges);
+    # submitit is pinned to 1.5.x (plugin pyproject, constraints.txt).
     from submitit.slurm.slurm import read_job_id
 
     out: list[str] = []
