@@ -119,15 +119,21 @@ def peak_memory_mb(device: str | None = None) -> float | None:
 def method_info(method: str, precision: str | None = None, *, library: str = "bitsandbytes") -> dict[str, Any]:
     """The ``method`` and, for qlora, ``quantization`` keys a trainer records in ``cruijff_kit.json``.
 
-    ``method`` is ``lora`` or ``qlora``; for qlora ``precision`` is the resolved training precision
-    (``fp32``, ``bf16``, ``fp16``), the compute dtype of the 4-bit layers, and ``library`` what
+    ``method`` is ``lora`` or ``qlora``; ``precision`` is the resolved training precision (``fp32``,
+    ``bf16``, ``fp16``). For qlora it is the compute dtype of the 4-bit layers, and ``library`` what
     quantized the base (``bitsandbytes`` or ``torchao``). Every qlora trainer here stores the base in
     4-bit NF4 with double quantization (the quantization constants quantized again), so the record is
     ``{"method": "qlora", "quantization": {"quant_type": "nf4", "double_quant": true, "compute_dtype":
-    "bfloat16", "library": "bitsandbytes"}}``; a lora adapter records ``{"method": "lora"}``.
+    "bfloat16", "library": "bitsandbytes"}}``; a lora adapter records ``{"method": "lora", "precision":
+    "bf16"}`` (the dtype a merged copy keeps wherever it is evaluated), or ``{"method": "lora"}`` when
+    no precision is given.
     """
     if method == "lora":
-        return {"method": "lora"}
+        if precision is None:
+            return {"method": "lora"}
+        if precision not in DTYPE_NAMES:
+            raise ValueError(f"precision {precision!r}: pass the resolved training precision ({', '.join(DTYPE_NAMES)})")
+        return {"method": "lora", "precision": precision}
     if method != "qlora":
         raise ValueError(f"method {method!r}: use lora or qlora")
     if precision not in DTYPE_NAMES:

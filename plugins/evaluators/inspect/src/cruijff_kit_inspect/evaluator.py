@@ -38,9 +38,9 @@ def compatible_base_url(cfg: InspectConfig) -> str | None:
     return url
 
 
-#: The ``max_lora_rank`` values vLLM accepts (``MaxLoRARanks`` in ``vllm/config/lora.py``, vLLM 0.11 and later;
-#: older versions accept a subset, from 8 up).
-VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+#: The ``max_lora_rank`` values every vLLM release with LoRA serving accepts: vLLM 0.11 and later also take 1
+#: (``MaxLoRARanks`` in ``vllm/config/lora.py``), older releases refuse it, so rank 1 to 8 is served as 8.
+VLLM_MAX_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 #: Modules vLLM does not serve as LoRA (no LoRA layers for the embeddings or the output head).
 VLLM_UNSERVABLE_MODULES = ("lm_head", "embed_tokens")
 _DEVICE_IDS = re.compile(r"\d+(,\d+)*")
@@ -63,6 +63,28 @@ def vllm_devices(device: str) -> str | None:
     raise ValueError(f"device: {device} is not a GPU vLLM can serve on. With backend: vllm use auto or cuda "
                      "(vLLM chooses), cuda:1 (one GPU by index) or cuda:0,1 (several), or set backend: hf "
                      f"for {value}.")
+
+
+def stage_devices(ids: str, visible: str | None) -> str:
+    """The GPUs ``ids`` (indices among the GPUs this stage was given) as the vLLM server's ``CUDA_VISIBLE_DEVICES``.
+
+    The provider sets its server's ``CUDA_VISIBLE_DEVICES`` to the list it is handed, which names the
+    machine's GPUs; ``device: cuda:1`` counts the stage's own. ``visible`` is this process's
+    ``CUDA_VISIBLE_DEVICES``: each index picks its entry (``2,3`` with ``1`` -> ``3``); unset, the stage
+    sees every GPU and indices pass as they are. An index beyond the list raises StageError.
+    """
+    if visible is None:
+        return ids
+    seen = [v.strip() for v in visible.split(",") if v.strip()]
+    wanted = [int(i) for i in ids.split(",")]
+    beyond = [i for i in wanted if i >= len(seen)]
+    if beyond:
+        has = f"{len(seen)} GPU(s), indices 0 to {len(seen) - 1}" if seen else "no GPU"
+        raise StageError(f"device asks for GPU index {beyond[0]}, but this eval stage was given {has} "
+                         f"(CUDA_VISIBLE_DEVICES={visible!r}; device indices count within that list). Set device: "
+                         "auto or cuda (vLLM serves on the stage's GPUs), or an index below the stage's GPU count, or "
+                         "give eval stages more GPUs (scheduler.eval_resources.gpus).")
+    return ",".join(seen[i] for i in wanted)
 
 
 def vllm_max_lora_rank(rank: int) -> int:
@@ -119,7 +141,8 @@ def read_adapter_config(adapter: Path) -> dict[str, Any] | None:
 def vllm_args(cfg: InspectConfig, adapter: Path | None, chat_template: str | None = None) -> dict[str, Any]:
     """Server args of inspect's vllm provider for the run's model (+ ``adapter``).
 
-    ``dtype`` unless auto; ``device`` as the GPU list the provider expects (:func:`vllm_devices`);
+    ``dtype`` unless auto; ``device`` as the GPU list the provider expects (:func:`vllm_devices`, mapped
+    through this process's ``CUDA_VISIBLE_DEVICES`` by :func:`stage_devices`);
     ``max_lora_rank`` rounded up to a size vLLM accepts (the provider passes the adapter's raw ``r``,
     which vLLM refuses unless it is one of its sizes, and ignores ``rank_pattern``); ``tokenizer``, the
     folder with the tokenizer saved next to the adapter; ``chat_template``, a file with the training
@@ -135,7 +158,7 @@ def vllm_args(cfg: InspectConfig, adapter: Path | None, chat_template: str | Non
     except ValueError as exc:
         raise StageError(str(exc)) from None
     if devices is not None:
-        args["device"] = devices
+        args["device"] = stage_devices(devices, os.environ.get("CUDA_VISIBLE_DEVICES"))
     if adapter is not None:
         config = read_adapter_config(adapter)
         if config is not None and adapter_rank(config) > 0:
@@ -255,10 +278,11 @@ def generate_args(cfg: InspectConfig, seed: int, local: bool) -> dict[str, Any]:
 def merged_dtype(dtype: str, adapter: Path, train: dict[str, Any] | None, base: str) -> str:
     """The torch dtype name a merged copy is saved in: the eval's ``dtype`` unless auto, else the training dtype.
 
-    The training dtype is the one the adapter records (``cruijff_kit.json``: ``precision``, or a qlora
-    adapter's ``compute_dtype``), else the run's ``train.precision`` (``auto`` resolved as the trainer
-    resolves it, on this machine), else (an adapter trained elsewhere) the base model's own dtype
-    (``config.json``), else float32.
+    The training dtype is the one the adapter records (``cruijff_kit.json``: a lora adapter's resolved
+    ``precision`` or a qlora adapter's ``compute_dtype``, which every trainer here writes), so an eval on
+    another machine (a CPU after bf16 GPU training) keeps it; else the run's ``train.precision`` (``auto``
+    resolved as the trainer resolves it, on this machine), else (an adapter trained elsewhere) the base
+    model's own dtype (``config.json``), else float32.
     """
     from cruijff_kit.training import adapter_info, resolve_precision, run_device
 
@@ -446,6 +470,7 @@ class InspectEvaluator(Evaluator):
 
         from cruijff_kit_inspect.progress import reporting
         from cruijff_kit_inspect.results import results_from_log
+        from cruijff_kit_inspect.vllm_server import release_servers
 
         cfg = self.config
         target = ctx.target
@@ -499,6 +524,8 @@ class InspectEvaluator(Evaluator):
             from transformers import set_seed
 
             set_seed(int(gen_args["seed"]))
+        # a vLLM server kept from an earlier target of this process serves this one only if started alike
+        release_servers(model, model_args, cfg.base_url)
         try:
             with ctx.progress(total, "samples") as bar, reporting(bar):
                 logs = inspect_eval(

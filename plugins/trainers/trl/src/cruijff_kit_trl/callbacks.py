@@ -35,7 +35,9 @@ class EpochAdapters(TrainerCallback):
 
     def __init__(self, ctx: Any, config: TrlConfig, tokenizer: Any, *, precision: str | None = None) -> None:
         self.ctx, self.config, self.tokenizer = ctx, config, tokenizer
-        self.precision = precision  # the resolved training precision: the 4-bit compute dtype of qlora
+        # the resolved training precision, recorded in cruijff_kit.json (a merged copy keeps it; for qlora the
+        # compute dtype of the 4-bit layers)
+        self.precision = precision
         self.saved = set(config.saved_epochs())
         self.trainer: Any = None
 
