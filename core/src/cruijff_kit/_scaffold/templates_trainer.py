@@ -234,7 +234,7 @@ class __CLASS__(Trainer):
                 training.save_adapter(model, tok, ctx.adapter_dir(epoch), base_model=ctx.spec["model"]["path"],
                                       base_model_path=ctx.spec["model"].get("local_path"),
                                       extra={"epoch": epoch, "step": step, "trainer": self.name, "run": ctx.run.name,
-                                             **training.method_info("lora")})
+                                             **training.method_info("lora", precision)})
             if cfg.max_steps and step >= cfg.max_steps:
                 training.require_saved_epochs(ctx, cfg.saved_epochs(), step=step, epoch=epoch,
                                               max_steps=cfg.max_steps)
