@@ -8,6 +8,7 @@ The machine's GPUs are set through CUDA_VISIBLE_DEVICES, which is what the local
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 from pathlib import Path
 
@@ -18,17 +19,20 @@ from cruijff_kit._base.errors import StageError
 from cruijff_kit._base.fileio import read_jsonl
 
 
-def _spec(folder: Path, resources: str, *, runs: str = "", train: str = "", eval_: bool = False) -> Path:
+def _spec(folder: Path, resources: str, *, runs: str = "", train: str | None = "", eval_: bool = False) -> Path:
+    """A toy spec; ``train=None``: no training (the base model's evaluation only)."""
     model = folder / "models" / "base"
     model.mkdir(parents=True, exist_ok=True)
     (model / "config.json").write_text('{"model_type": "toy"}')
-    text = textwrap.dedent(f"""\
+    train_line = "" if train is None else f"train: {{plugin: toy, epochs: 1, steps_per_epoch: 3{train}}}\n"
+    base = "true" if train is None else "false"
+    text = textwrap.dedent("""\
         experiment: gpu
         output_dir: out
-        model: {{path: models/base}}
-        dataset: {{plugin: toy-data}}
-        train: {{plugin: toy, epochs: 1, steps_per_epoch: 3{train}}}
-        eval: {"[{plugin: toy-eval, task: toy, include_base: false}]" if eval_ else "[]"}
+        model: {path: models/base}
+        dataset: {plugin: toy-data}
+        """) + train_line + textwrap.dedent(f"""\
+        eval: {"[{plugin: toy-eval, task: toy, include_base: " + base + "}]" if eval_ else "[]"}
         scheduler: {{plugin: local, poll_seconds: 0.05, resources: {resources}}}
         """) + runs
     path = folder / "spec.yaml"
@@ -101,6 +105,54 @@ def test_a_stage_asking_for_no_gpu_sees_none(with_toy: Path, tmp_path: Path, ck)
     assert ck("run", str(spec), env={"CUDA_VISIBLE_DEVICES": "0,1"}).returncode == 0
     rows = read_jsonl(_runs(tmp_path)[0] / "train" / "metrics.jsonl")
     assert {r["cuda"] for r in rows} == {""}
+
+
+def test_a_stage_asking_for_no_gpu_sees_none_where_no_gpu_is_listed(with_toy: Path, tmp_path: Path, ck,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA_VISIBLE_DEVICES unset and nvidia-smi listing no GPU (as where it is missing, or on a machine
+    whose GPUs only torch finds): the local scheduler still hides every GPU from a `gpus: 0` stage, its
+    training and its evaluation, rather than leaving them whatever torch would find."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    smi = fake_bin / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'No devices were found'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}:{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    spec = _spec(tmp_path, "{gpus: 0}", eval_=True)
+    res = ck("run", str(spec))
+    assert res.returncode == 0, res.stdout + res.stderr
+    (run,) = _runs(tmp_path)
+    assert {r["cuda"] for r in read_jsonl(run / "train" / "metrics.jsonl")} == {""}
+    assert json.loads((run / "eval" / "toy" / "epoch_0" / "log.json").read_text())["cuda"] == ""
+
+
+def test_plan_notes_what_each_stage_asks(with_toy: Path, tmp_path: Path, ck) -> None:
+    """The `ck plan` note counts each stage with what it asks: `eval_resources: {gpus: 2}` on a machine with
+    one GPU is named (and `ck run` refuses that evaluation with the same option), while an evaluation-only run
+    with `resources.gpus: 4` on two GPUs asks for one GPU per evaluation and gets no note."""
+    env = {"CUDA_VISIBLE_DEVICES": "0"}
+    spec = _spec(tmp_path / "a", "{gpus: 1}, eval_resources: {gpus: 2}", eval_=True)
+    plan = ck("plan", str(spec), env=env)
+    text = " ".join(plan.stderr.split())
+    assert plan.returncode == 0 and "Note:" in plan.stderr, plan.stderr
+    assert "scheduler.eval_resources.gpus is 2 but this machine has 1 GPU(s) (CUDA_VISIBLE_DEVICES='0')" in text
+    assert "set scheduler.eval_resources.gpus to at most 1" in text
+    assert "scheduler.resources.gpus is" not in text  # training asks for 1: it fits
+    res = ck("run", str(spec), env=env)
+    assert res.returncode == 1
+    (run,) = sorted((tmp_path / "a" / "out" / "gpu" / "runs").iterdir())
+    assert _stage(run, "train")["state"] == "done"
+    ev = _stage(run, "eval.toy.epoch_0")
+    assert ev["state"] == "failed" and "asks for 2 GPU(s) (scheduler.eval_resources.gpus)" in ev["error"], ev
+
+    only_evals = _spec(tmp_path / "b", "{gpus: 4}", train=None, eval_=True)
+    plan = ck("plan", str(only_evals), env={"CUDA_VISIBLE_DEVICES": "0,1"})
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert "GPU(s)" not in plan.stderr, plan.stderr
+    plan = ck("plan", str(only_evals), env={"CUDA_VISIBLE_DEVICES": ""})  # no GPU: its evaluations ask for one
+    assert "scheduler.resources.gpus is 4 (its evaluations ask for 1) but this machine has 0 GPU(s)" in \
+        " ".join(plan.stderr.split()), plan.stderr
 
 
 def test_eval_resources_apply_to_every_scheduler(with_toy: Path, tmp_path: Path, ck) -> None:

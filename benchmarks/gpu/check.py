@@ -4,7 +4,8 @@ Runs every step through the real ``ck`` CLI (``python -m cruijff_kit ...`` subpr
 writes, then reads back what the runs wrote (logs, ``cruijff_kit.json``, ``results.json``,
 ``metrics.jsonl``, inspect logs) and loads the adapters with ``cruijff_kit.inference``:
 
-* device and precision chosen (cuda + bf16 on a GPU; cpu + fp32 with ``--dry-run``);
+* device and precision chosen (cuda + bf16 on a GPU with native bf16, compute capability 8.0 or newer;
+  cuda + fp32 on an older GPU such as a T4 or V100; cpu + fp32 with ``--dry-run``);
 * trl LoRA (throughput against a plain TRL ``SFTTrainer`` script, both as subprocesses);
 * trl QLoRA (4-bit ``Linear4bit`` layers, adapter files hold only LoRA weights, reloads the same);
 * DPO with QLoRA on a generated preference set;
@@ -59,8 +60,9 @@ class Check:
         self.work = work
         self.dry_run = dry_run
         self.device = "cpu" if dry_run else "cuda"
-        self.precision = "fp32" if dry_run else "bf16"
-        self.torch_dtype = "float32" if dry_run else "bfloat16"
+        #: What precision ``auto`` should pick, and its torch dtype: fp32 on the CPU; on a GPU set by
+        #: :func:`step_setup` from the device (:func:`gpu_precision`)
+        self.precision, self.torch_dtype = "fp32", "float32"
         # sizes: tiny on CPU; on a GPU a larger random model and more rows, within the time budget
         self.hidden = 64 if dry_run else 512
         self.rows = (16, 4, 8) if dry_run else (512, 32, 64)
@@ -199,18 +201,32 @@ def same_logprobs(a: Any, b: Any, prompts: list[str], completions: list[str]) ->
 # -- the steps ------------------------------------------------------------------------------------
 
 
+def gpu_precision() -> tuple[str, str]:
+    """(precision, torch dtype name) that precision ``auto`` should pick on this process's CUDA device:
+    bf16 where the GPU computes in it natively (compute capability 8.0 or newer), else fp32 (a T4 or V100
+    only emulates bf16)."""
+    from cruijff_kit.training import supports_bf16
+
+    return ("bf16", "bfloat16") if supports_bf16("cuda") else ("fp32", "float32")
+
+
 def step_setup(c: Check) -> Numbers:
     import torch
 
+    capability = "none"
     if not c.dry_run:
         assert torch.cuda.is_available(), "no CUDA device is visible: run on a GPU machine, or pass --dry-run"
+        c.precision, c.torch_dtype = gpu_precision()
+        capability = ".".join(map(str, torch.cuda.get_device_capability()))
     c.ck("models", "tiny", str(c.model), "--hidden-size", str(c.hidden))
     train, val, test = c.rows
     c.ck("data", "capitalize", str(c.data), "--train", str(train), "--validation", str(val), "--test", str(test))
     cfg = json.loads((c.model / "config.json").read_text())
     c.found["layers"] = int(cfg["num_hidden_layers"])
-    return {"device": c.device, "hidden_size": cfg["hidden_size"], "layers": cfg["num_hidden_layers"],
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"}
+    return {"device": c.device, "precision": c.precision, "hidden_size": cfg["hidden_size"],
+            "layers": cfg["num_hidden_layers"],
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+            "compute_capability": capability}
 
 
 def step_trl_lora(c: Check) -> Numbers:
@@ -251,10 +267,10 @@ def chat(rows):
                                             {"role": "assistant", "content": r["output"]}]} for r in rows])
 cpu = a["device"] == "cpu"
 tok = AutoTokenizer.from_pretrained(a["model"])
-model = AutoModelForCausalLM.from_pretrained(a["model"], dtype=torch.float32 if cpu else torch.bfloat16)
+model = AutoModelForCausalLM.from_pretrained(a["model"], dtype=getattr(torch, a["dtype"]))
 args = SFTConfig(output_dir=a["out"], seed=1, num_train_epochs=a["epochs"], per_device_train_batch_size=a["batch"],
                  per_device_eval_batch_size=a["batch"], learning_rate=a["lr"], lr_scheduler_type="linear",
-                 max_length=a["max_len"], assistant_only_loss=True, use_cpu=cpu, bf16=not cpu,
+                 max_length=a["max_len"], assistant_only_loss=True, use_cpu=cpu, bf16=a["dtype"] == "bfloat16",
                  eval_strategy="epoch", save_strategy="no", logging_steps=5, report_to="none", disable_tqdm=True,
                  dataloader_num_workers=0)
 trainer = SFTTrainer(model=model, args=args, train_dataset=chat(data["train"]), eval_dataset=chat(data["validation"]),
@@ -275,7 +291,8 @@ def step_plain_trl(c: Check) -> Numbers:
     script = c.work / "plain_trl.py"
     script.write_text(PLAIN_TRL)
     args = {"data": str(c.data), "model": str(c.model), "out": str(c.work / "plain-trl"), "prompt": PROMPT,
-            "device": c.device, "epochs": c.epochs, "batch": c.batch_size, "lr": LR, "max_len": MAX_LEN, "rank": RANK}
+            "device": c.device, "dtype": c.torch_dtype, "epochs": c.epochs, "batch": c.batch_size, "lr": LR,
+            "max_len": MAX_LEN, "rank": RANK}
     t = time.perf_counter()
     res = subprocess.run([sys.executable, str(script), json.dumps(args)], cwd=c.work, env=c.env, capture_output=True,
                          text=True, timeout=600)
@@ -483,7 +500,7 @@ def step_plain_generate(c: Check) -> Numbers:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     adapter = c.need("trl-lora") / "train" / "epoch_0" / "adapter"
-    dtype = torch.float32 if c.dry_run else torch.bfloat16
+    dtype = getattr(torch, c.torch_dtype)
     reset_peak()
     tok = AutoTokenizer.from_pretrained(adapter)
     tok.padding_side = "left"

@@ -20,11 +20,14 @@ def cuda_problem(wanted: int) -> str | None:
                 "build of torch in this environment")
     if not torch.cuda.is_available():
         return (f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no usable GPU ({seen}): the "
-                "devices are hidden, or the NVIDIA driver is missing or older than this CUDA build needs "
-                "(`nvidia-smi` shows the driver and its CUDA version)")
+                "devices are hidden, or the NVIDIA driver is missing or older than this CUDA build needs. "
+                "`nvidia-smi` shows the driver and the newest CUDA version it supports: list the GPUs in "
+                "CUDA_VISIBLE_DEVICES (or leave it unset), or install a torch build for a CUDA version the "
+                "driver supports")
     count = torch.cuda.device_count()
     if count < wanted:
-        return f"this process sees {count} GPU(s) ({seen}), fewer than the {wanted} it asks for"
+        return (f"this process sees {count} GPU(s) ({seen}), fewer than the {wanted} it asks for: list "
+                f"{wanted} GPUs in CUDA_VISIBLE_DEVICES (or leave it unset to see all), or ask for at most {count}")
     return None
 
 

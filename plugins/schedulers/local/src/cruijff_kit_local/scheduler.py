@@ -53,6 +53,15 @@ def gpu_source() -> str:
     return f"CUDA_VISIBLE_DEVICES={seen!r}" if seen is not None else "as nvidia-smi lists them"
 
 
+def gpu_option(config: SchedulerConfig, kind: str) -> str:
+    """The option that decides how many GPUs a stage of ``kind`` asks for, for messages:
+    ``scheduler.eval_resources.gpus`` for an evaluation when that section is set, else
+    ``scheduler.resources.gpus``."""
+    if kind == "eval" and config.eval_resources is not None:
+        return "scheduler.eval_resources.gpus"
+    return "scheduler.resources.gpus"
+
+
 def cpu_cores() -> int:
     """The CPU cores this process may use (its affinity mask), at least 1."""
     try:
@@ -186,7 +195,9 @@ class LocalScheduler(Scheduler):
                         if not taken:
                             continue
                         mine, free_gpus = free_gpus[:want], free_gpus[want:]  # exactly what it asks
-                        proc = self._start(taken, mine if gpus else None, 0 if gpus else threads[job.run_dir])
+                        # `mine` is empty for a stage that asks for no GPU: it sees none, even where
+                        # the machine's GPUs could not be listed here (no nvidia-smi) but torch finds them
+                        proc = self._start(taken, mine, 0 if gpus else threads[job.run_dir])
                         started = _Running(taken, proc, mine, need, time.monotonic())
                         label = taken[0].stage if len(taken) == 1 else f"{len(taken)} evaluations"
                         started.task = progress.add_task(f"  {taken[0].run_name} {label}", total=None, live="")
@@ -214,15 +225,26 @@ class LocalScheduler(Scheduler):
                        and j.resources == job.resources and self._ready(j, finished) == "ready")]
 
     def check(self, run: Any) -> list[str] | None:
-        """A note when the run asks for more GPUs than this machine has: its stages would be refused here."""
-        wanted = self.config.resources.gpus  # type: ignore[attr-defined]
+        """A note for each resources option whose stages ask for more GPUs than this machine has: those
+        stages would be refused here. Each stage counts with what it asks (``eval_resources`` for an
+        evaluation when set, else one GPU where ``resources`` asks any), so an evaluation-only run on a
+        machine with one GPU gets no note for ``resources.gpus: 4``."""
+        config: LocalConfig = self.config  # type: ignore[assignment]
+        asks: dict[str, tuple[int, int]] = {}  # option -> (its value, the most GPUs a stage it decides asks)
+        for stage in run.stages:
+            option = gpu_option(config, stage.kind)
+            value = (config.eval_resources or config.resources).gpus if stage.kind == "eval" else config.resources.gpus
+            asks[option] = (value, max(asks.get(option, (0, 0))[1], config.stage_resources(stage.kind).gpus))
         have = len(visible_gpus())
-        if wanted <= have:
-            return None
-        where = gpu_source()
-        return [f"scheduler.resources.gpus is {wanted} but this machine has {have} GPU(s) ({where}): the local "
-                "scheduler will not start those stages here (never on the CPU instead). Run the spec where the "
-                f"GPUs are, or set scheduler.resources.gpus to at most {have} (0: on the CPU)."]
+        notes = []
+        for option, (value, wanted) in asks.items():
+            if wanted <= have:
+                continue
+            asked = "" if value == wanted else f" (its evaluations ask for {wanted})"
+            notes.append(f"{option} is {value}{asked} but this machine has {have} GPU(s) ({gpu_source()}): the "
+                         "local scheduler will not start those stages here (never on the CPU instead). Run the "
+                         f"spec where the GPUs are, or set {option} to at most {have} (0: on the CPU).")
+        return notes or None
 
     # -- helpers
     def run_config(self, job: StageJob) -> LocalConfig:
@@ -231,24 +253,22 @@ class LocalScheduler(Scheduler):
 
     def _refuse(self, job: StageJob, have: int) -> str:
         """Fail a stage that asks for more GPUs than this machine has (it would wait forever)."""
-        where = gpu_source()
+        where, option = gpu_source(), gpu_option(self.run_config(job), job.kind)
         status.update_stage(job.run_dir, job.stage, state=status.FAILED, ended=status.now(), exit_code=None,
-                            error=f"not started: it asks for {job.resources.gpus} GPU(s) (scheduler.resources.gpus) "
+                            error=f"not started: it asks for {job.resources.gpus} GPU(s) ({option}) "
                                   f"and this machine has {have} ({where}). Run it where the GPUs are (another "
-                                  "scheduler), or set scheduler.resources.gpus to at most "
-                                  f"{have} (0: on the CPU).")
+                                  f"scheduler), or set {option} to at most {have} (0: on the CPU).")
         return status.FAILED
 
-    def _start(self, jobs: list[StageJob], gpus: list[str] | None, threads: int) -> subprocess.Popen[bytes]:
+    def _start(self, jobs: list[StageJob], gpus: list[str], threads: int) -> subprocess.Popen[bytes]:
         """Start one ``ck stage`` process for ``jobs`` (stages of one run folder), its output in the first
-        stage's logs (the process moves on to each stage's own logs). ``gpus``: the devices it may see
-        (an empty list: none, on a machine with GPUs); None on a machine without GPUs."""
+        stage's logs (the process moves on to each stage's own logs). ``gpus``: the devices it may see,
+        set as CUDA_VISIBLE_DEVICES (an empty list, for a stage that asks for none: it sees none)."""
         job = jobs[0]
         layout = RunLayout(job.run_dir)
         layout.logs_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
-        if gpus is not None:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         if threads:  # the stage's share of the cores (a value the user set wins)
             env.setdefault("OMP_NUM_THREADS", str(threads))
         env.setdefault("PYTHONUNBUFFERED", "1")
