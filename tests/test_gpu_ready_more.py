@@ -189,3 +189,33 @@ def test_gpu_check_expects_what_the_gpu_supports(tmp_path: Path, monkeypatch, ca
     monkeypatch.setattr(check.subprocess, "run", run)
     check.step_plain_trl(c)
     assert (sent["device"], sent["dtype"]) == ("cuda", dtype)
+
+
+@pytest.mark.parametrize(("scheduler", "option"), [
+    ("resources: {gpus: 1}", "scheduler.resources.gpus"),
+    ("resources: {gpus: 0}, eval_resources: {gpus: 1}", "scheduler.eval_resources.gpus"),
+])
+def test_the_stage_start_check_names_the_option_that_asked(tmp_path: Path, with_toy: Path, monkeypatch,
+                                                           scheduler: str, option: str) -> None:
+    """An evaluation whose GPUs come from `eval_resources` is told to change that option, not `resources`."""
+    import ck_toy
+
+    from cruijff_kit.engine import load_spec, make_plan, run_stage, write_experiment
+
+    model = tmp_path / "base"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "toy"}')
+    spec = write_spec(tmp_path, f"""
+        experiment: gpuopt
+        model: {{path: {model}}}
+        dataset: {{plugin: toy-data}}
+        eval: [{{plugin: toy-eval, task: toy, include_base: true}}]
+        scheduler: {{plugin: local, {scheduler}}}
+        """)
+    plan = make_plan(load_spec(spec))
+    write_experiment(plan)
+    monkeypatch.setattr(ck_toy.ToyEvaluator, "uses_gpus", lambda self: True)  # as a local-model evaluator
+    (run,) = plan.runs
+    with pytest.raises(StageError) as err:
+        run_stage(run.layout.root, "eval.toy.base")
+    assert f"asks for 1 GPU(s) ({option})" in str(err.value) and f"set {option}: 0" in str(err.value)

@@ -31,12 +31,13 @@ def cuda_problem(wanted: int) -> str | None:
     return None
 
 
-def require_gpus(wanted: int, where: str) -> None:
-    """Raise a :class:`StageError` saying why, when this process cannot use ``wanted`` GPUs."""
+def require_gpus(wanted: int, where: str, option: str = "scheduler.resources.gpus") -> None:
+    """Raise a :class:`StageError` saying why, when this process cannot use ``wanted`` GPUs (``option``:
+    the spec key that asked for them)."""
     if wanted <= 0:
         return
     problem = cuda_problem(wanted)
     if problem:
-        raise StageError(f"{where} asks for {wanted} GPU(s) (scheduler.resources.gpus) but {problem}. It would "
+        raise StageError(f"{where} asks for {wanted} GPU(s) ({option}) but {problem}. It would "
                          "run on the CPU in float32, far slower and with other numbers, so it stops here. Fix "
-                         "the environment, or set scheduler.resources.gpus: 0 to run on the CPU on purpose.")
+                         f"the environment, or set {option}: 0 to run on the CPU on purpose.")
