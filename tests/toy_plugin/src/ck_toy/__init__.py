@@ -122,6 +122,10 @@ class ToyTrainer(Trainer):
 class ToyEvalConfig(EvalConfig):
     #: sleep this long before scoring (a stage that is still running when a test looks)
     sleep_seconds: float = Field(0.0, ge=0)
+    #: raise RuntimeError with this message instead of scoring
+    fail_with: str | None = None
+    #: the targets (e.g. ["epoch_0"]) that `sleep_seconds` and `fail_with` apply to; all when unset
+    only_targets: list[str] | None = None
 
 
 class ToyEvaluator(Evaluator):
@@ -136,11 +140,16 @@ class ToyEvaluator(Evaluator):
         data = ctx.dataset()
         rows = data[self.config.split]
         ctx.eval_dir.mkdir(parents=True, exist_ok=True)
-        if self.config.sleep_seconds:
-            time.sleep(self.config.sleep_seconds)
+        cfg = self.config
+        applies = cfg.only_targets is None or ctx.target.name in cfg.only_targets
+        if cfg.sleep_seconds and applies:
+            time.sleep(cfg.sleep_seconds)
+        if cfg.fail_with is not None and applies:
+            raise RuntimeError(cfg.fail_with)
         score = 0.5 if ctx.target.is_base else 1.0
         (ctx.eval_dir / "log.json").write_text(json.dumps({"target": ctx.target.name, "n": len(rows),
-                                                              "cuda": os.environ.get("CUDA_VISIBLE_DEVICES")}))
+                                                              "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                                                              "pid": os.getpid()}))
         return {"accuracy": {"value": score, "stderr": 0.0}, "samples": len(rows),
                 "system": ctx.prompt.system}
 

@@ -5,9 +5,11 @@
    point there.
 2. ``pip install`` the cruijff-kit distributions the run needs (unless the image has them).
 3. Run ``python -m cruijff_kit stage RUN_DIR STAGE`` for each stage in order (a stage whose
-   dependency failed is skipped), logs in ``logs/<stage>.out|.err``; ``status.json`` is sent to the
-   bucket while stages run.
-4. Stop the stage that is running when the pod's deadline (``$CK_DEADLINE``) comes near.
+   dependency failed is skipped), logs in ``logs/<stage>.out|.err``; with the manifest's
+   ``group_evals``, consecutive evaluations whose dependencies are done run in one
+   ``python -m cruijff_kit stage RUN_DIR E1 E2 ...`` (each keeps its own logs, state and results);
+   ``status.json`` is sent to the bucket while stages run.
+4. Stop the process that is running when the pod's deadline (``$CK_DEADLINE``) comes near.
 5. Send back the files of the run folder that changed, then a ``done`` marker with each stage's exit
    code, and terminate this pod (``runpodctl remove pod``, else the pod-scoped ``$RUNPOD_API_KEY``).
 """
@@ -189,6 +191,7 @@ class Agent:
         self.grace = float(env.get("CK_GRACE_SECONDS") or "60")
         self.poll = float(env.get("CK_POLL_SECONDS") or "30")
         self.codes: dict[str, int | None] = {}
+        self.group_evals = False
         self.reason = "finished"
         self.run_dir: str | None = None
         self.snapshot: dict[str, tuple[int, float]] = {}
@@ -234,6 +237,7 @@ class Agent:
         self.prefixes = [p.rstrip("/") for p in manifest.get("prefixes", []) if p.startswith("/") and p != "/"]
         self.exact = manifest.get("exact", {})
         self.run_dir = self.files + manifest["run_dir"]
+        self.group_evals = bool(manifest.get("group_evals"))
         self.snapshot = self._scan()
         return manifest
 
@@ -267,31 +271,92 @@ class Agent:
 
     # ------------------------------------------------------------------ stages
     def run_stages(self, stages: list[dict]) -> None:
-        for st in stages:
-            name = st["name"]
-            bad = [d for d in st.get("depends_on", []) if d in self.codes and self.codes[d] != 0]
+        """Each stage in order (one whose dependency did not finish is skipped); with ``group_evals``,
+        consecutive evaluations whose dependencies are done run in one ``ck stage`` process."""
+        names = {st["name"] for st in stages}
+        i = 0
+        while i < len(stages):
+            name = stages[i]["name"]
+            bad = [d for d in stages[i].get("depends_on", []) if d in self.codes and self.codes[d] != 0]
             if bad:
                 log(f"skipping {name}: {', '.join(bad)} did not finish")
                 self.codes[name] = None
+                i += 1
                 continue
             if time.time() >= self.stop_at:
                 self.reason = "time limit reached"
                 log(f"skipping {name}: the pod's time limit is reached")
                 self.codes[name] = None
+                i += 1
                 continue
-            self.codes[name] = self.run_stage(name)
-            log(f"stage {name} exited with code {self.codes[name]}")
+            group = self.eval_group(stages, i, names) if self.group_evals else [name]
+            if len(group) > 1:
+                self.codes.update(self.run_group(group))
+            else:
+                self.codes[name] = self.run_stage(name)
+            for n in group:
+                log(f"stage {n} exited with code {self.codes[n]}")
             self.upload_results()
+            i += len(group)
+
+    def eval_group(self, stages: list[dict], start: int, names: set[str]) -> list[str]:
+        """The evaluations from ``stages[start]`` on, one after another, whose dependencies on this pod
+        all finished with code 0 (a dependency not on this pod was done before it started)."""
+        group: list[str] = []
+        for st in stages[start:]:
+            ready = all(d not in names or self.codes.get(d) == 0 for d in st.get("depends_on", []))
+            if st.get("kind") != "eval" or not ready:
+                break
+            group.append(st["name"])
+        return group or [stages[start]["name"]]
 
     def run_stage(self, name: str) -> int:
+        """``python -m cruijff_kit stage RUN_DIR NAME``; returns its exit code."""
+        return self.run_process([name])
+
+    def run_group(self, names: list[str]) -> dict[str, int | None]:
+        """``python -m cruijff_kit stage RUN_DIR E1 E2 ...`` (one process, the stages in turn; its output
+        starts in the first stage's logs and ``ck stage`` moves it to each stage's own); each stage's
+        code from its state in ``status.json`` afterwards: 0 done, non-zero failed or interrupted, None
+        not started."""
+        before = {n: self._entry(n) for n in names}
+        code = self.run_process(names)
+        out: dict[str, int | None] = {}
+        for n in names:
+            entry = self._entry(n)
+            state = entry.get("state")
+            if state == "done":
+                out[n] = 0
+            elif entry == before[n]:
+                out[n] = None  # never started (the process ended before it)
+            else:
+                mine = entry.get("exit_code")
+                out[n] = mine if isinstance(mine, int) and mine != 0 else (code or 1)
+        return out
+
+    def _entry(self, name: str) -> dict:
+        """The stage's entry in the run's ``status.json`` (empty when there is none)."""
+        assert self.run_dir is not None
+        try:
+            with open(os.path.join(self.run_dir, "status.json"), encoding="utf-8") as fh:
+                entry = (json.load(fh).get("stages") or {}).get(name)
+        except (OSError, ValueError, AttributeError):
+            return {}
+        return dict(entry) if isinstance(entry, dict) else {}
+
+    def run_process(self, names: list[str]) -> int:
+        """One ``ck stage`` process for ``names``, output in the first stage's logs; stopped when the
+        pod's time limit comes near; ``status.json`` is sent while it runs. Returns its exit code."""
         assert self.run_dir is not None
         logs = os.path.join(self.run_dir, "logs")
         os.makedirs(logs, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX) and k != "RUNPOD_API_KEY"}
         env["PYTHONUNBUFFERED"] = "1"
-        cmd = [sys.executable, "-m", "cruijff_kit", "stage", self.run_dir, name]
+        cmd = [sys.executable, "-m", "cruijff_kit", "stage", self.run_dir, *names]
         log("running " + " ".join(cmd[1:]))
-        with open(os.path.join(logs, f"{name}.out"), "ab") as out, open(os.path.join(logs, f"{name}.err"), "ab") as err:
+        first = names[0]
+        with open(os.path.join(logs, f"{first}.out"), "ab") as out, \
+                open(os.path.join(logs, f"{first}.err"), "ab") as err:
             proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, start_new_session=True)
         while True:
             wait = max(0.05, min(self.poll, self.stop_at - time.time()))
@@ -303,7 +368,7 @@ class Agent:
             self.push_status()
             if time.time() >= self.stop_at:
                 self.reason = "time limit reached"
-                log(f"time limit: stopping {name}")
+                log(f"time limit: stopping {' '.join(names)}")
                 code = self.stop(proc)
                 break
         self.push_status()

@@ -41,6 +41,10 @@ class RunpodConfig(SchedulerConfig):
     volume_gb: int | None = Field(None, ge=0, description="Pod volume in GB (default: the profile's).")
     pod_per: Literal["run", "stage"] = Field(
         "run", description="run: one pod does a run's train and evals in a row; stage: one pod per stage.")
+    group_evals: bool = Field(
+        True, description="With pod_per: run, a pod runs the evaluations of its run that follow one another and "
+        "whose dependencies are done in one process, one after another (the libraries and the base model load "
+        "once; each target keeps its own state, results and logs).")
     time_limit: str | None = Field(
         None, description="Wall-time limit of one pod, in sbatch's --time formats as resources.time (MM, MM:SS, "
         "HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS); default resources.time x its stages. "

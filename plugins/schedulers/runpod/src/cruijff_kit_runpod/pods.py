@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cruijff_kit import CkError, RunLayout, parse_slurm_time, status
+from cruijff_kit import CkError, PlannedRun, RunLayout, parse_slurm_time, status
 from cruijff_kit.files import human_bytes, read_json, update_json
 from cruijff_kit_runpod.api import AmbiguousError, PodRequest, RunPodApi, RunPodError
 from cruijff_kit_runpod.bundle import (
     POD_COMMAND,
+    Inputs,
     agent_env_value,
     apply_stage_entries,
     find_inputs,
@@ -77,6 +78,7 @@ class PodSettings:
     upload: list[str] = field(default_factory=list)
     spec_dir: str = ""
     public_access: bool = False
+    group_evals: bool = True
 
     @classmethod
     def resolve(cls, cfg: RunpodConfig, profile: RunpodProfile, spec_dir: Path | str = "") -> PodSettings:
@@ -94,7 +96,8 @@ class PodSettings:
             time_limit_seconds=parse_slurm_time(cfg.time_limit) if cfg.time_limit else None,
             max_spend_per_run=min(spends) if spends else None, prices=dict(profile.prices),
             prices_from_api=profile.prices_from_api, max_upload_gb=profile.max_upload_gb,
-            upload=list(cfg.upload), spec_dir=str(spec_dir), public_access=cfg.public_access)
+            upload=list(cfg.upload), spec_dir=str(spec_dir), public_access=cfg.public_access,
+            group_evals=cfg.group_evals)
 
     def pod_seconds(self, n_stages: int) -> int:
         """The wall-time limit of a pod that runs ``n_stages`` stages."""
@@ -276,6 +279,18 @@ def pod_links(store: ObjectStore, keys: dict[str, str], seconds: int) -> dict[st
     return {k: store.presign("GET" if k == "bundle" else "PUT", keys[k], valid[k]) for k in valid}
 
 
+def pod_manifest(run: PlannedRun, group: Group, settings: PodSettings, inputs: Inputs,
+                 install: list[str]) -> dict[str, Any]:
+    """What the pod's agent reads: the bundle's manifest, each stage with its kind (``train`` or
+    ``eval``), and ``group_evals`` (the agent runs consecutive ready evaluations in one process)."""
+    manifest = manifest_for(run.spec, group.run_dir, group.stages, inputs, install, settings.pip_args)
+    kinds = {s.name: s.kind for s in run.stages}
+    for entry in manifest["stages"]:
+        entry["kind"] = kinds.get(entry["name"], "")
+    manifest["group_evals"] = bool(settings.group_evals)
+    return manifest
+
+
 def launch(group: Group, settings: PodSettings, api: RunPodApi, price: float | None,
            echo: Any = None) -> dict[str, Any]:
     """Upload the group's bundle, create its pod, and record it. Returns the pod record."""
@@ -301,7 +316,7 @@ def launch(group: Group, settings: PodSettings, api: RunPodApi, price: float | N
             (("bundle", "bundle.tar.gz"), ("results", "results.tar.gz"), ("status", "status.json"),
              ("done", "done.json"))}
     seconds = settings.pod_seconds(len(group.stages))
-    manifest = manifest_for(spec, group.run_dir, group.stages, inputs, install, settings.pip_args)
+    manifest = pod_manifest(run, group, settings, inputs, install)
     with tempfile.TemporaryDirectory(prefix="ck-runpod-") as tmp:
         archive = Path(tmp) / "bundle.tar.gz"
         size = write_bundle(archive, group.run_dir, manifest, inputs)

@@ -29,7 +29,8 @@ def _terminate_failed(run_dir: Path) -> bool:
 
 class RunpodScheduler(Scheduler):
     """Creates a pod per run (``pod_per: run``, default) or per stage; the pod runs ``ck stage`` for
-    each of its stages, sends the run folder back to the profile's bucket and terminates itself.
+    each of its stages (its ready evaluations in one process with ``group_evals``), sends the run
+    folder back to the profile's bucket and terminates itself.
     ``ck status`` brings finished runs back, terminates their pods and shows pods still billed."""
 
     name = "runpod"
