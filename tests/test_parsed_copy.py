@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 from conftest import write_spec
 
-from cruijff_kit._base.fileio import atomic_write_yaml, load_written_yaml, parsed_copy_of
+from cruijff_kit._base.fileio import atomic_write_yaml, keep_parsed_copy, load_written_yaml, parsed_copy_of
 
 SPEC = """
 experiment: copies
@@ -91,4 +91,15 @@ def test_ck_run_gives_runs_written_without_a_copy_one(tmp_path: Path, with_toy: 
     plan_and_write(tmp_path)
     for spec, raw in before.items():
         assert spec.read_bytes() == raw  # the run spec itself is not rewritten
-        assert json.loads(parsed_copy_of(spec).read_text())["data"] == yaml.safe_load(raw)
+        copy = json.loads(parsed_copy_of(spec).read_text())["data"]
+        assert json.dumps(copy) == json.dumps(yaml.safe_load(raw))  # values, types and key order
+
+
+def test_a_copy_made_for_an_existing_yaml_holds_what_that_yaml_says(tmp_path: Path) -> None:
+    # Values a plan compares equal to (1 == 1.0 == True, keys in another order) are not what the YAML
+    # holds: the copy is parsed from the very bytes it is keyed by.
+    path = tmp_path / "spec.yaml"
+    path.write_text("b: {lr: 1.0, flag: true}\na: [1]\n")
+    keep_parsed_copy(path)
+    got = load_written_yaml(path)
+    assert json.dumps(got) == json.dumps({"b": {"lr": 1.0, "flag": True}, "a": [1]})

@@ -201,12 +201,12 @@ def _matching_copy(path: Path, raw: bytes) -> tuple[bool, Any]:
     return False, None
 
 
-def keep_parsed_copy(path: Path, data: Any) -> None:
-    """Give the YAML file ``path``, whose content parses to ``data``, a parsed copy if it has none that
-    matches its bytes."""
+def keep_parsed_copy(path: Path) -> None:
+    """Give the YAML file ``path`` a parsed copy if it has none that matches its bytes (the copy is
+    parsed from exactly the bytes it is keyed by)."""
     raw = path.read_bytes()
     if not _matching_copy(path, raw)[0]:
-        _write_parsed_copy(path, raw, data)
+        _write_parsed_copy(path, raw, load_yaml(raw.decode("utf-8")))
 
 
 def load_written_yaml(path: Path, raw: bytes | None = None) -> Any:

@@ -74,7 +74,7 @@ def _write_experiment(plan: Plan) -> None:
                 notes.append(f"{run.layout.spec} was missing; written again from the plan.")
             atomic_write_yaml(run.layout.spec, spec, parsed_copy=True)
         else:  # a run written before parsed copies were kept gets one
-            keep_parsed_copy(run.layout.spec, spec)
+            keep_parsed_copy(run.layout.spec)
         status.ensure_stages(run.layout.root, [s.name for s in run.stages])
         for note in notes:
             print(f"[ck] {note}", file=sys.stderr, flush=True)
