@@ -158,3 +158,22 @@ def test_which_evaluations_share_a_process(tmp_path, monkeypatch, codes, start, 
     # a dependency that is not on this pod was done before the pod started
     assert agent.eval_group(STAGES[2:], 0, {"eval.t.epoch_0", "eval.t.epoch_1"}) == ["eval.t.epoch_0",
                                                                                    "eval.t.epoch_1"]
+
+
+def test_a_group_process_that_fails_before_any_stage_fails_every_stage(tmp_path, monkeypatch) -> None:
+    """A `ck stage` process that dies before touching status.json (an import error, a damaged spec) is a
+    failure of every stage it was to run, with its exit code: never a silent "not run"."""
+    import json
+
+    from cruijff_kit_runpod.agent import Agent
+
+    monkeypatch.setenv("CK_POD_ROOT", str(tmp_path))
+    agent = Agent()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "status.json").write_text(json.dumps({"stages": {"eval.t.base": {"state": "pending"}}}))
+    agent.run_dir = str(run_dir)
+    monkeypatch.setattr(agent, "run_process", lambda names: 3)
+    assert agent.run_group(["eval.t.base", "eval.t.epoch_0"]) == {"eval.t.base": 3, "eval.t.epoch_0": 3}
+    monkeypatch.setattr(agent, "run_process", lambda names: 0)  # a clean exit that ran nothing stays "not run"
+    assert agent.run_group(["eval.t.base", "eval.t.epoch_0"]) == {"eval.t.base": None, "eval.t.epoch_0": None}

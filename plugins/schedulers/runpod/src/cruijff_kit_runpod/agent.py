@@ -321,6 +321,10 @@ class Agent:
         not started."""
         before = {n: self._entry(n) for n in names}
         code = self.run_process(names)
+        if code != 0 and all(self._entry(n) == before[n] for n in names):
+            # the process failed before any stage began (a broken install, a damaged spec, a claim held
+            # elsewhere): every stage of the group failed with it; its output is in the first one's log
+            return {n: code for n in names}
         out: dict[str, int | None] = {}
         for n in names:
             entry = self._entry(n)
