@@ -61,7 +61,7 @@ def test_device_becomes_the_gpu_list_the_provider_expects(device: str, expected:
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # the stage sees every GPU: indices pass as given
     assert vllm_devices(device) == expected
     args = model_for(_cfg(device=device), "/m", None)[1]
-    assert args == ({} if expected is None else {"device": expected})
+    assert args == {"max_lora_rank": 8, **({} if expected is None else {"device": expected})}
 
 
 @pytest.mark.parametrize("device", ["cpu", "mps", "cuda:x", "cuda:", "cuda:1,", "gpu1"])
@@ -81,7 +81,7 @@ def test_device_index_counts_within_the_gpus_the_stage_was_given(visible: str, d
     """The provider's server gets CUDA_VISIBLE_DEVICES=<its device>: physical GPUs, so the stage's index is mapped."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
     args = model_for(_cfg(device=device), "/m", None)[1]
-    assert args == ({} if expected is None else {"device": expected})
+    assert args == {"max_lora_rank": 8, **({} if expected is None else {"device": expected})}
 
 
 @pytest.mark.parametrize(("visible", "device", "told"), [
@@ -360,7 +360,7 @@ def test_eval_stage_hands_the_vllm_args_to_inspect(bf16_run: Path, tmp_path: Pat
         assert args == {"device": "1", "max_lora_rank": 8, "tokenizer": str(adapter)}
     else:
         merged = Path(seen["model"].removeprefix("vllm/"))
-        assert merged.name == "merged" and args == {"device": "1"}
+        assert merged.name == "merged" and args == {"device": "1", "max_lora_rank": 8}  # served as a base
         with safe_open(str(next(merged.glob("*.safetensors"))), framework="pt") as f:
             assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}  # noqa: SIM118
 
@@ -460,3 +460,40 @@ def test_epochs_with_different_tokenizers_do_not_share_a_server(tmp_path: Path, 
     assert vllm_server.release_servers(*a) == []
     assert vllm_server.release_servers(*a) == []  # the same target again: same server
     assert vllm_server.release_servers(*b) == [base]
+
+
+def test_a_base_target_after_an_adapter_target_starts_with_a_rank_vllm_accepts(tmp_path: Path, fake_vllm_serve: Any,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run with two tasks evaluates task A's epochs and then task B's base in one process: the provider's
+    server entry keeps the adapter's LoRA settings (its raw rank 4, which vLLM refuses), so the base names 8."""
+    from inspect_ai.model import get_model
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    launches, _ = fake_vllm_serve
+    base = str(tmp_path / "base")
+    adapter = _adapter(tmp_path / "run" / "e0", r=4)
+    pids = []
+    for model, args in (model_for(_cfg(), base, adapter), model_for(_cfg(), base, None)):
+        vllm_server.release_servers(model, args)
+        api = get_model(model, **args).api
+        api._resolve_server()
+        pids.append(api._server.process.pid)
+    assert pids[0] != pids[1]
+    assert launches[pids[0]]["max_lora_rank"] == 8 and launches[pids[1]]["max_lora_rank"] == 8
+
+
+def test_epochs_with_the_same_chat_template_share_a_server(tmp_path: Path, fake_vllm_serve: Any) -> None:
+    """Each target writes the training chat template into its own folder: the same text is the same server."""
+    base = str(tmp_path / "base")
+    epochs = [_adapter(tmp_path / f"e{n}") for n in (0, 1)]
+    for adapter in epochs:
+        (adapter.parent / "tokenizer.json").write_text('{"same": "tokenizer"}')
+    templates = []
+    for n, text in enumerate(("{{ messages }}", "{{ messages }}", "{{ other }}")):
+        path = tmp_path / f"t{n}" / "chat_template.jinja"
+        path.parent.mkdir()
+        path.write_text(text)
+        templates.append(str(path))
+    assert vllm_server.release_servers(*model_for(_cfg(), base, epochs[0], templates[0])) == []
+    assert vllm_server.release_servers(*model_for(_cfg(), base, epochs[1], templates[1])) == []
+    assert vllm_server.release_servers(*model_for(_cfg(), base, epochs[1], templates[2])) == [base]

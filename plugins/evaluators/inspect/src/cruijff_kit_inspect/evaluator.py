@@ -169,6 +169,11 @@ def vllm_args(cfg: InspectConfig, adapter: Path | None, chat_template: str | Non
         tok = tokenizer_dir(adapter)
         if tok is not None:
             args["tokenizer"] = str(tok)
+    else:
+        # The provider's server entry of a base model keeps the LoRA settings of an adapter target this
+        # process served before (a grouped stage), and would start the base's server with that adapter's
+        # raw rank, which vLLM refuses unless it is one of its sizes: the base names a size it accepts.
+        args["max_lora_rank"] = VLLM_MAX_LORA_RANKS[0]
     if chat_template:
         args["chat_template"] = chat_template
     return args

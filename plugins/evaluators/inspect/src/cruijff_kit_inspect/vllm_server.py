@@ -42,7 +42,8 @@ def launch_key(model: str, model_args: dict[str, Any], base_url: str | None = No
     """(base model, launch settings) of the vLLM server that evaluates ``model``; None when vLLM does not serve it.
 
     The settings are whether LoRA is on (``vllm/<base>:<adapter>``), the base URL (a server started
-    elsewhere) and the server args, the ``tokenizer`` folder by its tokenizer files' content.
+    elsewhere) and the server args, the ``tokenizer`` folder by its tokenizer files' content and a
+    ``chat_template`` file by its content.
     """
     if not model.startswith("vllm/"):
         return None
@@ -50,6 +51,9 @@ def launch_key(model: str, model_args: dict[str, Any], base_url: str | None = No
     args = dict(model_args)
     if args.get("tokenizer"):
         args["tokenizer"] = _tokenizer_digest(str(args["tokenizer"]))
+    template = args.get("chat_template")
+    if template and Path(str(template)).is_file():  # each target writes the same template to its own folder
+        args["chat_template"] = hashlib.sha256(Path(str(template)).read_bytes()).hexdigest()
     settings = {"lora": bool(adapter), "base_url": base_url, "args": args}
     return base, json.dumps(settings, sort_keys=True, default=str)
 
