@@ -239,12 +239,23 @@ class SchedulerConfig(PluginConfig):
             return self.eval_resources
         return self.resources.for_stage(kind)
 
+    def resources_option(self, kind: str) -> str:
+        """The spec key whose resources a stage of ``kind`` asks (for messages): ``scheduler.eval_resources``
+        for an evaluation when that section is set, else ``scheduler.resources``."""
+        if kind == "eval" and self.eval_resources is not None:
+            return "scheduler.eval_resources"
+        return "scheduler.resources"
+
+    @classmethod
+    def common_of(cls, section: dict[str, Any]) -> SchedulerConfig:
+        """The options every scheduler shares, from a ``scheduler:`` section of a resolved spec (its other
+        keys, the plugin's own, are not read)."""
+        return cls.model_validate({k: section[k] for k in cls.model_fields if section.get(k) is not None})
+
     @classmethod
     def stage_resources_of(cls, section: dict[str, Any], kind: str) -> Resources:
-        """:meth:`stage_resources` from a ``scheduler:`` section of a resolved spec (its other keys,
-        the plugin's own, are not read)."""
-        common = {k: section[k] for k in cls.model_fields if section.get(k) is not None}
-        return cls.model_validate(common).stage_resources(kind)
+        """:meth:`stage_resources` from a ``scheduler:`` section of a resolved spec (:meth:`common_of`)."""
+        return cls.common_of(section).stage_resources(kind)
 
 
 class DatasetConfig(PluginConfig):

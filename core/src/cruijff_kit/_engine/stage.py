@@ -481,10 +481,9 @@ def _run_stage(run_dir: str | Path, stage_name: str, *, extra_plugins: list[obje
             from cruijff_kit._engine.devices import require_gpus
 
             section = run.spec["scheduler"]
-            wanted = SchedulerConfig.stage_resources_of(section, stage.kind)
-            option = ("scheduler.eval_resources.gpus" if stage.kind == "eval" and section.get("eval_resources")
-                      else "scheduler.resources.gpus")
-            require_gpus(wanted.gpus, f"stage {stage_name} of run {run.name}", option)
+            common = SchedulerConfig.common_of(section)
+            require_gpus(common.stage_resources(stage.kind).gpus, f"stage {stage_name} of run {run.name}",
+                         common.resources_option(stage.kind) + ".gpus")
         if stage.kind == "train":
             plugin.train(ctx)  # type: ignore[attr-defined]
             if primary:

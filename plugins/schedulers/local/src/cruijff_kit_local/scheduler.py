@@ -53,15 +53,6 @@ def gpu_source() -> str:
     return f"CUDA_VISIBLE_DEVICES={seen!r}" if seen is not None else "as nvidia-smi lists them"
 
 
-def gpu_option(config: SchedulerConfig, kind: str) -> str:
-    """The option that decides how many GPUs a stage of ``kind`` asks for, for messages:
-    ``scheduler.eval_resources.gpus`` for an evaluation when that section is set, else
-    ``scheduler.resources.gpus``."""
-    if kind == "eval" and config.eval_resources is not None:
-        return "scheduler.eval_resources.gpus"
-    return "scheduler.resources.gpus"
-
-
 def cpu_cores() -> int:
     """The CPU cores this process may use (its affinity mask), at least 1."""
     try:
@@ -232,7 +223,7 @@ class LocalScheduler(Scheduler):
         config: LocalConfig = self.config  # type: ignore[assignment]
         asks: dict[str, tuple[int, int]] = {}  # option -> (its value, the most GPUs a stage it decides asks)
         for stage in run.stages:
-            option = gpu_option(config, stage.kind)
+            option = config.resources_option(stage.kind) + ".gpus"
             value = (config.eval_resources or config.resources).gpus if stage.kind == "eval" else config.resources.gpus
             asks[option] = (value, max(asks.get(option, (0, 0))[1], config.stage_resources(stage.kind).gpus))
         have = len(visible_gpus())
@@ -253,7 +244,7 @@ class LocalScheduler(Scheduler):
 
     def _refuse(self, job: StageJob, have: int) -> str:
         """Fail a stage that asks for more GPUs than this machine has (it would wait forever)."""
-        where, option = gpu_source(), gpu_option(self.run_config(job), job.kind)
+        where, option = gpu_source(), self.run_config(job).resources_option(job.kind) + ".gpus"
         status.update_stage(job.run_dir, job.stage, state=status.FAILED, ended=status.now(), exit_code=None,
                             error=f"not started: it asks for {job.resources.gpus} GPU(s) ({option}) "
                                   f"and this machine has {have} ({where}). Run it where the GPUs are (another "
