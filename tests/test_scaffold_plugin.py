@@ -336,3 +336,26 @@ def test_ck_simulate_with_the_generated_simulator(generated: tuple[Path, Path], 
     bad = write_spec(tmp_path, text, name="bad.yaml")
     res = ck("simulate", str(bad), env=_env(site), timeout=100)
     assert res.returncode != 0 and "has no function `nobody`" in res.stderr, res.stderr
+
+
+def test_a_generated_dataset_plugin_installs_the_library_its_datasetdict_needs(tmp_path: Path) -> None:
+    """A dataset plugin returns a `datasets.DatasetDict`; a plain `pip install cruijff-kit` has no `datasets`,
+    so the generated dataset distribution asks for the core's `data` extra, which brings it."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    root = Path(__file__).resolve().parents[1]
+    for kind, name in GENERATED:
+        folder = new_plugin(kind, name, tmp_path)
+        (req,) = (Requirement(r) for r in tomllib.loads((folder / "pyproject.toml").read_text())["project"]
+                  ["dependencies"])
+        assert req.name == "cruijff-kit" and req.extras == ({"data"} if kind == "dataset" else set()), (kind, req)
+    core = tomllib.loads((root / "core" / "pyproject.toml").read_text())["project"]
+    formats = tomllib.loads((root / "plugins" / "datasets" / "formats" / "pyproject.toml").read_text())["project"]
+    data = [Requirement(r) for r in core["optional-dependencies"]["data"]]
+    brought = {r.name for r in data}
+    for r in data:
+        if r.name == "cruijff-kit-formats":
+            brought |= {Requirement(x).name for extra in r.extras for x in formats["optional-dependencies"][extra]}
+    assert "datasets" in brought

@@ -96,6 +96,14 @@ def _main(argv: list[str] | None) -> None:
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(ExitCode.INTERRUPTED)
+    except ModuleNotFoundError as exc:  # a missing extra: name it (any other missing module: a bug)
+        from cruijff_kit._cli.extras import missing_extra_message
+
+        message = missing_extra_message(exc)
+        if message is None:
+            raise
+        click.echo(f"Error: {message}", err=True)
+        sys.exit(ExitCode.USAGE)
     except OSError as exc:
         if exc.filename is None:
             raise

@@ -37,7 +37,7 @@ name = "__DIST__"
 version = "0.1.0"
 description = "A cruijff-kit __KIND__ plugin: __NAME__."
 requires-python = ">=3.11"
-dependencies = ["cruijff-kit__CK_RANGE__"]
+dependencies = ["cruijff-kit__CK_EXTRAS____CK_RANGE__"]
 
 [project.optional-dependencies]
 test = ["pytest"]
@@ -285,7 +285,10 @@ def ck_range() -> str:
 
 def _fill(text: str, n: Names, kind: str) -> str:
     base, base_config, hook = PLUGIN_KINDS[kind]
-    for key, value in (("__CK_RANGE__", ck_range()), ("__EXAMPLE__", EXAMPLES[kind]), ("__PACKAGE__", n.package),
+    # a dataset plugin builds a datasets.DatasetDict: the core's `data` extra installs that library
+    extras = "[data]" if kind == "dataset" else ""
+    for key, value in (("__CK_EXTRAS__", extras), ("__CK_RANGE__", ck_range()), ("__EXAMPLE__", EXAMPLES[kind]),
+                       ("__PACKAGE__", n.package),
                        ("__DIST__", n.dist),
                        ("__CLASS__", n.cls), ("__HOOK__", hook), ("__KIND__", kind), ("__NAME__", n.name)):
         text = text.replace(key, value)
