@@ -146,7 +146,7 @@ BLOCKED = {blocked!r}
 
 class Blocker(MetaPathFinder):
     def find_spec(self, fullname, path=None, target=None):
-        if fullname.partition(".")[0] in BLOCKED:
+        if any(fullname == b or fullname.startswith(b + ".") for b in BLOCKED):
             raise ModuleNotFoundError(f"No module named {{fullname!r}}", name=fullname)
         return None
 
@@ -179,3 +179,22 @@ def test_a_missing_module_of_no_extra_still_shows_its_traceback(tmp_path):
     assert res.returncode == 1
     assert "Traceback" in res.stderr and "rich" in res.stderr
     assert "pip install" not in res.stderr
+
+
+def test_a_module_missing_inside_an_installed_package_is_not_called_an_install(tmp_path):
+    # tokenizers is installed; one of its modules failing to import is a broken or changed library, which an
+    # install command would not fix: shown with its traceback
+    res = _ck_without({"tokenizers.pre_tokenizers"}, ["models", "tiny", str(tmp_path / "tiny"), "--family",
+                                                      "llama3"], tmp_path)
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert "Traceback" in res.stderr and "tokenizers.pre_tokenizers" in res.stderr
+    assert "pip install" not in res.stderr
+
+
+def test_the_lightest_extra_that_brings_the_package_is_suggested(tmp_path):
+    # pyarrow comes with `data` and with `inference` (torch, transformers, peft...): `data` is named
+    (tmp_path / "d.json").write_text('{"train": [{"input": "a", "output": "A"}]}')
+    res = _ck_without({"pyarrow"}, ["data", "convert", "d.json", "out.parquet"], tmp_path)
+    assert res.returncode == 2, res.stderr[-3000:]
+    err = " ".join(res.stderr.split())
+    assert 'pip install "cruijff-kit[data]"' in err, err

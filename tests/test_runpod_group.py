@@ -177,3 +177,31 @@ def test_a_group_process_that_fails_before_any_stage_fails_every_stage(tmp_path,
     assert agent.run_group(["eval.t.base", "eval.t.epoch_0"]) == {"eval.t.base": 3, "eval.t.epoch_0": 3}
     monkeypatch.setattr(agent, "run_process", lambda names: 0)  # a clean exit that ran nothing stays "not run"
     assert agent.run_group(["eval.t.base", "eval.t.epoch_0"]) == {"eval.t.base": None, "eval.t.epoch_0": None}
+
+
+def test_a_group_the_pod_stopped_or_found_claimed_before_any_stage_ran_none(tmp_path, monkeypatch) -> None:
+    """Stopped at the pod's time limit, or claimed by another process (exit 75), before a stage began: the
+    stages were not run (None: pending again), not failed."""
+    import json
+
+    from cruijff_kit_runpod.agent import CLAIMED_EXIT, Agent
+
+    from cruijff_kit._base.errors import ExitCode
+
+    assert CLAIMED_EXIT == ExitCode.CLAIMED
+    monkeypatch.setenv("CK_POD_ROOT", str(tmp_path))
+    agent = Agent()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "status.json").write_text(json.dumps({"stages": {}}))
+    agent.run_dir = str(run_dir)
+    names = ["eval.t.base", "eval.t.epoch_0"]
+    monkeypatch.setattr(agent, "run_process", lambda names: CLAIMED_EXIT)
+    assert agent.run_group(names) == dict.fromkeys(names)
+
+    def stopped(names: list[str]) -> int:
+        agent.reason = "time limit reached"
+        return -15
+
+    monkeypatch.setattr(agent, "run_process", stopped)
+    assert agent.run_group(names) == dict.fromkeys(names)

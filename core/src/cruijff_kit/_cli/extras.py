@@ -46,7 +46,8 @@ def extras_by_distribution() -> dict[str, tuple[str, ...]]:
 
 
 def extras_for(module: str) -> tuple[str, ...]:
-    """The core's extras that install the top-level package of ``module`` (empty when none does).
+    """The core's extras that install the top-level package of ``module`` (empty when none does), the
+    lightest first.
 
     The distribution is the module's own name (``tokenizers``, ``huggingface_hub``), or, where the
     import name differs and the distribution is installed, what :func:`importlib.metadata.packages_distributions`
@@ -60,16 +61,40 @@ def extras_for(module: str) -> tuple[str, ...]:
     found: list[str] = []
     for dist in dists:
         found += [e for e in table.get(dist, ()) if e not in found]
-    return tuple(found)
+    sizes = extra_sizes()
+    return tuple(sorted(found, key=lambda e: sizes.get(e, 0)))  # the lightest extra that brings it first
+
+
+@cache
+def extra_sizes() -> dict[str, int]:
+    """How many requirements each of the core's extras adds (the lightest one is suggested first)."""
+    sizes: dict[str, int] = {}
+    for extras in extras_by_distribution().values():
+        for extra in extras:
+            sizes[extra] = sizes.get(extra, 0) + 1
+    return sizes
 
 
 def missing_extra_message(exc: ModuleNotFoundError) -> str | None:
-    """The message for a module that one of the core's extras installs; ``None`` for any other module."""
+    """The message for a missing package that one of the core's extras installs; ``None`` for any other
+    module, and when the package is there (a module missing inside an installed package, or a mistyped
+    import in cruijff-kit's own code, is a bug to show with its traceback, not an install to suggest)."""
+    import importlib.util
+
     module = exc.name or ""
+    top = module.partition(".")[0]
+    if not top:
+        return None
+    try:
+        if importlib.util.find_spec(top) is not None:
+            return None
+    except ModuleNotFoundError:
+        pass  # not there: the install to suggest
+    except (ImportError, ValueError):
+        return None
     extras = extras_for(module)
     if not extras:
         return None
-    top = module.partition(".")[0]
     first, others = extras[0], extras[1:]
     also = f" (also with {', '.join(f'`{e}`' for e in others)})" if others else ""
     return (f"this command needs the Python package `{top}`, which is not installed here. It comes with "

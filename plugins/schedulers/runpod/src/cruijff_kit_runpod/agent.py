@@ -34,6 +34,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 ENV_PREFIX = "CK_"
+#: ``ck stage``'s exit code when its stages are claimed by another process (``ExitCode.CLAIMED``; this
+#: program imports only the standard library)
+CLAIMED_EXIT = 75
 T = TypeVar("T")
 
 
@@ -321,9 +324,11 @@ class Agent:
         not started."""
         before = {n: self._entry(n) for n in names}
         code = self.run_process(names)
-        if code != 0 and all(self._entry(n) == before[n] for n in names):
-            # the process failed before any stage began (a broken install, a damaged spec, a claim held
-            # elsewhere): every stage of the group failed with it; its output is in the first one's log
+        stopped = self.reason == "time limit reached" or code == CLAIMED_EXIT
+        if code != 0 and not stopped and all(self._entry(n) == before[n] for n in names):
+            # the process failed before any stage began (a broken install, a damaged spec): every stage of
+            # the group failed with it; its output is in the first one's log. One the pod stopped at its
+            # time limit, or that found the stages claimed elsewhere, ran none of them: not run (None)
             return {n: code for n in names}
         out: dict[str, int | None] = {}
         for n in names:
