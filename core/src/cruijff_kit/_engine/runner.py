@@ -429,7 +429,11 @@ def find_experiment(target: str | Path) -> ExperimentLayout:
         if p.suffix in (".yaml", ".yml"):
             from cruijff_kit._engine.spec import load_spec
 
-            return ExperimentLayout(load_spec(p).experiment_dir)
+            folder = Path(load_spec(p).experiment_dir)
+            if not (folder / "runs").is_dir():  # nothing to show, and nothing to write a summary beside
+                raise CkError(f"{target} has not been run yet: its experiment folder {folder} holds no runs/. "
+                              f"`ck run {target}` runs it (`ck plan {target}` shows what it would do).")
+            return ExperimentLayout(folder)
         p = p.parent
     for cand in (p, p.parent.parent):
         if _is_experiment(cand):
