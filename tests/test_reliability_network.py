@@ -517,7 +517,9 @@ def test_runpod_store_small_call_gives_up_on_a_trickling_bucket(
     assert f"the bucket endpoint {server.url} did not answer in time" in out["message"]
     assert "did not finish within its deadline of 1 s" in out["message"]
     assert "gave up after 2 tries" in out["message"] and "runpod.store.endpoint_url" in out["message"]
-    assert server.count("trickle") == 2  # timeout x attempts: each try cut at its 1 s deadline
+    # never a third try; how many of the two reached the server before their 1 s deadline cut them
+    # depends on how busy the machine is (a loaded one may spend the second starting boto3's connection)
+    assert server.count("trickle") <= 2
 
 
 def test_runpod_store_read_retries_a_truncated_body(tmp_path: Path, bad_server: Callable[..., BadServer]) -> None:

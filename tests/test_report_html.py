@@ -475,5 +475,6 @@ def test_an_experiment_never_run_is_refused(tmp_path: Path, with_toy: Path, ck) 
     spec = write_spec(tmp_path, TOY_SPEC)
     res = ck("report", str(spec))
     assert res.returncode != 0
-    assert "no run folders yet" in res.stderr and "ck run SPEC" in res.stderr
+    err = " ".join(res.stderr.split())
+    assert "has not been run yet" in err and f"`ck run {spec}`" in err, err
     assert not (tmp_path / "runs" / "toy" / "report.html").exists()
